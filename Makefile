@@ -1,0 +1,46 @@
+# xiaophi — every target installs what it needs first (through `install`).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.xiaophi-installed
+RUN    ?= runs/tiny
+
+.PHONY: install test test-fast lint format demo bench-train bench-tokenizer clean
+
+install: $(STAMP)
+
+# torch==2.13.0 goes in before anything that depends on torch: that pins the CPU wheel.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: install
+	$(VENV)/bin/xiaophi-train data demo --out data/demo
+	$(VENV)/bin/xiaophi-train pipeline --recipe tiny --out $(RUN)
+	$(VENV)/bin/xiaophi-train chat --model $(RUN)/final
+
+bench-tokenizer: install
+	$(PY) -m training.benchmarks.tokenizer_bench
+
+bench-train: install
+	$(PY) -m training.benchmarks.train_bench
+
+clean:
+	rm -rf runs data bench_out
