@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install test test-fast lint format demo bench-train bench-tokenizer clean
+.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ bench-tokenizer: install
 
 bench-train: install
 	$(PY) -m training.benchmarks.train_bench
+
+bench-serve: install
+	$(PY) -m serving.benchmarks.serve_bench
+
+bench-rag: install
+	$(PY) -m rag.benchmarks.rag_bench
 
 clean:
 	rm -rf runs data bench_out

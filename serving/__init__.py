@@ -1,0 +1,1 @@
+"""xiaophi serving package."""

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny everything, built in-process, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_TEXTS = [
+    "今天天气很好，我们去公园散步吧。",
+    "机器学习是人工智能的一个分支。",
+    "画蛇添足比喻做了多余的事，反而不恰当。",
+    "守株待兔比喻死守狭隘经验，不知变通。",
+    "你好！很高兴认识你。",
+    "三国演义是中国古典四大名著之一。",
+    "北京是中华人民共和国的首都。",
+    "请问你叫什么名字？我叫小Phi。",
+    "学而时习之，不亦说乎。",
+    "春眠不觉晓，处处闻啼鸟。",
+] * 3
+
+
+def build_tiny_checkpoint(path: Path, arch: str = "phi", seed: int = 0) -> Path:
+    """A plain HF checkpoint (tokenizer + random 2-layer model + chat template) at `path`."""
+    from training.config import ModelConfig
+    from training.model_factory import build_model
+    from training.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400, min_frequency=1, model_max_length=128)
+    cfg = ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=128)
+    model = build_model(cfg, tokenizer, seed=seed)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Session-wide tiny checkpoint directory; treat it as read-only."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "model")

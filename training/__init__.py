@@ -1,0 +1,1 @@
+"""xiaophi training: Chinese text → byte-level BPE tokenizer → pretrain → SFT → DPO checkpoints."""

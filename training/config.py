@@ -1,0 +1,244 @@
+"""Recipes: typed dataclasses, loaded from YAML in `training/recipes/`, overridable by CLI flags.
+
+Every field becomes a flag `--<section>.<field>` (e.g. `--pretrain.max_steps 50`). Checks that
+span fields live in `Recipe.validate` and name the flag to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+ARCHITECTURES = ("phi", "llama", "qwen2")
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    pretrain: list[str] = _f(["data/demo/pretrain.jsonl"], "Pretraining files: txt (one document per line), jsonl or parquet with a `text` field.")
+    pretrain_eval: str = _f("data/demo/pretrain_eval.jsonl", "Held-out pretraining text for perplexity and chars/token.")
+    sft: list[str] = _f(["data/demo/sft.jsonl"], "SFT files: jsonl/parquet with `messages`, or `prompt` + `completion`.")
+    sft_eval: str = _f("data/demo/sft_eval.jsonl", "Held-out SFT conversations for eval loss.")
+    dpo: list[str] = _f([], "Optional DPO files with `prompt`, `chosen`, `rejected`; empty = generate them (dpo-data stage).")
+    probe: str = _f("data/demo/idiom_probe.jsonl", "Held-out questions (`prompt`, `completion`) the final model is asked in the summary.")
+    num_proc: int = _f(2, "Processes for `datasets.map` tokenization.")
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = _f(8000, "BPE vocabulary size, special tokens included.")
+    min_frequency: int = _f(2, "Minimum pair frequency for a merge.")
+    max_chars: int | None = _f(None, "Train on at most this many characters (None = all).")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _f("phi", "Architecture: phi, llama or qwen2.")
+    hidden_size: int = _f(256, "Model width.")
+    num_layers: int = _f(4, "Transformer blocks.")
+    num_heads: int = _f(4, "Attention heads.")
+    num_kv_heads: int | None = _f(None, "Key/value heads for llama/qwen2 (None = num_heads).")
+    intermediate_size: int = _f(1024, "Feed-forward width.")
+    max_position_embeddings: int = _f(512, "Longest sequence the model accepts.")
+    vocab_multiple: int = _f(64, "Embedding rows are padded to a multiple of this.")
+    rope_theta: float = _f(10000.0, "Rotary base.")
+    attn_implementation: str = _f("sdpa", "sdpa or eager.")
+    tie_word_embeddings: bool = _f(False, "Share input and output embeddings.")
+
+
+@dataclass
+class TrainConfig:
+    """Fields shared by the Trainer-based stages."""
+
+    max_steps: int = _f(100, "Optimizer steps.")
+    micro_batch: int = _f(8, "Sequences per device per forward pass.")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    lr: float = _f(1e-3, "Peak learning rate.")
+    min_lr_ratio: float = _f(0.1, "Cosine floor as a fraction of the peak LR.")
+    warmup_steps: int = _f(10, "Linear warm-up steps.")
+    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping.")
+    optim: str = _f("auto", "auto = fused AdamW on CUDA, AdamW on CPU; or any HF optimizer name (adafactor, adamw_torch, ...).")
+    seq_len: int = _f(256, "Tokens per sequence.")
+    eval_steps: int = _f(50, "Evaluate every N steps (0 = only at the end).")
+    save_steps: int = _f(50, "Checkpoint every N steps.")
+    logging_steps: int = _f(5, "Log every N steps.")
+    seed: int = _f(42, "Seed for weights and data order.")
+    torch_compile: bool = _f(False, "torch.compile the model (GPU recommended).")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    eval_max_blocks: int = _f(64, "Held-out blocks for perplexity.")
+
+
+@dataclass
+class SFTStageConfig(TrainConfig):
+    max_steps: int = _f(100, "Optimizer steps.")
+    lr: float = _f(5e-4, "Peak learning rate.")
+    packing: bool = _f(False, "Pack conversations into seq_len blocks.")
+    max_eval_samples: int = _f(256, "Held-out conversations for eval loss.")
+
+
+@dataclass
+class DPOStageConfig(TrainConfig):
+    max_steps: int = _f(50, "Optimizer steps.")
+    lr: float = _f(5e-5, "Peak learning rate.")
+    beta: float = _f(0.1, "DPO temperature.")
+    num_prompts: int = _f(256, "Training prompts whose rejected answer the SFT model generates.")
+    gen_max_new_tokens: int = _f(64, "Max tokens of each generated rejected answer.")
+    gen_temperature: float = _f(0.8, "Sampling temperature for rejected answers (0 = greedy).")
+    gen_batch_size: int = _f(32, "Prompts per generate call.")
+
+
+@dataclass
+class EmbedderConfig:
+    enabled: bool = _f(True, "Train the offline default sentence embedder in the pipeline.")
+    max_steps: int = _f(200, "Training steps.")
+    batch_size: int = _f(32, "Pairs per batch (in-batch negatives).")
+    hidden_size: int = _f(128, "Encoder width.")
+    num_layers: int = _f(2, "Encoder layers.")
+    num_heads: int = _f(4, "Encoder heads.")
+    max_seq_length: int = _f(128, "Tokens per sentence.")
+    lr: float = _f(1e-3, "Learning rate.")
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+
+    def validate(self) -> Recipe:
+        m = self.model
+        if m.arch not in ARCHITECTURES:
+            raise ValueError(f"model.arch={m.arch!r} is unknown; set --model.arch to one of {', '.join(ARCHITECTURES)}.")
+        if m.hidden_size % m.num_heads:
+            raise ValueError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; change --model.hidden_size or --model.num_heads.")
+        if m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
+            raise ValueError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={m.num_kv_heads}; change --model.num_kv_heads.")
+        from training.tokenizer import MIN_VOCAB_SIZE
+
+        if self.tokenizer.vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(f"tokenizer.vocab_size={self.tokenizer.vocab_size} cannot hold the 256 byte symbols and special tokens; set --tokenizer.vocab_size to at least {MIN_VOCAB_SIZE}.")
+        for stage in ("pretrain", "sft", "dpo"):
+            cfg: TrainConfig = getattr(self, stage)
+            if cfg.seq_len > m.max_position_embeddings:
+                raise ValueError(
+                    f"{stage}.seq_len={cfg.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}; "
+                    f"lower --{stage}.seq_len or raise --model.max_position_embeddings."
+                )
+            for name in ("max_steps", "micro_batch", "grad_accum", "seq_len"):
+                if getattr(cfg, name) < 1:
+                    raise ValueError(f"{stage}.{name} must be at least 1; fix --{stage}.{name}.")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict:
+        """The fields that decide what a run produces (runtime knobs such as num_proc left out)."""
+        d = self.to_dict()
+        d.pop("name", None)
+        d["data"].pop("num_proc", None)
+        for stage in ("pretrain", "sft", "dpo"):
+            for knob in ("eval_steps", "save_steps", "logging_steps", "torch_compile", "gradient_checkpointing"):
+                d[stage].pop(knob, None)
+        return d
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe) if f.name != "name"}
+_SECTION_CLASSES = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "sft": SFTStageConfig,
+    "dpo": DPOStageConfig,
+    "embedder": EmbedderConfig,
+}
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Build a Recipe from nested dicts, rejecting unknown sections and fields by name."""
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "name":
+            kwargs["name"] = str(value)
+            continue
+        if key not in _SECTION_CLASSES:
+            raise ValueError(f"{source}: unknown section {key!r}; known: name, {', '.join(_SECTION_CLASSES)}.")
+        cls = _SECTION_CLASSES[key]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(value or {}) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {', '.join(sorted(unknown))} in section {key!r}; known: {', '.join(sorted(known))}.")
+        kwargs[key] = cls(**(value or {}))
+    return Recipe(**kwargs)
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"recipe {name_or_path!r} not found: give a YAML path or one of: {known}.")
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe by name (`tiny`, `seed`) or YAML path, apply `section.field` overrides, validate."""
+    path = resolve_recipe_path(name_or_path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        raw.setdefault(section, {})
+        if raw[section] is None:
+            raw[section] = {}
+        raw[section][name] = value
+    return recipe_from_dict(raw, source=str(path)).validate()
+
+
+def field_flags() -> list[tuple[str, dataclasses.Field, type]]:
+    """Every (`section.field`, dataclass field, section class) a CLI can override."""
+    out = []
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            out.append((f"{section}.{f.name}", f, cls))
+    return out
+
+
+def parse_flag_value(raw: str, f: dataclasses.Field) -> Any:
+    """Parse a CLI string into the field's type (YAML rules: 1e-3, true, null, [a, b])."""
+    value = yaml.safe_load(raw)
+    type_str = str(f.type)
+    if type_str.startswith("list") and not isinstance(value, list):
+        value = [value]
+    if "float" in type_str and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type_str == "str" and not isinstance(value, str):
+        value = raw
+    return value
+
+
+def recipe_json(recipe: Recipe) -> str:
+    return json.dumps(recipe.to_dict(), ensure_ascii=False, indent=2)

@@ -1,0 +1,92 @@
+"""Build a fresh causal LM (phi / llama / qwen2) from a recipe's model section and a tokenizer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from training.chat_format import EOS, IM_END
+from training.config import ModelConfig
+
+_CLASSES = {
+    "phi": (PhiConfig, PhiForCausalLM),
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+}
+
+
+def padded_vocab_size(tokenizer_len: int, multiple: int) -> int:
+    return int(math.ceil(tokenizer_len / multiple) * multiple)
+
+
+def build_model_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
+    config_cls, _ = _CLASSES[cfg.arch]
+    common = dict(
+        vocab_size=padded_vocab_size(len(tokenizer), cfg.vocab_multiple),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        rope_theta=cfg.rope_theta,
+    )
+    if cfg.arch == "phi":
+        # Phi-1/2 style: parallel attention + MLP, partial rotary, LayerNorm, GELU.
+        common.update(resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    else:
+        common.update(num_key_value_heads=cfg.num_kv_heads or cfg.num_heads)
+    config = config_cls(**common)
+    config._attn_implementation = cfg.attn_implementation
+    return config
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int = 42) -> PreTrainedModel:
+    """A randomly initialised model whose vocabulary covers `tokenizer` (padded to a multiple)."""
+    _, model_cls = _CLASSES[cfg.arch]
+    torch.manual_seed(seed)
+    model = model_cls(build_model_config(cfg, tokenizer))
+    model.generation_config = chat_generation_config(tokenizer)
+    return model
+
+
+def chat_generation_config(tokenizer) -> GenerationConfig:
+    """Stop at the end of an assistant turn (<|im_end|>) or of a document (<|endoftext|>)."""
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+
+
+def check_vocab_fits(model: PreTrainedModel, tokenizer, where: str) -> None:
+    """Fail fast when the tokenizer has ids the model's embedding cannot hold."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has only {rows} rows; "
+            "use the tokenizer this model was trained with (the one saved beside it)."
+        )
+
+
+def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        n -= model.get_input_embeddings().weight.numel()
+    return n
