@@ -1,0 +1,436 @@
+"""User data in the documented formats, checked before any long work starts.
+
+Formats (one record per row):
+
+- ``text`` (pretraining): ``.txt`` with one document per non-empty line, or ``.jsonl`` /
+  ``.json`` / ``.parquet`` rows with a non-empty string field ``text``.
+- ``sft``: rows with ``messages`` (a list of ``{"role": system|user|assistant, "content": str}``
+  with at least one assistant turn), or with ``prompt`` + ``completion`` strings.
+- ``dpo``: rows with ``prompt``, ``chosen``, ``rejected``; each a string or a list of messages.
+
+``check_files`` streams every row once and raises :class:`DataError` naming the file, the row
+(for jsonl/txt the 1-based line number) and the field, and saying what to fix. The loaders
+check first, then load with ``datasets.load_dataset`` and convert to one canonical shape:
+SFT becomes a ``messages`` column; DPO becomes trl's conversational
+``prompt`` / ``chosen`` / ``rejected`` lists of messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+
+KINDS = ("text", "sft", "dpo")
+EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
+ROLES = ("system", "user", "assistant")
+PARQUET_BATCH_ROWS = 4096
+
+MESSAGE_FEATURE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+SFT_FEATURES = datasets.Features({"messages": datasets.List(MESSAGE_FEATURE)})
+DPO_FEATURES = datasets.Features(
+    {name: datasets.List(MESSAGE_FEATURE) for name in ("prompt", "chosen", "rejected")}
+)
+
+PathsLike = str | Path | Sequence[str | Path]
+Row = dict[str, Any]
+
+
+class DataError(ValueError):
+    """A data file that cannot be used as given; the message says where and what to fix."""
+
+    def __init__(
+        self, path: str | Path, problem: str, row: int | None = None, field: str | None = None
+    ) -> None:
+        self.path = str(path)
+        self.row = row
+        self.field = field
+        self.problem = problem
+        where = self.path
+        if row is not None:
+            where += f", row {row}"
+        if field is not None:
+            where += f", field `{field}`"
+        super().__init__(f"{where}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------
+# Row schemas. Each validator returns None when the row is fine, else (field, problem-and-fix).
+# --------------------------------------------------------------------------------------------
+
+RowProblem = tuple[str, str] | None
+
+
+def _message_list_problem(value: Any, field: str, need_assistant: bool) -> RowProblem:
+    if not isinstance(value, list) or not value:
+        return field, (
+            'must be a non-empty list of {"role": ..., "content": ...} objects; '
+            f"got {_describe(value)}"
+        )
+    for i, message in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(message, dict):
+            return (
+                where,
+                f'must be an object {{"role": ..., "content": ...}}; got {_describe(message)}',
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            return f"{where}.role", f"must be one of {', '.join(ROLES)}; got {_describe(role)}"
+        if not isinstance(message.get("content"), str):
+            return f"{where}.content", f"must be a string; got {_describe(message.get('content'))}"
+    if need_assistant and not any(m["role"] == "assistant" for m in value):
+        return field, "has no assistant turn; add at least one message with role `assistant`"
+    return None
+
+
+def _text_row_problem(row: Row) -> RowProblem:
+    text = row.get("text")
+    if "text" not in row:
+        return "text", 'is missing; every row needs {"text": "..."}'
+    if not isinstance(text, str):
+        return "text", f"must be a string; got {_describe(text)}"
+    if not text.strip():
+        return "text", "is empty; remove the row or give it text"
+    return None
+
+
+def _sft_row_problem(row: Row) -> RowProblem:
+    if row.get("messages") is not None:
+        return _message_list_problem(row["messages"], "messages", need_assistant=True)
+    if "prompt" in row or "completion" in row:
+        for name in ("prompt", "completion"):
+            if name not in row:
+                return (
+                    name,
+                    "is missing; a prompt/completion row needs both `prompt` and `completion`",
+                )
+            if not isinstance(row[name], str):
+                return name, f"must be a string; got {_describe(row[name])}"
+        if not row["completion"].strip():
+            return "completion", "is empty; give the answer the model should learn"
+        return None
+    return "messages", (
+        "is missing; give `messages` (a list of role/content turns) "
+        "or `prompt` and `completion` strings"
+    )
+
+
+def _dpo_field_problem(row: Row, name: str) -> RowProblem:
+    if name not in row or row[name] is None:
+        return name, "is missing; a DPO row needs `prompt`, `chosen` and `rejected`"
+    value = row[name]
+    if isinstance(value, str):
+        if name != "prompt" and not value.strip():
+            return name, "is empty; give the answer text"
+        return None
+    if not isinstance(value, list):
+        return name, f"must be a string or a list of messages; got {_describe(value)}"
+    problem = _message_list_problem(value, name, need_assistant=False)
+    if problem:
+        return problem
+    last = "user" if name == "prompt" else "assistant"
+    if value[-1]["role"] != last:
+        return f"{name}[{len(value) - 1}].role", f"the last message must have role `{last}`"
+    return None
+
+
+def _dpo_row_problem(row: Row) -> RowProblem:
+    for name in ("prompt", "chosen", "rejected"):
+        problem = _dpo_field_problem(row, name)
+        if problem:
+            return problem
+    return None
+
+
+ROW_CHECKS: dict[str, Callable[[Row], RowProblem]] = {
+    "text": _text_row_problem,
+    "sft": _sft_row_problem,
+    "dpo": _dpo_row_problem,
+}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = json.dumps(value, ensure_ascii=False)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming readers: yield (row number, row) for every record of a file.
+# --------------------------------------------------------------------------------------------
+
+
+def _iter_txt_rows(path: Path) -> Iterator[tuple[int, Row]]:
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    path,
+                    f"is not valid UTF-8 ({err.reason}); re-save the file as UTF-8",
+                    row=line_no,
+                ) from err
+            if text.strip():
+                yield line_no, {"text": text}
+
+
+def _iter_jsonl_rows(path: Path) -> Iterator[tuple[int, Row]]:
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    path, "is not valid UTF-8; re-save the file as UTF-8", row=line_no
+                ) from err
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    path,
+                    f"invalid JSON ({err.msg} at column {err.colno}); each line must be one JSON object",
+                    row=line_no,
+                ) from err
+            yield line_no, row
+
+
+def _json_starts_with_array(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def _iter_json_rows(path: Path) -> Iterator[tuple[int, Row]]:
+    """A `.json` file is either one JSON array of objects or JSON Lines."""
+    if not _json_starts_with_array(path):
+        yield from _iter_jsonl_rows(path)
+        return
+    try:
+        items = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(
+            path, f"invalid JSON ({err}); the file must be one JSON array of objects or JSON Lines"
+        ) from err
+    yield from enumerate(items, start=1)
+
+
+def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Row]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, f"is not a readable parquet file ({err})") from err
+    row_no = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
+            row_no += 1
+            yield row_no, row
+
+
+READERS: dict[str, Callable[[Path], Iterator[tuple[int, Row]]]] = {
+    ".txt": _iter_txt_rows,
+    ".jsonl": _iter_jsonl_rows,
+    ".json": _iter_json_rows,
+    ".parquet": _iter_parquet_rows,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def _as_paths(paths: PathsLike) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    return [Path(p) for p in paths]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown data kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def _check_file_exists(path: Path, kind: str) -> None:
+    """Cheap checks for one file: present, a file, non-empty, a supported extension."""
+    if not path.exists():
+        raise DataError(
+            path, "file not found; check the path (relative paths start at the current directory)"
+        )
+    if not path.is_file():
+        raise DataError(path, "is not a file; list the data files themselves, not a folder")
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DataError(
+            path,
+            f"unsupported extension {suffix or '(none)'!r}; use one of {', '.join(EXTENSIONS)}",
+        )
+    if suffix == ".txt" and kind != "text":
+        raise DataError(
+            path,
+            f"plain .txt holds pretraining text only; give {kind} data as .jsonl, .json or .parquet",
+        )
+    if path.stat().st_size == 0:
+        raise DataError(path, "is empty; add records or remove it from the list")
+
+
+def _check_rows(path: Path, kind: str) -> int:
+    """Validate every row of one file in a single streaming pass; returns the row count."""
+    check = ROW_CHECKS[kind]
+    count = 0
+    for row_no, row in READERS[path.suffix.lower()](path):
+        if not isinstance(row, dict):
+            raise DataError(path, f"must be a JSON object; got {_describe(row)}", row=row_no)
+        problem = check(row)
+        if problem:
+            field, message = problem
+            raise DataError(path, message, row=row_no, field=field)
+        count += 1
+    if count == 0:
+        raise DataError(path, "has no records (only blank lines); add records or remove the file")
+    return count
+
+
+def check_files(paths: PathsLike, kind: str) -> dict[str, int]:
+    """Fail fast on unusable data: every file exists and every row matches `kind`'s schema.
+
+    Returns the number of records per file. Raises DataError at the first problem.
+    """
+    _check_kind(kind)
+    files = _as_paths(paths)
+    if not files:
+        raise DataError("(no files)", f"no {kind} data files were given; pass at least one path")
+    for path in files:
+        _check_file_exists(path, kind)
+    return {str(path): _check_rows(path, kind) for path in files}
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming and loading
+# --------------------------------------------------------------------------------------------
+
+
+def iter_texts(paths: PathsLike) -> Iterator[str]:
+    """Stream the documents of txt/jsonl/json/parquet files (checked first)."""
+    files = _as_paths(paths)
+    check_files(files, "text")
+    for path in files:
+        if path.suffix.lower() == ".parquet":
+            yield from _iter_parquet_texts(path)
+            continue
+        for _, row in READERS[path.suffix.lower()](path):
+            yield row["text"]
+
+
+def _iter_parquet_texts(path: Path) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=["text"]):
+        yield from batch.column(0).to_pylist()
+
+
+def _builder_for(path: Path) -> str:
+    return {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}[
+        path.suffix.lower()
+    ]
+
+
+def _load_file(path: Path) -> datasets.Dataset:
+    """One file as a Dataset, read by `datasets.load_dataset`."""
+    return datasets.load_dataset(_builder_for(path), data_files=str(path), split="train")
+
+
+def _load_converted(
+    path: Path, convert: Callable[[Row], Row], features: datasets.Features
+) -> datasets.Dataset:
+    """One sft/dpo file converted row by row to `features`.
+
+    pyarrow infers one type per column; when a field is a string in some rows and a list in
+    others it cannot, and we build the Dataset from our own (already checked) rows instead.
+    """
+    try:
+        ds = _load_file(path)
+    except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid, pa.ArrowTypeError):
+        rows = (convert(row) for _, row in READERS[path.suffix.lower()](path))
+        return datasets.Dataset.from_list(list(rows), features=features)
+    return ds.map(convert, remove_columns=ds.column_names, features=features)
+
+
+def load_text_dataset(paths: PathsLike, num_proc: int = 1) -> datasets.Dataset:
+    """Pretraining documents as a Dataset with one column, `text` (blank txt lines dropped)."""
+    files = _as_paths(paths)
+    check_files(files, "text")
+    parts = []
+    for path in files:
+        ds = _load_file(path).select_columns(["text"])
+        if path.suffix.lower() == ".txt":
+            ds = ds.filter(
+                _has_text,
+                batched=True,
+                num_proc=num_proc if len(ds) > 50_000 and num_proc > 1 else None,
+            )
+        parts.append(ds)
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _has_text(batch: dict[str, list]) -> list[bool]:
+    return [bool(t and t.strip()) for t in batch["text"]]
+
+
+def _user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
+def _assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
+def _clean_messages(messages: Iterable[dict]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def sft_messages(row: Row) -> list[dict[str, str]]:
+    """A checked SFT row as messages; prompt+completion becomes [user, assistant] verbatim."""
+    if row.get("messages") is not None:
+        return _clean_messages(row["messages"])
+    return [_user(row["prompt"]), _assistant(row["completion"])]
+
+
+def dpo_record(row: Row) -> dict[str, list[dict[str, str]]]:
+    """A checked DPO row in trl's conversational form; strings become one-message lists."""
+    out = {}
+    for name in ("prompt", "chosen", "rejected"):
+        value = row[name]
+        if isinstance(value, str):
+            out[name] = [_user(value)] if name == "prompt" else [_assistant(value)]
+        else:
+            out[name] = _clean_messages(value)
+    return out
+
+
+def load_sft_dataset(paths: PathsLike) -> datasets.Dataset:
+    """SFT conversations as a Dataset with one column, `messages`."""
+    files = _as_paths(paths)
+    check_files(files, "sft")
+    parts = [_load_converted(path, _sft_record, SFT_FEATURES) for path in files]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _sft_record(row: Row) -> Row:
+    return {"messages": sft_messages(row)}
+
+
+def load_dpo_dataset(paths: PathsLike) -> datasets.Dataset:
+    """Preference pairs as a Dataset with `prompt` (ending in a user turn), `chosen`, `rejected`."""
+    files = _as_paths(paths)
+    check_files(files, "dpo")
+    parts = [_load_converted(path, dpo_record, DPO_FEATURES) for path in files]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
