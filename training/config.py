@@ -26,12 +26,26 @@ def _f(default: Any, help: str, **kw) -> Any:
 
 @dataclass
 class DataConfig:
-    pretrain: list[str] = _f(["data/demo/pretrain.jsonl"], "Pretraining files: txt (one document per line), jsonl or parquet with a `text` field.")
-    pretrain_eval: str = _f("data/demo/pretrain_eval.jsonl", "Held-out pretraining text for perplexity and chars/token.")
-    sft: list[str] = _f(["data/demo/sft.jsonl"], "SFT files: jsonl/parquet with `messages`, or `prompt` + `completion`.")
+    pretrain: list[str] = _f(
+        ["data/demo/pretrain.jsonl"],
+        "Pretraining files: txt (one document per line), jsonl or parquet with a `text` field.",
+    )
+    pretrain_eval: str = _f(
+        "data/demo/pretrain_eval.jsonl", "Held-out pretraining text for perplexity and chars/token."
+    )
+    sft: list[str] = _f(
+        ["data/demo/sft.jsonl"],
+        "SFT files: jsonl/parquet with `messages`, or `prompt` + `completion`.",
+    )
     sft_eval: str = _f("data/demo/sft_eval.jsonl", "Held-out SFT conversations for eval loss.")
-    dpo: list[str] = _f([], "Optional DPO files with `prompt`, `chosen`, `rejected`; empty = generate them (dpo-data stage).")
-    probe: str = _f("data/demo/idiom_probe.jsonl", "Held-out questions (`prompt`, `completion`) the final model is asked in the summary.")
+    dpo: list[str] = _f(
+        [],
+        "Optional DPO files with `prompt`, `chosen`, `rejected`; empty = generate them (dpo-data stage).",
+    )
+    probe: str = _f(
+        "data/demo/idiom_probe.jsonl",
+        "Held-out questions (`prompt`, `completion`) the final model is asked in the summary.",
+    )
     num_proc: int = _f(2, "Processes for `datasets.map` tokenization.")
 
 
@@ -69,7 +83,10 @@ class TrainConfig:
     warmup_steps: int = _f(10, "Linear warm-up steps.")
     weight_decay: float = _f(0.1, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
-    optim: str = _f("auto", "auto = fused AdamW on CUDA, AdamW on CPU; or any HF optimizer name (adafactor, adamw_torch, ...).")
+    optim: str = _f(
+        "auto",
+        "auto = fused AdamW on CUDA, AdamW on CPU; or any HF optimizer name (adafactor, adamw_torch, ...).",
+    )
     seq_len: int = _f(256, "Tokens per sequence.")
     eval_steps: int = _f(50, "Evaluate every N steps (0 = only at the end).")
     save_steps: int = _f(50, "Checkpoint every N steps.")
@@ -129,15 +146,23 @@ class Recipe:
     def validate(self) -> Recipe:
         m = self.model
         if m.arch not in ARCHITECTURES:
-            raise ValueError(f"model.arch={m.arch!r} is unknown; set --model.arch to one of {', '.join(ARCHITECTURES)}.")
+            raise ValueError(
+                f"model.arch={m.arch!r} is unknown; set --model.arch to one of {', '.join(ARCHITECTURES)}."
+            )
         if m.hidden_size % m.num_heads:
-            raise ValueError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; change --model.hidden_size or --model.num_heads.")
+            raise ValueError(
+                f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; change --model.hidden_size or --model.num_heads."
+            )
         if m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
-            raise ValueError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={m.num_kv_heads}; change --model.num_kv_heads.")
+            raise ValueError(
+                f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={m.num_kv_heads}; change --model.num_kv_heads."
+            )
         from training.tokenizer import MIN_VOCAB_SIZE
 
         if self.tokenizer.vocab_size < MIN_VOCAB_SIZE:
-            raise ValueError(f"tokenizer.vocab_size={self.tokenizer.vocab_size} cannot hold the 256 byte symbols and special tokens; set --tokenizer.vocab_size to at least {MIN_VOCAB_SIZE}.")
+            raise ValueError(
+                f"tokenizer.vocab_size={self.tokenizer.vocab_size} cannot hold the 256 byte symbols and special tokens; set --tokenizer.vocab_size to at least {MIN_VOCAB_SIZE}."
+            )
         for stage in ("pretrain", "sft", "dpo"):
             cfg: TrainConfig = getattr(self, stage)
             if cfg.seq_len > m.max_position_embeddings:
@@ -159,7 +184,13 @@ class Recipe:
         d.pop("name", None)
         d["data"].pop("num_proc", None)
         for stage in ("pretrain", "sft", "dpo"):
-            for knob in ("eval_steps", "save_steps", "logging_steps", "torch_compile", "gradient_checkpointing"):
+            for knob in (
+                "eval_steps",
+                "save_steps",
+                "logging_steps",
+                "torch_compile",
+                "gradient_checkpointing",
+            ):
                 d[stage].pop(knob, None)
         return d
 
@@ -184,12 +215,16 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
             kwargs["name"] = str(value)
             continue
         if key not in _SECTION_CLASSES:
-            raise ValueError(f"{source}: unknown section {key!r}; known: name, {', '.join(_SECTION_CLASSES)}.")
+            raise ValueError(
+                f"{source}: unknown section {key!r}; known: name, {', '.join(_SECTION_CLASSES)}."
+            )
         cls = _SECTION_CLASSES[key]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(value or {}) - known
         if unknown:
-            raise ValueError(f"{source}: unknown field(s) {', '.join(sorted(unknown))} in section {key!r}; known: {', '.join(sorted(known))}.")
+            raise ValueError(
+                f"{source}: unknown field(s) {', '.join(sorted(unknown))} in section {key!r}; known: {', '.join(sorted(known))}."
+            )
         kwargs[key] = cls(**(value or {}))
     return Recipe(**kwargs)
 
@@ -202,7 +237,9 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     if candidate.exists():
         return candidate
     known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"recipe {name_or_path!r} not found: give a YAML path or one of: {known}.")
+    raise FileNotFoundError(
+        f"recipe {name_or_path!r} not found: give a YAML path or one of: {known}."
+    )
 
 
 def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -69,7 +71,10 @@ def chat_generation_config(tokenizer) -> GenerationConfig:
     """Stop at the end of an assistant turn (<|im_end|>) or of a document (<|endoftext|>)."""
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)],
+        eos_token_id=[
+            tokenizer.convert_tokens_to_ids(IM_END),
+            tokenizer.convert_tokens_to_ids(EOS),
+        ],
         pad_token_id=tokenizer.pad_token_id,
         do_sample=False,
     )
@@ -90,3 +95,19 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
     if exclude_embeddings:
         n -= model.get_input_embeddings().weight.numel()
     return n
+
+
+def load_model_and_tokenizer(model_dir: Path, where: str):
+    """Load a checkpoint with the tokenizer saved beside it, checking they agree."""
+    if not (Path(model_dir) / "config.json").exists():
+        raise FileNotFoundError(
+            f"{where}: no model in {model_dir} (config.json missing); run the previous stage first "
+            "or pass a checkpoint folder."
+        )
+    from training.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    check_vocab_fits(model, tokenizer, where=f"{where} ({model_dir})")
+    model.generation_config = chat_generation_config(tokenizer)
+    return model, tokenizer

@@ -99,3 +99,17 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def save_stage(trainer, tokenizer, run_dir: Path, stage: str, report: dict) -> None:
+    """Save model + tokenizer + report into `<stage>.partial` and publish it (rank 0 publishes)."""
+    if trainer.is_world_process_zero():
+        stage_work_dir(run_dir, stage)
+    trainer.accelerator.wait_for_everyone()
+    work = Path(run_dir) / f"{stage}.partial"
+    trainer.save_model(str(work))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(work))
+        write_json(work / "stage_report.json", report)
+        finish_stage(run_dir, stage)
+    trainer.accelerator.wait_for_everyone()

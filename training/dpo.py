@@ -1,0 +1,82 @@
+"""Stage 5: align the SFT model with trl's DPOTrainer on (prompt, chosen, rejected) pairs,
+through the same chat template as SFT. Reward accuracy and margins go into the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from trl import DPOConfig, DPOTrainer
+
+from training.config import Recipe
+from training.model_factory import load_model_and_tokenizer
+from training.stage_dirs import save_stage
+from training.throughput import attach_throughput
+from training.trainer_args import has_checkpoint, last_logged, loss_history, trainer_kwargs
+
+STAGE = "dpo"
+
+
+def dpo_files(recipe: Recipe, run_dir: Path) -> tuple[list[str], list[str]]:
+    """User-supplied pairs if the recipe names them, else the dpo-data stage's output."""
+    if recipe.data.dpo:
+        return list(recipe.data.dpo), []
+    pairs = Path(run_dir) / "dpo-data"
+    return [str(pairs / "pairs.jsonl")], [str(pairs / "pairs_eval.jsonl")]
+
+
+def main(recipe: Recipe, run_dir: Path) -> dict:
+    """DPO from `run_dir/sft`; publish `run_dir/dpo`."""
+    from training.data.formats import load_dpo_dataset
+
+    run_dir = Path(run_dir)
+    cfg = recipe.dpo
+    model, tokenizer = load_model_and_tokenizer(run_dir / "sft", STAGE)
+    train_files, eval_files = dpo_files(recipe, run_dir)
+    train_data = load_dpo_dataset(train_files)
+    eval_data = load_dpo_dataset(eval_files) if eval_files else None
+
+    args = DPOConfig(
+        **trainer_kwargs(cfg, run_dir, STAGE, has_eval=eval_data is not None),
+        beta=cfg.beta,
+        max_length=cfg.seq_len,
+        dataset_num_proc=recipe.data.num_proc,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+    )
+    throughput = attach_throughput(trainer, model, cfg.seq_len)
+    resuming = has_checkpoint(run_dir, STAGE)
+
+    start = time.time()
+    trainer.train(resume_from_checkpoint=True if resuming else None)
+    wall = time.time() - start
+    final_eval = trainer.evaluate() if eval_data is not None else {}
+
+    history = trainer.state.log_history
+    report = {
+        "stage": STAGE,
+        "train_pairs": len(train_data),
+        "eval_pairs": len(eval_data) if eval_data is not None else 0,
+        "steps": trainer.state.global_step,
+        "resumed": resuming,
+        "beta": cfg.beta,
+        "train_loss_first": loss_history(history)[0][1],
+        "train_loss_last": last_logged(history, "loss"),
+        "reward_accuracy_last": last_logged(history, "rewards/accuracies"),
+        "reward_margin_last": last_logged(history, "rewards/margins"),
+        "eval_loss": final_eval.get("eval_loss"),
+        "eval_reward_accuracy": final_eval.get("eval_rewards/accuracies"),
+        "eval_reward_margin": final_eval.get("eval_rewards/margins"),
+        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
+        "wall_time_s": round(wall, 2),
+        "loss_curve": loss_history(history),
+    }
+    save_stage(trainer, tokenizer, run_dir, STAGE, report)
+    return report

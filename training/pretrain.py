@@ -1,0 +1,165 @@
+"""Stage 2: pretrain a fresh causal LM on packed documents with the HF Trainer.
+
+Documents become `<|bos|> text <|endoftext|>`, are concatenated and cut into fixed blocks of
+`seq_len` tokens, stored once as a compact array (uint16 when the vocabulary allows). The
+Trainer's seeded sampler and checkpoints give exact resume: a killed run continues with the
+same data order and step count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from training.config import Recipe
+from training.model_factory import build_model, check_vocab_fits, count_parameters
+from training.stage_dirs import save_stage
+from training.throughput import attach_throughput
+from training.tokenizer import load_tokenizer
+from training.trainer_args import (
+    baseline_eval_loss,
+    has_checkpoint,
+    last_logged,
+    loss_history,
+    trainer_kwargs,
+)
+
+STAGE = "pretrain"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def tokenize_documents(tokenizer, dataset, num_proc: int):
+    """Map a `text` dataset to `input_ids` = bos + tokens + eos per document."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def encode(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [[bos, *doc, eos] for doc in ids]}
+
+    return dataset.map(
+        encode,
+        batched=True,
+        num_proc=num_proc if len(dataset) >= 1000 * max(num_proc, 1) else None,
+        remove_columns=dataset.column_names,
+        desc="tokenizing",
+    )
+
+
+def build_token_array(tokenizer, paths: list[str], num_proc: int, cache_path: Path) -> np.ndarray:
+    """All documents of `paths` as one flat token array, cached at `cache_path` (.npy)."""
+    if cache_path.exists():
+        return np.load(cache_path, mmap_mode="r")
+    from training.data.formats import load_text_dataset
+
+    tokenized = tokenize_documents(tokenizer, load_text_dataset(paths, num_proc=num_proc), num_proc)
+    flat = pc.list_flatten(tokenized.data.column("input_ids")).to_numpy()
+    array = flat.astype(token_dtype(len(tokenizer)))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(f"{cache_path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, cache_path)
+    return np.load(cache_path, mmap_mode="r")
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """Fixed-length blocks over a flat token array; labels equal inputs (the model shifts)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, max_blocks: int | None = None):
+        n_blocks = len(tokens) // seq_len
+        if max_blocks is not None:
+            n_blocks = min(n_blocks, max_blocks)
+        self.tokens, self.seq_len, self.n_blocks = tokens, seq_len, n_blocks
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < self.n_blocks:
+            raise IndexError(i)
+        start = i * self.seq_len
+        block = torch.from_numpy(self.tokens[start : start + self.seq_len].astype(np.int64))
+        return {"input_ids": block, "labels": block.clone()}
+
+
+def build_packed_dataset(recipe: Recipe, tokenizer, run_dir: Path, split: str) -> PackedBlocks:
+    cfg = recipe.pretrain
+    paths = recipe.data.pretrain if split == "train" else [recipe.data.pretrain_eval]
+    cache = Path(run_dir) / "data_cache" / f"pretrain_{split}.npy"
+    tokens = build_token_array(tokenizer, paths, recipe.data.num_proc, cache)
+    blocks = PackedBlocks(tokens, cfg.seq_len, None if split == "train" else cfg.eval_max_blocks)
+    if len(blocks) == 0:
+        raise ValueError(
+            f"the {split} pretraining data ({', '.join(paths)}) has {len(tokens)} tokens, "
+            f"not enough for one block of pretrain.seq_len={cfg.seq_len}; add text or lower --pretrain.seq_len."
+        )
+    return blocks
+
+
+def perplexity(eval_loss: float | None) -> float | None:
+    return None if eval_loss is None else round(math.exp(min(eval_loss, 50.0)), 3)
+
+
+def main(recipe: Recipe, run_dir: Path) -> dict:
+    """Pretrain from `run_dir/tokenizer`; publish the model as `run_dir/pretrain`."""
+    run_dir = Path(run_dir)
+    cfg = recipe.pretrain
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    train_data = build_packed_dataset(recipe, tokenizer, run_dir, "train")
+    eval_data = build_packed_dataset(recipe, tokenizer, run_dir, "eval")
+
+    model = build_model(recipe.model, tokenizer, seed=cfg.seed)
+    check_vocab_fits(model, tokenizer, where=STAGE)
+    args = TrainingArguments(
+        **trainer_kwargs(cfg, run_dir, STAGE, has_eval=True), remove_unused_columns=False
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=default_data_collator,
+    )
+    throughput = attach_throughput(trainer, model, cfg.seq_len)
+
+    resuming = has_checkpoint(run_dir, STAGE)
+    untrained_loss = baseline_eval_loss(trainer)
+
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    wall = time.time() - start
+    final_eval = trainer.evaluate()
+
+    report = {
+        "stage": STAGE,
+        "arch": recipe.model.arch,
+        "parameters": count_parameters(model),
+        "vocab_size_padded": model.config.vocab_size,
+        "train_blocks": len(train_data),
+        "seq_len": cfg.seq_len,
+        "steps": trainer.state.global_step,
+        "resumed": resuming,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_loss_first": loss_history(trainer.state.log_history)[0][1],
+        "train_loss_last": last_logged(trainer.state.log_history, "loss"),
+        "train_loss_mean": round(result.training_loss, 4),
+        "eval_loss_untrained": round(untrained_loss, 4),
+        "perplexity_untrained": perplexity(untrained_loss),
+        "eval_loss": round(final_eval["eval_loss"], 4),
+        "perplexity": perplexity(final_eval["eval_loss"]),
+        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
+        "mfu_last": last_logged(trainer.state.log_history, "mfu"),
+        "wall_time_s": round(wall, 2),
+        "loss_curve": loss_history(trainer.state.log_history),
+    }
+    save_stage(trainer, tokenizer, run_dir, STAGE, report)
+    return report

@@ -1,0 +1,82 @@
+"""Stage 3: supervised fine-tuning on conversations with trl's SFTTrainer.
+
+Loss falls on assistant tokens only (the chat template's `{% generation %}` marks), over
+multi-turn conversations; the held-out eval loss is measured before and after training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+from training.config import Recipe
+from training.model_factory import load_model_and_tokenizer
+from training.stage_dirs import save_stage
+from training.throughput import attach_throughput
+from training.trainer_args import (
+    baseline_eval_loss,
+    has_checkpoint,
+    last_logged,
+    loss_history,
+    trainer_kwargs,
+)
+
+STAGE = "sft"
+
+
+def build_sft_config(recipe: Recipe, run_dir: Path, stage: str = STAGE) -> SFTConfig:
+    cfg = recipe.sft
+    return SFTConfig(
+        **trainer_kwargs(cfg, run_dir, stage, has_eval=True),
+        assistant_only_loss=True,
+        max_length=cfg.seq_len,
+        packing=cfg.packing,
+        dataset_num_proc=recipe.data.num_proc,
+    )
+
+
+def main(recipe: Recipe, run_dir: Path) -> dict:
+    """Fine-tune `run_dir/pretrain` on the SFT data; publish `run_dir/sft`."""
+    from training.data.formats import load_sft_dataset
+
+    run_dir = Path(run_dir)
+    cfg = recipe.sft
+    model, tokenizer = load_model_and_tokenizer(run_dir / "pretrain", STAGE)
+    train_data = load_sft_dataset(recipe.data.sft)
+    eval_data = load_sft_dataset([recipe.data.sft_eval])
+    eval_data = eval_data.select(range(min(cfg.max_eval_samples, len(eval_data))))
+
+    trainer = SFTTrainer(
+        model=model,
+        args=build_sft_config(recipe, run_dir),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+    )
+    throughput = attach_throughput(trainer, model, cfg.seq_len)
+    resuming = has_checkpoint(run_dir, STAGE)
+    loss_before = baseline_eval_loss(trainer)
+
+    start = time.time()
+    trainer.train(resume_from_checkpoint=True if resuming else None)
+    wall = time.time() - start
+    final_eval = trainer.evaluate()
+
+    report = {
+        "stage": STAGE,
+        "train_conversations": len(train_data),
+        "eval_conversations": len(eval_data),
+        "steps": trainer.state.global_step,
+        "resumed": resuming,
+        "train_loss_first": loss_history(trainer.state.log_history)[0][1],
+        "train_loss_last": last_logged(trainer.state.log_history, "loss"),
+        "eval_loss_before": round(loss_before, 4),
+        "eval_loss": round(final_eval["eval_loss"], 4),
+        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
+        "wall_time_s": round(wall, 2),
+        "loss_curve": loss_history(trainer.state.log_history),
+    }
+    save_stage(trainer, tokenizer, run_dir, STAGE, report)
+    return report
