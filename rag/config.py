@@ -1,0 +1,66 @@
+"""Knowledge-base settings: from arguments or `XIAOPHI_KB_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBEDDER = "runs/tiny/embedder"
+
+
+class KBSettings(BaseSettings):
+    """Where knowledge bases live and how documents are split, embedded and searched."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XIAOPHI_KB_", populate_by_name=True, extra="ignore"
+    )
+
+    kb_dir: Path = Field(
+        Path("kb"),
+        validation_alias=AliasChoices("kb_dir", "XIAOPHI_KB_DIR"),
+        description="Folder holding one sub-folder per knowledge base.",
+    )
+    chunk_size: int = Field(300, ge=20, description="Largest chunk, in characters.")
+    chunk_overlap: int = Field(50, ge=0, description="Characters shared by neighbouring chunks.")
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest accepted file (bytes)."
+    )
+    max_unzipped_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Largest uncompressed size of a docx (zip-bomb guard)."
+    )
+    embedding_model: str = Field(
+        DEFAULT_EMBEDDER,
+        description=(
+            "sentence-transformers model name or path (e.g. a bge-small-zh folder), or "
+            "`hashing` for the built-in character n-gram hashing embedder. The default is the "
+            "embedder `xiaophi-train embedder` trains."
+        ),
+    )
+    embedding_batch_size: int = Field(64, ge=1, description="Chunks per embedding batch.")
+    bm25_tokenizer: Literal["chargram", "jieba"] = Field(
+        "chargram", description="BM25 tokens: character 1-2-grams (default) or jieba words."
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Chunks a search returns by default.")
+    fetch_k: int = Field(
+        50, ge=1, description="Candidates each retriever contributes to the fusion."
+    )
+    rrf_k: int = Field(
+        60, ge=1, description="Reciprocal-rank-fusion constant: score = Σ w/(rrf_k + rank)."
+    )
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in the fusion.")
+    lock_timeout_s: float = Field(
+        300.0, gt=0, description="Longest wait for another writer of a KB."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KBSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap={self.chunk_overlap} must be smaller than chunk_size={self.chunk_size}; "
+                "lower XIAOPHI_KB_CHUNK_OVERLAP or raise XIAOPHI_KB_CHUNK_SIZE."
+            )
+        return self

@@ -1,0 +1,94 @@
+"""Embedding models: any sentence-transformers model through `HuggingFaceEmbeddings`, or the
+built-in `hashing` embedder (character n-grams hashed into a fixed vector; no model files).
+
+Vectors are L2-normalised so the FAISS inner product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from rag.bm25 import chargram_tokens
+from rag.errors import EmbedderUnavailable
+
+HASHING = "hashing"
+
+
+class HashingEmbeddings(Embeddings):
+    """Signed feature hashing of character 1-2-grams: deterministic, instant, lexical only.
+
+    Useful for tests and as a no-model fallback; it adds nothing BM25 does not already see.
+    """
+
+    def __init__(self, dim: int = 256):
+        self.dim = dim
+
+    def _vector(self, text: str) -> list[float]:
+        vec = np.zeros(self.dim, dtype=np.float32)
+        for token in chargram_tokens(text):
+            h = int.from_bytes(
+                hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little"
+            )
+            vec[h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        norm = float(np.linalg.norm(vec))
+        return (vec / norm if norm else vec).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vector(text)
+
+
+@dataclass
+class Embedder:
+    """An Embeddings object and the identity recorded in each KB it indexes."""
+
+    embeddings: Embeddings
+    model_id: str
+
+    @property
+    def dim(self) -> int:
+        return len(self.embeddings.embed_query("维度"))
+
+
+def embedder_id(spec: str) -> str:
+    """How a KB records its embedder: `hashing`, an absolute folder path, or a hub name."""
+    if spec == HASHING:
+        return HASHING
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def load_embedder(spec: str, batch_size: int = 64) -> Embedder:
+    """Load `spec`: `hashing`, or a sentence-transformers model name or folder."""
+    if spec == HASHING:
+        return Embedder(HashingEmbeddings(), HASHING)
+    path = Path(spec).expanduser()
+    # Hub names are `name` or `org/name`; anything else is a folder.
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    if not path.exists() and looks_like_path:
+        raise EmbedderUnavailable(
+            f"embedding model folder {spec!r} does not exist: train the default one with "
+            "`xiaophi-train embedder` (or `make demo`), or set XIAOPHI_KB_EMBEDDING_MODEL to a "
+            "sentence-transformers model name or folder (e.g. a bge-small-zh download), or to "
+            "`hashing` for the built-in lexical embedder."
+        )
+    try:
+        from langchain_huggingface import HuggingFaceEmbeddings
+
+        embeddings = HuggingFaceEmbeddings(
+            model_name=str(path) if path.exists() else spec,
+            encode_kwargs={"normalize_embeddings": True, "batch_size": batch_size},
+        )
+    except Exception as exc:  # sentence-transformers raises many kinds for a missing/broken model
+        raise EmbedderUnavailable(
+            f"could not load embedding model {spec!r} ({type(exc).__name__}: {exc}); check "
+            "XIAOPHI_KB_EMBEDDING_MODEL (offline, a name only works if the model is in the local cache)."
+        ) from None
+    return Embedder(embeddings, embedder_id(spec))

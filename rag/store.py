@@ -1,0 +1,238 @@
+"""A knowledge base on disk, written so that a crash at any moment leaves the last good state.
+
+    <kb_dir>/<name>/
+        kb.lock            flock(2) here: one writer per KB, across threads and processes
+        CURRENT            names the live version folder; replaced atomically (rename)
+        v000007/           manifest.json, faiss/ (LangChain save_local), bm25_counts.npz, bm25.json
+        files/<doc_id>.ext the uploaded originals (write-once, content-addressed)
+
+A writer builds the next version in `.tmp-*`, renames it to `vNNNNNN`, then swaps CURRENT. Until
+that swap readers see the old version; leftovers of a crashed writer are removed by the next one.
+The FAISS pickle is loaded only from a version folder we wrote, after its SHA-256 matches the one
+recorded in that folder's manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from langchain_community.vectorstores import FAISS
+from langchain_community.vectorstores.utils import DistanceStrategy
+from langchain_core.embeddings import Embeddings
+
+from rag.bm25 import BM25Index
+from rag.errors import Conflict, KBError, NotFound
+from rag.kb_index import KBIndex
+
+CURRENT = "CURRENT"
+LOCK = "kb.lock"
+MANIFEST = "manifest.json"
+FILES = "files"
+_VERSION = re.compile(r"v(\d{6,})")
+
+
+def test_pause(point: str) -> None:
+    """Test hook: with XIAOPHI_KB_TEST_PAUSE=point:seconds, announce and sleep at `point`
+    so a test can kill the process there."""
+    spec = os.environ.get("XIAOPHI_KB_TEST_PAUSE", "")
+    name, _, seconds = spec.partition(":")
+    if name == point:
+        print(f"XIAOPHI_KB_PAUSED {point}", flush=True)
+        time.sleep(float(seconds or 30))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
+    """Exclusive flock on `path`; waits up to `timeout_s`. Released when the process dies."""
+    with path.open("a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Conflict(
+                        f"{what} is busy with another writer for over {timeout_s:.0f} s; try again later."
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class KBStore:
+    """The folder of one knowledge base: versions, the CURRENT pointer, originals, the lock."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.name = self.root.name
+
+    # -- reading -------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.root / CURRENT).is_file()
+
+    def current_version(self) -> str:
+        try:
+            return (self.root / CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise NotFound(
+                f"knowledge base {self.name!r} does not exist; create it first."
+            ) from None
+
+    def read_manifest(self, version: str | None = None) -> dict:
+        for attempt in range(5):
+            v = version or self.current_version()
+            try:
+                return json.loads((self.root / v / MANIFEST).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                if version or attempt == 4:
+                    raise
+                time.sleep(0.02)  # a writer swapped versions under us; read the new one
+        raise AssertionError("unreachable")
+
+    def load(self, embeddings: Embeddings) -> KBIndex:
+        """The current version, fully loaded. Retries if a writer retires it meanwhile."""
+        for attempt in range(5):
+            version = self.current_version()
+            try:
+                return self._load_version(version, embeddings)
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.02)
+        raise AssertionError("unreachable")
+
+    def _load_version(self, version: str, embeddings: Embeddings) -> KBIndex:
+        folder = self.root / version
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        vectors = None
+        if manifest.get("faiss_pkl_sha256"):
+            pkl = folder / "faiss" / "index.pkl"
+            if _sha256_file(pkl) != manifest["faiss_pkl_sha256"]:
+                raise KBError(
+                    f"knowledge base {self.name!r}: {pkl} does not match its manifest; refusing to load it."
+                )
+            vectors = FAISS.load_local(
+                str(folder / "faiss"),
+                embeddings,
+                allow_dangerous_deserialization=True,  # our own file, checked against our manifest
+                distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+            )
+        bm25 = BM25Index.load(folder)
+        return KBIndex(manifest=manifest, vectors=vectors, bm25=bm25, version=version)
+
+    def original_path(self, doc: dict) -> Path:
+        return self.root / FILES / f"{doc['id']}{doc['extension']}"
+
+    # -- writing (hold `lock()` around these) --------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, timeout_s: float) -> Iterator[None]:
+        if not self.exists():
+            raise NotFound(f"knowledge base {self.name!r} does not exist; create it first.")
+        with file_lock(self.root / LOCK, timeout_s, f"knowledge base {self.name!r}"):
+            if not self.exists():  # deleted while we waited
+                raise NotFound(f"knowledge base {self.name!r} does not exist; create it first.")
+            yield
+
+    def save_original(self, doc: dict, data: bytes) -> None:
+        path = self.original_path(doc)
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            write_file_atomic(path, data)
+
+    def commit(self, index: KBIndex) -> str:
+        """Write `index` as the next version and make it current; returns the version name."""
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        manifest = dict(index.manifest)
+        manifest["faiss_pkl_sha256"] = None
+        if index.vectors is not None:
+            index.vectors.save_local(str(tmp / "faiss"))
+            manifest["faiss_pkl_sha256"] = _sha256_file(tmp / "faiss" / "index.pkl")
+        test_pause("mid_write")
+        index.bm25.save(tmp)
+        (tmp / MANIFEST).write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        version = self._next_version()
+        os.rename(tmp, self.root / version)
+        test_pause("before_commit")
+        pointer = self.root / f".tmp-{uuid.uuid4().hex}-{CURRENT}"
+        with pointer.open("w", encoding="utf-8") as fh:
+            fh.write(version)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(pointer, self.root / CURRENT)
+        _fsync_dir(self.root)
+        index.manifest, index.version = manifest, version
+        self._clean(keep={version})
+        return version
+
+    def _next_version(self) -> str:
+        numbers = [
+            int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.fullmatch(p.name))
+        ]
+        return f"v{max(numbers, default=0) + 1:06d}"
+
+    def _clean(self, keep: set[str]) -> None:
+        """Drop crashed writers' leftovers and old versions (the previous one stays for readers
+        that are still loading it), plus originals no live document refers to."""
+        versions = sorted(p.name for p in self.root.iterdir() if _VERSION.fullmatch(p.name))
+        keep = keep | set(versions[-2:])
+        for path in self.root.iterdir():
+            if path.name.startswith(".tmp-") or (
+                _VERSION.fullmatch(path.name) and path.name not in keep
+            ):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                    missing_ok=True
+                )
+        live = set()
+        for v in keep:
+            with contextlib.suppress(FileNotFoundError):
+                live |= {f"{d['id']}{d['extension']}" for d in self.read_manifest(v)["documents"]}
+        files = self.root / FILES
+        if files.is_dir():
+            for path in files.iterdir():
+                if path.name not in live:
+                    path.unlink(missing_ok=True)
