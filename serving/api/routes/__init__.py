@@ -1,0 +1,1 @@
+"""Route modules; `serving.app.create_app` includes them all in one place."""

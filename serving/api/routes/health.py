@@ -1,0 +1,27 @@
+"""Liveness and readiness: 200 when the model is loaded and its engine runs, else 503."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from serving.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    service = request.app.state.service
+    if service is None or not service.engine.is_ready:
+        reason = request.app.state.load_error or "the model is not loaded"
+        return error_response(503, reason, code="model_not_loaded")
+    stats = service.engine.stats()
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": service.model_name,
+            "running": stats.running,
+            "waiting": stats.waiting,
+        }
+    )

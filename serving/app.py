@@ -1,0 +1,64 @@
+"""The FastAPI app: `create_app(settings)`; the model and its engine load in `lifespan`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving.api.deps import ApiKey
+from serving.api.routes import chat, completions, health, metrics, models
+from serving.config import Settings
+from serving.engine.factory import LoadedModel, build_engine
+from serving.errors import BodySizeLimit, install_error_handlers
+from serving.metrics import ServingMetrics
+from serving.service import GenerationService
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, load: Callable[[Settings], LoadedModel] = build_engine
+) -> FastAPI:
+    """Build the app. `load` turns settings into an engine (tests and new engines swap it)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = None
+        if settings.model is None:
+            app.state.load_error = "no model configured: start with --model or XIAOPHI_MODEL"
+        else:
+            loaded = load(settings)
+            await loaded.engine.start()
+            app.state.service = GenerationService(
+                loaded.engine,
+                loaded.tokenizer,
+                loaded.name,
+                app.state.metrics,
+                max_n=settings.max_n,
+            )
+        try:
+            yield
+        finally:
+            app.state.service = None
+            if loaded is not None:
+                await loaded.engine.stop()
+
+    app = FastAPI(title="xiaophi", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = None
+    app.state.load_error = None
+    app.state.metrics = ServingMetrics(
+        lambda: app.state.service.engine.stats() if app.state.service is not None else None
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    # Every router in one place; all but /health need an API key when keys are configured.
+    app.include_router(health.router)
+    for router in (metrics.router, models.router, chat.router, completions.router):
+        app.include_router(router, dependencies=[ApiKey])
+    return app

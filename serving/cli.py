@@ -1,0 +1,47 @@
+"""`xiaophi-serve`: serve a checkpoint over the OpenAI-compatible API.
+
+Flags override `XIAOPHI_*` environment variables, which override the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from serving.config import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="xiaophi-serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint directory (XIAOPHI_MODEL)")
+    parser.add_argument(
+        "--served-model-name", help="model id clients use (default: directory name)"
+    )
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument(
+        "--api-keys", help="comma-separated API keys; then every route but /health needs one"
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--max-running", type=int, help="requests generated together (default 32)")
+    parser.add_argument("--max-waiting", type=int, help="queued requests before 429 (default 128)")
+    parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass")
+    parser.add_argument("--kb-dir", help="knowledge-base folder")
+    parser.add_argument("--log-level", help="uvicorn log level (default info)")
+    args = parser.parse_args(argv)
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings = Settings(**parse_args(argv))
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+
+
+if __name__ == "__main__":
+    main()

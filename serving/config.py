@@ -1,0 +1,68 @@
+"""Service settings: `XIAOPHI_*` environment variables (or a `.env` file), overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XIAOPHI_", env_file=".env", extra="ignore")
+
+    model: Path | None = Field(
+        None, description="Checkpoint directory (any HF causal LM with a chat template)."
+    )
+    served_model_name: str | None = Field(
+        None, description="Model id the API reports and accepts (default: the directory name)."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, description="Port to bind.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, every route but /health needs one.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = cuda when available, else cpu."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on GPU, float32 on CPU."
+    )
+    engine: Literal["hf-continuous"] = Field(
+        "hf-continuous", description="Which engine runs the model."
+    )
+    max_running: int = Field(
+        32,
+        ge=1,
+        description="Requests generated together (batch slots); the KV cache is sized for them.",
+    )
+    max_waiting: int = Field(
+        128, ge=0, description="Requests queued behind the running ones; beyond that, 429."
+    )
+    max_batch_tokens: int | None = Field(
+        None, ge=16, description="Tokens per forward pass (default: max(context, 512))."
+    )
+    kv_page_size: int = Field(32, ge=4, description="Tokens per KV-cache page.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per request) accepted.")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest request body; beyond it, 413."
+    )
+    kb_dir: Path | None = Field(
+        None, description="Knowledge-base folder (used by the knowledge-base routes)."
+    )
+    log_level: str = Field("info", description="uvicorn log level.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return self.model.name if self.model is not None else "none"

@@ -1,0 +1,113 @@
+"""The engine seam: what the routes need from whatever runs the model.
+
+An engine takes a tokenized request with its sampling parameters and streams back
+`GenerationDelta`s until one carries a finish reason; it can cancel a request at any time.
+The routes and the service never touch a model; a new engine only has to implement `Engine`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass
+class SamplingParams:
+    """Per-request decoding settings (OpenAI names; `temperature == 0` means greedy)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass
+class EngineRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass
+class GenerationDelta:
+    """New output for one request since the previous delta.
+
+    `text` only ever holds whole characters, never a pending stop-string prefix, never the
+    stop string itself. The last delta of a request has `finish_reason` set.
+    """
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    completion_tokens: int = 0  # total generated so far (not just this delta)
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+
+
+class DeltaStream(Protocol):
+    """What `Engine.submit` returns: an async iterator of deltas that `aclose()` cancels."""
+
+    def __aiter__(self) -> DeltaStream: ...
+
+    async def __anext__(self) -> GenerationDelta: ...
+
+    async def aclose(self) -> None: ...
+
+
+class QueueFullError(RuntimeError):
+    """The engine's waiting queue is full; the caller should retry later."""
+
+
+class EngineNotReadyError(RuntimeError):
+    """The engine is not running (not loaded yet, stopped, or crashed)."""
+
+
+class Engine(ABC):
+    """Runs one model; many concurrent requests share it."""
+
+    #: longest prompt + generation the model accepts
+    context_length: int
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load and warm up; called once from the app's lifespan."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop generating and free resources; pending requests end with an error delta."""
+
+    @abstractmethod
+    def submit(self, request: EngineRequest) -> DeltaStream:
+        """Queue `request` and return the stream of its deltas.
+
+        Raises `QueueFullError` or `EngineNotReadyError` at once, before any delta.
+        Closing the stream early (`aclose()`) cancels the request and frees its slot.
+        """
+
+    @abstractmethod
+    async def cancel(self, request_id: str) -> None:
+        """Stop generating for `request_id`; its stream ends with `finish_reason="cancelled"`."""
+
+    @abstractmethod
+    def stats(self) -> EngineStats:
+        """Requests being generated and requests queued behind them."""
+
+    @property
+    @abstractmethod
+    def is_ready(self) -> bool:
+        """True while the engine accepts requests."""

@@ -1,0 +1,73 @@
+"""Load a checkpoint directory and build the engine the settings ask for."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from serving.config import Settings
+from serving.engine.base import Engine
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    engine: Engine
+    tokenizer: object
+    name: str
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[setting]
+
+
+def load_model(settings: Settings):
+    """(model, tokenizer) from `settings.model`, on the chosen device and dtype, in eval mode."""
+    path = Path(settings.model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint directory (no config.json); pass --model"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"{path} has no chat template (chat_template.jinja); chat completions need one"
+        )
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    logger.info("loaded %s on %s (%s)", path, device, dtype)
+    return model, tokenizer
+
+
+def build_engine(settings: Settings) -> LoadedModel:
+    model, tokenizer = load_model(settings)
+    if settings.engine == "hf-continuous":
+        from serving.engine.hf_continuous import HFContinuousEngine
+
+        engine = HFContinuousEngine(
+            model,
+            tokenizer,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            page_size=settings.kv_page_size,
+            max_batch_tokens=settings.max_batch_tokens,
+        )
+    else:  # pragma: no cover - Settings validates the name
+        raise ValueError(f"unknown engine {settings.engine!r}")
+    return LoadedModel(engine=engine, tokenizer=tokenizer, name=settings.model_name)

@@ -1,0 +1,353 @@
+"""Chat and text completions on top of an `Engine`: prompts, limits, choices, usage.
+
+Knows nothing of HTTP: it returns response models or async iterators of chunks, and raises
+`serving.exceptions` errors that errors.py turns into status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from serving.engine.base import DeltaStream, Engine, EngineRequest, GenerationDelta, SamplingParams
+from serving.exceptions import ContextLengthError, InvalidRequestError, ModelNotFoundError
+from serving.metrics import ServingMetrics
+from serving.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunk,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatDelta,
+    ChatRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    SamplingFields,
+    Usage,
+)
+
+
+@dataclass
+class _Choice:
+    index: int
+    prompt_ids: list[int]
+    stream: DeltaStream
+
+
+class GenerationService:
+    def __init__(
+        self, engine: Engine, tokenizer, model_name: str, metrics: ServingMetrics, max_n: int = 8
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.metrics = metrics
+        self.max_n = max_n
+
+    # ------------------------------------------------------------------ chat
+    async def chat(self, request: ChatRequest) -> ChatCompletion | ChunkStream:
+        """The answer, or with `stream` its chunks (every choice is queued before this returns)."""
+        self._check_common(request)
+        if request.logprobs:
+            raise InvalidRequestError("logprobs are not supported", param="logprobs")
+        if request.tools:
+            raise InvalidRequestError("tools are not supported by this model", param="tools")
+        prompt = self._chat_prompt(request)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        choices = self._submit(rid, [prompt] * request.n, request, max_tokens)
+        if request.stream:
+            return ChunkStream(self._chat_chunks(rid, choices, request), choices)  # type: ignore[return-value]
+        texts, reasons, usage = await self._collect(choices)
+        return ChatCompletion(
+            id=rid,
+            model=self.model_name,
+            choices=[
+                ChatChoice(
+                    index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i]
+                )
+                for i in range(len(choices))
+            ],
+            usage=usage,
+        )
+
+    def _chat_prompt(self, request: ChatRequest) -> list[int]:
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
+        ]
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_dict=False
+            )
+        except Exception as exc:  # the template raises on what it cannot render
+            raise InvalidRequestError(
+                f"cannot apply the chat template: {exc}", param="messages"
+            ) from exc
+        return list(ids)
+
+    async def _chat_chunks(
+        self, rid: str, choices: list[_Choice], request: ChatRequest
+    ) -> AsyncIterator[ChatChunk]:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        def chunk(index: int, delta: ChatDelta, finish: str | None = None) -> ChatChunk:
+            return ChatChunk(
+                id=rid,
+                model=self.model_name,
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish)],
+            )
+
+        for choice in choices:
+            yield chunk(choice.index, ChatDelta(role="assistant", content=""))
+        completion_tokens = 0
+        async for index, delta in _merge(choices):
+            if delta.text:
+                yield chunk(index, ChatDelta(content=delta.text))
+            if delta.finish_reason is not None:
+                completion_tokens += delta.completion_tokens
+                yield chunk(index, ChatDelta(), _public_reason(delta))
+        if include_usage:
+            yield ChatChunk(
+                id=rid,
+                model=self.model_name,
+                choices=[],
+                usage=self._usage(choices, completion_tokens),
+            )
+
+    # ------------------------------------------------------------------ completions
+    async def complete(self, request: CompletionRequest) -> Completion | ChunkStream:
+        self._check_common(request)
+        for name, unsupported in (
+            ("echo", request.echo),
+            ("suffix", request.suffix),
+            ("logprobs", request.logprobs),
+        ):
+            if unsupported:
+                raise InvalidRequestError(f"`{name}` is not supported", param=name)
+        if request.best_of not in (None, 1):
+            raise InvalidRequestError("`best_of` is not supported", param="best_of")
+        prompts = self._completion_prompts(request.prompt)
+        if len(prompts) * request.n > self.max_n:
+            raise InvalidRequestError(
+                f"at most {self.max_n} choices (prompts × n) per request", param="n"
+            )
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        # choices are ordered prompt by prompt, n per prompt (as OpenAI does)
+        choices = self._submit(
+            rid, [p for p in prompts for _ in range(request.n)], request, request.max_tokens
+        )
+        if request.stream:
+            return ChunkStream(self._completion_chunks(rid, choices, request), choices)  # type: ignore[return-value]
+        texts, reasons, usage = await self._collect(choices)
+        return Completion(
+            id=rid,
+            model=self.model_name,
+            choices=[
+                CompletionChoice(index=i, text=texts[i], finish_reason=reasons[i])
+                for i in range(len(choices))
+            ],
+            usage=usage,
+        )
+
+    def _completion_prompts(self, prompt) -> list[list[int]]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise InvalidRequestError("`prompt` is empty", param="prompt")
+        if all(isinstance(p, int) for p in prompt):
+            prompt = [prompt]
+        prompts = []
+        for item in prompt:
+            ids = self.tokenizer(item)["input_ids"] if isinstance(item, str) else list(item)
+            if not ids:
+                raise InvalidRequestError("a prompt is empty", param="prompt")
+            if max(ids) >= len(self.tokenizer) or min(ids) < 0:
+                raise InvalidRequestError(
+                    "a prompt token id is outside the vocabulary", param="prompt"
+                )
+            prompts.append(ids)
+        return prompts
+
+    async def _completion_chunks(
+        self, rid: str, choices: list[_Choice], request: CompletionRequest
+    ) -> AsyncIterator[Completion]:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        completion_tokens = 0
+        async for index, delta in _merge(choices):
+            finish = None
+            if delta.finish_reason is not None:
+                completion_tokens += delta.completion_tokens
+                finish = _public_reason(delta)
+            if delta.text or finish:
+                yield Completion(
+                    id=rid,
+                    model=self.model_name,
+                    choices=[CompletionChoice(index=index, text=delta.text, finish_reason=finish)],
+                )
+        if include_usage:
+            yield Completion(
+                id=rid,
+                model=self.model_name,
+                choices=[],
+                usage=self._usage(choices, completion_tokens),
+            )
+
+    # ------------------------------------------------------------------ shared
+    def _check_common(self, request: SamplingFields) -> None:
+        if request.model != self.model_name:
+            raise ModelNotFoundError(
+                f"The model `{request.model}` does not exist; this server serves `{self.model_name}`.",
+                param="model",
+                code="model_not_found",
+            )
+        if request.n > self.max_n:
+            raise InvalidRequestError(f"`n` must be at most {self.max_n}", param="n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(request, name):
+                raise InvalidRequestError(
+                    f"`{name}` is not supported; use `repetition_penalty` (extra_body) instead",
+                    param=name,
+                )
+
+    def sampling_params(
+        self, request: SamplingFields, prompt_len: int, max_tokens: int | None
+    ) -> SamplingParams:
+        remaining = self.engine.context_length - prompt_len
+        if remaining < 1:
+            raise ContextLengthError(
+                f"The prompt has {prompt_len} tokens; this model's context is {self.engine.context_length} "
+                "tokens and needs room for at least one more.",
+                param="messages" if isinstance(request, ChatRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        temperature = 1.0 if request.temperature is None else request.temperature
+        return SamplingParams(
+            max_new_tokens=min(max_tokens or remaining, remaining),
+            temperature=temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=request.top_k or 0,
+            repetition_penalty=request.repetition_penalty or 1.0,
+            seed=request.seed,
+            stop=list(request.stop or []),
+        )
+
+    def _submit(
+        self, rid: str, prompts: list[list[int]], request: SamplingFields, max_tokens: int | None
+    ) -> list[_Choice]:
+        """Queue every choice at once; on any refusal cancel those already queued."""
+        params = [self.sampling_params(request, len(p), max_tokens) for p in prompts]
+        arrived = time.perf_counter()
+        choices: list[_Choice] = []
+        try:
+            for index, (prompt, param) in enumerate(zip(prompts, params, strict=True)):
+                if param.seed is not None:
+                    param.seed += (
+                        index  # n seeded choices differ from each other but repeat across calls
+                    )
+                stream = self.engine.submit(EngineRequest(f"{rid}-{index}", prompt, param))
+                choices.append(
+                    _Choice(index, prompt, self.metrics.track(stream, len(prompt), arrived))
+                )
+        except Exception:
+            for choice in choices:
+                _close_soon(choice.stream)
+            raise
+        return choices
+
+    async def _collect(self, choices: list[_Choice]) -> tuple[list[str], list[str], Usage]:
+        texts = [""] * len(choices)
+        reasons = ["stop"] * len(choices)
+        completion_tokens = 0
+        async for index, delta in _merge(choices):
+            texts[index] += delta.text
+            if delta.finish_reason is not None:
+                reasons[index] = _public_reason(delta)
+                completion_tokens += delta.completion_tokens
+        return texts, reasons, self._usage(choices, completion_tokens)
+
+    def _usage(self, choices: list[_Choice], completion_tokens: int) -> Usage:
+        # n choices of one prompt share it: OpenAI counts the prompt once per distinct prompt
+        prompt_tokens = sum(len(p) for p in {tuple(c.prompt_ids): None for c in choices})
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+class ChunkStream:
+    """Response chunks; `aclose()` cancels every choice, even if iteration never started."""
+
+    def __init__(self, chunks: AsyncIterator, choices: list[_Choice]) -> None:
+        self._chunks = chunks
+        self._choices = choices
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self):
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+        for choice in self._choices:
+            await choice.stream.aclose()
+
+
+class GenerationFailedError(RuntimeError):
+    """The engine failed a request after it started (reported to the client, in-stream if streaming)."""
+
+
+def _public_reason(delta: GenerationDelta) -> str:
+    if delta.finish_reason == "error":
+        raise GenerationFailedError(delta.error or "generation failed")
+    if delta.finish_reason == "cancelled":
+        raise GenerationFailedError("generation was cancelled by the server")
+    return delta.finish_reason
+
+
+async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    """Deltas of all choices as they come; closing this closes (cancels) every choice."""
+    if len(choices) == 1:
+        try:
+            async for delta in choices[0].stream:
+                yield 0, delta
+        finally:
+            await choices[0].stream.aclose()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(choice: _Choice) -> None:
+        try:
+            async for delta in choice.stream:
+                await queue.put((choice.index, delta))
+        finally:
+            await queue.put((choice.index, done))
+
+    tasks = [asyncio.create_task(pump(c)) for c in choices]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for choice in choices:
+            await choice.stream.aclose()
+
+
+def _close_soon(stream) -> None:
+    asyncio.get_running_loop().create_task(stream.aclose())
