@@ -41,6 +41,22 @@ def _bad_share(text: str) -> float:
     return bad / len(text)
 
 
+def _mostly_common_chinese(text: str) -> bool:
+    """Real GBK/GB18030 text is mostly GB2312 characters; bytes that merely happen to decode
+    (short binary junk) give rare characters instead."""
+    wide = [ch for ch in text if ord(ch) > 127]
+    if not wide:
+        return True
+    common = 0
+    for ch in wide:
+        try:
+            ch.encode("gb2312")
+            common += 1
+        except UnicodeEncodeError:
+            pass
+    return common / len(wide) >= 0.8
+
+
 def _try(data: bytes, encoding: str) -> str | None:
     try:
         text = data.decode(encoding)
@@ -88,12 +104,18 @@ def decode_text(data: bytes, filename: str = "file") -> DecodedText:
     if b"\x00" not in data:
         # GB18030 is a superset of GBK and GB2312, so one attempt covers all three.
         text = _try(data, "gb18030")
-        if text is not None:
+        if text is not None and _mostly_common_chinese(text):
             return DecodedText(text, "gb18030")
         from charset_normalizer import from_bytes
 
         best = from_bytes(data).best()
-        if best is not None and best.encoding:
+        # A guess on a few bytes is noise; UTF-16/32 were handled above and need NULs anyway.
+        if (
+            best is not None
+            and len(data) >= 64
+            and best.chaos <= 0.1
+            and not best.encoding.startswith("utf")
+        ):
             text = _try(data, best.encoding)
             if text is not None:
                 return DecodedText(text, best.encoding)

@@ -1,0 +1,116 @@
+"""Processes: kill -9 in the middle of ingestion, and two processes writing one KB at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rag.service import KnowledgeBaseService
+from tests.rag.conftest import IDIOMS, settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_add(kb_dir: Path, files: list[Path], pause: str | None = None) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "XIAOPHI_KB_CHUNK_SIZE": "60",
+        "XIAOPHI_KB_CHUNK_OVERLAP": "10",
+    }
+    if pause:
+        env["XIAOPHI_KB_TEST_PAUSE"] = pause
+    cmd = [
+        sys.executable,
+        "-m",
+        "rag",
+        "--kb-dir",
+        str(kb_dir),
+        "--embedding-model",
+        "hashing",
+        "add",
+        "demo",
+    ]
+    return subprocess.Popen(
+        cmd + [str(f) for f in files],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_pause(proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("XIAOPHI_KB_PAUSED"):
+            return
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"process ended before pausing: {proc.stderr.read()}")
+    raise AssertionError("process did not reach its pause point")
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    service = KnowledgeBaseService(settings(tmp_path))
+    service.create_kb("demo")
+    from rag.models import Upload
+
+    service.add_documents(
+        "demo", [Upload(filename="old.txt", data=IDIOMS["守株待兔"].encode("gbk"))]
+    )
+    new_file = tmp_path / "new_gbk.txt"
+    new_file.write_bytes(IDIOMS["画蛇添足"].encode("gbk"))
+    return service, new_file
+
+
+@pytest.mark.parametrize("point", ["after_embed", "mid_write", "before_commit"])
+def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded, point):
+    service, new_file = seeded
+    proc = start_add(service.settings.kb_dir, [new_file], pause=f"{point}:60")
+    try:
+        wait_for_pause(proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    fresh = KnowledgeBaseService(service.settings)
+    assert [d.filename for d in fresh.list_documents("demo")] == ["old.txt"]
+    hits = fresh.search("demo", "守株待兔", top_k=5)
+    assert hits[0].filename == "old.txt" and all(h.filename == "old.txt" for h in hits)
+    # The dead writer's lock is gone with it; the next write lands and sweeps its leftovers.
+    from rag.models import Upload
+
+    result = fresh.add_documents(
+        "demo", [Upload(filename="new_gbk.txt", data=new_file.read_bytes())]
+    )
+    assert result.results[0].status == "added"
+    assert fresh.search("demo", "画蛇添足", top_k=1)[0].filename == "new_gbk.txt"
+    leftovers = [
+        p.name for p in (service.settings.kb_dir / "demo").iterdir() if p.name.startswith(".tmp-")
+    ]
+    assert leftovers == []
+
+
+def test_two_processes_adding_at_once_both_land(seeded, tmp_path):
+    service, new_file = seeded
+    other = tmp_path / "other.txt"
+    other.write_text(IDIOMS["亡羊补牢"], encoding="utf-16")
+    # The first writer holds the KB lock for 2 s just before publishing; the second must wait
+    # for it and build on its result instead of overwriting it.
+    first = start_add(service.settings.kb_dir, [new_file], pause="before_commit:2")
+    wait_for_pause(first)
+    second = start_add(service.settings.kb_dir, [other])
+    assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0, second.stderr.read()
+    names = sorted(
+        d.filename for d in KnowledgeBaseService(service.settings).list_documents("demo")
+    )
+    assert names == ["new_gbk.txt", "old.txt", "other.txt"]
