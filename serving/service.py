@@ -106,12 +106,13 @@ class GenerationService:
         for choice in choices:
             yield chunk(choice.index, ChatDelta(role="assistant", content=""))
         completion_tokens = 0
-        async for index, delta in _merge(choices):
-            if delta.text:
-                yield chunk(index, ChatDelta(content=delta.text))
-            if delta.finish_reason is not None:
-                completion_tokens += delta.completion_tokens
-                yield chunk(index, ChatDelta(), _public_reason(delta))
+        async with contextlib.aclosing(_merge(choices)) as deltas:
+            async for index, delta in deltas:
+                if delta.text:
+                    yield chunk(index, ChatDelta(content=delta.text))
+                if delta.finish_reason is not None:
+                    completion_tokens += delta.completion_tokens
+                    yield chunk(index, ChatDelta(), _public_reason(delta))
         if include_usage:
             yield ChatChunk(
                 id=rid,
@@ -179,17 +180,20 @@ class GenerationService:
     ) -> AsyncIterator[Completion]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         completion_tokens = 0
-        async for index, delta in _merge(choices):
-            finish = None
-            if delta.finish_reason is not None:
-                completion_tokens += delta.completion_tokens
-                finish = _public_reason(delta)
-            if delta.text or finish:
-                yield Completion(
-                    id=rid,
-                    model=self.model_name,
-                    choices=[CompletionChoice(index=index, text=delta.text, finish_reason=finish)],
-                )
+        async with contextlib.aclosing(_merge(choices)) as deltas:
+            async for index, delta in deltas:
+                finish = None
+                if delta.finish_reason is not None:
+                    completion_tokens += delta.completion_tokens
+                    finish = _public_reason(delta)
+                if delta.text or finish:
+                    yield Completion(
+                        id=rid,
+                        model=self.model_name,
+                        choices=[
+                            CompletionChoice(index=index, text=delta.text, finish_reason=finish)
+                        ],
+                    )
         if include_usage:
             yield Completion(
                 id=rid,
@@ -264,11 +268,12 @@ class GenerationService:
         texts = [""] * len(choices)
         reasons = ["stop"] * len(choices)
         completion_tokens = 0
-        async for index, delta in _merge(choices):
-            texts[index] += delta.text
-            if delta.finish_reason is not None:
-                reasons[index] = _public_reason(delta)
-                completion_tokens += delta.completion_tokens
+        async with contextlib.aclosing(_merge(choices)) as deltas:
+            async for index, delta in deltas:
+                texts[index] += delta.text
+                if delta.finish_reason is not None:
+                    reasons[index] = _public_reason(delta)
+                    completion_tokens += delta.completion_tokens
         return texts, reasons, self._usage(choices, completion_tokens)
 
     def _usage(self, choices: list[_Choice], completion_tokens: int) -> Usage:

@@ -1,0 +1,103 @@
+"""Serving fixtures: a real uvicorn server (in a thread) on a free port, stopped afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from serving.app import create_app
+from serving.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    app: FastAPI
+    url: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+@contextlib.contextmanager
+def run_server(settings: Settings, **app_kwargs) -> Iterator[RunningServer]:
+    port = free_port()
+    app = create_app(settings.model_copy(update={"port": port}), **app_kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def tiny_settings(checkpoint, **overrides) -> Settings:
+    values = dict(
+        model=checkpoint, served_model_name="tiny", max_running=16, max_waiting=16, api_keys=[]
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint) -> Iterator[RunningServer]:
+    """The shared server: tiny model, no API keys."""
+    with run_server(tiny_settings(tiny_checkpoint)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint):
+    """Tokenizer and model loaded the plain way, for greedy `generate` references."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)).eval()
+
+    class Reference:
+        def __init__(self) -> None:
+            self.tokenizer = tokenizer
+            self.model = model
+
+        def chat_ids(self, content: str) -> list[int]:
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}],
+                add_generation_prompt=True,
+                return_dict=False,
+            )
+
+        def greedy_ids(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+            with torch.no_grad():
+                out = model.generate(
+                    torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False
+                )
+            return out[0, len(prompt_ids) :].tolist()
+
+        def greedy_text(self, prompt_ids: list[int], max_new_tokens: int) -> str:
+            return tokenizer.decode(
+                self.greedy_ids(prompt_ids, max_new_tokens), skip_special_tokens=True
+            )
+
+    return Reference()
