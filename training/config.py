@@ -225,7 +225,10 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
             raise ValueError(
                 f"{source}: unknown field(s) {', '.join(sorted(unknown))} in section {key!r}; known: {', '.join(sorted(known))}."
             )
-        kwargs[key] = cls(**(value or {}))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs[key] = cls(
+            **{k: coerce_field_value(v, fields[k], f"{key}.{k}") for k, v in (value or {}).items()}
+        )
     return Recipe(**kwargs)
 
 
@@ -265,16 +268,33 @@ def field_flags() -> list[tuple[str, dataclasses.Field, type]]:
 
 
 def parse_flag_value(raw: str, f: dataclasses.Field) -> Any:
-    """Parse a CLI string into the field's type (YAML rules: 1e-3, true, null, [a, b])."""
-    value = yaml.safe_load(raw)
+    """Parse a CLI string with YAML rules (true, null, [a, b]); the field's type decides the rest."""
+    return raw if str(f.type) == "str" else yaml.safe_load(raw)
+
+
+def coerce_field_value(value: Any, f: dataclasses.Field, name: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or say which flag is wrong."""
     type_str = str(f.type)
-    if type_str.startswith("list") and not isinstance(value, list):
-        value = [value]
-    if "float" in type_str and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type_str == "str" and not isinstance(value, str):
-        value = raw
-    return value
+    if value is None and "None" in type_str:
+        return None
+    try:
+        if type_str.startswith("list"):
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        if type_str.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if type_str.startswith("int"):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if type_str.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a valid {type_str}; fix --{name}.") from None
 
 
 def recipe_json(recipe: Recipe) -> str:

@@ -5,6 +5,7 @@ negatives, recorded as such (`rejected_source`), never called human preferences.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -44,6 +45,11 @@ def generate_answers(
     """The model's answer to each conversation prompt, through the chat template, batched."""
     torch.manual_seed(seed)
     model.eval()
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens = max_new_tokens
+    config.do_sample = temperature > 0
+    config.temperature = temperature if temperature > 0 else None
+    config.top_k = config.top_p = None
     tokenizer.padding_side = "left"
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -55,15 +61,7 @@ def generate_answers(
             return_dict=True,
             return_tensors="pt",
         ).to(model.device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_k=None,
-            top_p=None,
-            generation_config=model.generation_config,
-        )
+        out = model.generate(**batch, generation_config=config)
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers

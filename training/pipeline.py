@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from training.config import Recipe
-from training.stage_dirs import claim_run_dir, is_finished, stage_dir, write_json
+from training.stage_dirs import check_run_dir, claim_run_dir, is_finished, stage_dir, write_json
 
 # Stage name → module with `main(recipe, run_dir) -> report`, in pipeline order.
 STAGE_MODULES = {
@@ -53,12 +53,13 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
     from training.data.formats import check_files
 
     recipe.validate()
-    claim_run_dir(run_dir, recipe)
+    check_run_dir(run_dir, recipe)
     for stage in stages:
         if is_finished(run_dir, stage):
             continue
         for files, kind in stage_inputs(recipe, stage):
             check_files(files, kind)
+    claim_run_dir(run_dir, recipe)
 
 
 def read_stage_report(run_dir: Path, stage: str) -> dict:

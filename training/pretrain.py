@@ -120,7 +120,8 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
     model = build_model(recipe.model, tokenizer, seed=cfg.seed)
     check_vocab_fits(model, tokenizer, where=STAGE)
     args = TrainingArguments(
-        **trainer_kwargs(cfg, run_dir, STAGE, has_eval=True), remove_unused_columns=False
+        **trainer_kwargs(cfg, run_dir, STAGE, has_eval=True, padded=False),
+        remove_unused_columns=False,
     )
     trainer = Trainer(
         model=model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -18,12 +19,10 @@ def ask(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> dic
         messages, add_generation_prompt=True, tokenize=True, return_dict=False
     )
     input_ids = torch.tensor([ids], device=model.device)
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens, config.do_sample = max_new_tokens, False
     out = model.generate(
-        input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        generation_config=model.generation_config,
+        input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
     )
     new = out[0, len(ids) :].tolist()
     eos_ids = model.generation_config.eos_token_id

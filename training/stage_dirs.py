@@ -53,8 +53,9 @@ def finish_stage(run_dir: Path, stage: str) -> Path:
     return final
 
 
-def claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
-    """Create `run_dir` for `recipe`, or check that it already holds a run of the same recipe."""
+def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
+    """Whether `run_dir` already holds a run of `recipe` (False: free to start one); raises when
+    it holds a different recipe's run or something that is not a run. Writes nothing."""
     run_dir = Path(run_dir)
     marker = run_dir / RECIPE_FILE
     wanted = recipe.fingerprint()
@@ -69,14 +70,23 @@ def claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
                 "Its finished stages would not match this recipe: pass another --out, "
                 "or delete the folder to start over."
             )
-        return
-    if run_dir.exists() and any(p.name != RECIPE_FILE for p in run_dir.iterdir()):
+        return True
+    if run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(
             f"{run_dir} is not empty and holds no {RECIPE_FILE}: it is not a xiaophi run folder; "
             "pass another --out."
         )
+    return False
+
+
+def claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Create `run_dir` for `recipe`, or check that it already holds a run of the same recipe."""
+    if check_run_dir(run_dir, recipe):
+        return
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"name": recipe.name, "fingerprint": wanted, "recipe": recipe.to_dict()}
+    marker = run_dir / RECIPE_FILE
+    payload = {"name": recipe.name, "fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict()}
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, marker)

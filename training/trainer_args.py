@@ -25,8 +25,11 @@ def resolve_optim(name: str) -> str:
     return "adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch"
 
 
-def trainer_kwargs(cfg: TrainConfig, run_dir: Path, stage: str, has_eval: bool) -> dict:
-    """Keyword arguments shared by TrainingArguments, SFTConfig and DPOConfig."""
+def trainer_kwargs(
+    cfg: TrainConfig, run_dir: Path, stage: str, has_eval: bool, padded: bool = True
+) -> dict:
+    """Keyword arguments shared by TrainingArguments, SFTConfig and DPOConfig; `padded` = batches
+    carry padding, so only non-padding tokens count towards tokens/s."""
     cuda = torch.cuda.is_available()
     # Tensorboard event files per stage, outside the checkpoint folder.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / "tensorboard" / stage)
@@ -56,9 +59,9 @@ def trainer_kwargs(cfg: TrainConfig, run_dir: Path, stage: str, has_eval: bool) 
         save_steps=cfg.save_steps,
         save_total_limit=2,
         report_to=["tensorboard"],
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="non_padding" if padded else "all",
         torch_compile=cfg.torch_compile,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )

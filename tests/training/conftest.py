@@ -1,0 +1,90 @@
+"""Tiny training data and a tiny recipe, written to tmp_path (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+IDIOMS = {
+    "画蛇添足": "比喻做了多余的事，反而不恰当。",
+    "守株待兔": "比喻死守狭隘经验，不知变通。",
+    "亡羊补牢": "比喻出了问题以后想办法补救。",
+    "对牛弹琴": "比喻对不懂道理的人讲道理。",
+    "井底之蛙": "比喻见识狭窄的人。",
+    "掩耳盗铃": "比喻自己欺骗自己。",
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, str]:
+    """Files in every documented format, small enough for seconds of training (read-only)."""
+    d = tmp_path_factory.mktemp("data")
+    texts = [
+        f"{k}：{v}这是第{i}个例子，今天天气很好，我们去公园散步吧。"
+        for i in range(30)
+        for k, v in IDIOMS.items()
+    ]
+    convs = [
+        {
+            "messages": [
+                {"role": "user", "content": f"“{k}”是什么意思？"},
+                {"role": "assistant", "content": v},
+            ]
+        }
+        for k, v in IDIOMS.items()
+    ] * 8
+    qa = [{"prompt": f"{k}是什么意思？", "completion": v} for k, v in IDIOMS.items()]
+    return {
+        "pretrain": write_jsonl(d / "pre.jsonl", [{"text": t} for t in texts]),
+        "pretrain_eval": write_jsonl(d / "pre_eval.jsonl", [{"text": t} for t in texts[::15]]),
+        "sft": write_jsonl(d / "sft.jsonl", convs),
+        "sft_eval": write_jsonl(d / "sft_eval.jsonl", qa),
+        "probe": write_jsonl(d / "probe.jsonl", qa),
+    }
+
+
+def tiny_overrides(data: dict[str, str], **extra) -> dict:
+    """Recipe overrides for a seconds-long run of every stage on `tiny_data`."""
+    overrides = {
+        "data.pretrain": [data["pretrain"]],
+        "data.pretrain_eval": data["pretrain_eval"],
+        "data.sft": [data["sft"]],
+        "data.sft_eval": data["sft_eval"],
+        "data.probe": data["probe"],
+        "data.num_proc": 1,
+        "tokenizer.vocab_size": 400,
+        "model.hidden_size": 32,
+        "model.num_heads": 2,
+        "model.num_layers": 2,
+        "model.intermediate_size": 64,
+        "model.max_position_embeddings": 128,
+        "pretrain.max_steps": 12,
+        "pretrain.seq_len": 64,
+        "pretrain.micro_batch": 4,
+        "pretrain.lr": 5e-3,
+        "pretrain.warmup_steps": 2,
+        "pretrain.save_steps": 4,
+        "pretrain.logging_steps": 1,
+        "sft.max_steps": 12,
+        "sft.seq_len": 64,
+        "sft.micro_batch": 4,
+        "sft.lr": 5e-3,
+        "sft.warmup_steps": 2,
+        "dpo.max_steps": 4,
+        "dpo.seq_len": 64,
+        "dpo.micro_batch": 4,
+        "dpo.num_prompts": 16,
+        "dpo.gen_max_new_tokens": 8,
+        "embedder.enabled": False,
+    }
+    overrides.update(extra)
+    return overrides

@@ -1,0 +1,190 @@
+"""The whole pipeline on tiny data: it learns, publishes plain HF checkpoints, skips finished
+stages, and refuses bad input before any long work starts."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.training.conftest import tiny_overrides, write_jsonl
+from training.chat_format import IM_END
+from training.cli import main as cli_main
+from training.config import load_recipe
+from training.model_factory import load_model_and_tokenizer
+from training.pipeline import run_pipeline, run_single_stage
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    """One finished tiny run shared by the tests below; they only read it (or re-run it unchanged)."""
+    recipe = load_recipe("tiny", tiny_overrides(tiny_data))
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    summary = run_pipeline(recipe, run, log=lambda *_: None)
+    return recipe, run, summary
+
+
+def test_pipeline_learns_and_writes_a_summary(finished_run):
+    _, run, summary = finished_run
+    stages = summary["stages"]
+    assert summary["ran_this_time"] == ["tokenizer", "pretrain", "sft", "dpo-data", "dpo"]
+    pre, sft, dpo = stages["pretrain"], stages["sft"], stages["dpo"]
+    assert pre["perplexity"] < 0.8 * pre["perplexity_untrained"]
+    assert pre["train_loss_last"] < pre["train_loss_first"]
+    assert sft["eval_loss"] < sft["eval_loss_before"]
+    assert (
+        dpo["steps"] == 4
+        and dpo["reward_accuracy_last"] is not None
+        and dpo["reward_margin_last"] is not None
+    )
+    assert stages["dpo-data"]["rejected_source"] == "sft_model_generation"
+    assert set(summary["tokens_per_s"]) == {"pretrain", "sft", "dpo"}
+    on_disk = json.loads((run / "training_summary.json").read_text())
+    assert on_disk["stages"]["pretrain"]["steps"] == 12
+    assert len(summary["probe"]) == 3 and all("answer" in p for p in summary["probe"])
+
+
+def test_every_stage_is_a_plain_hf_checkpoint_with_the_chat_template(finished_run):
+    _, run, _ = finished_run
+    for stage in ("pretrain", "sft", "dpo"):
+        names = {p.name for p in (run / stage).iterdir()}
+        assert {
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+            "chat_template.jinja",
+        } <= names
+    model = AutoModelForCausalLM.from_pretrained(run / "dpo")
+    tok = AutoTokenizer.from_pretrained(run / "dpo")
+    assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= len(tok)
+    assert tok.convert_tokens_to_ids(IM_END) in model.generation_config.eos_token_id
+    assert "{% generation %}" in tok.chat_template or "generation" in tok.chat_template
+
+
+def test_dpo_data_pairs_gold_answers_against_the_sft_models_own(finished_run):
+    _, run, _ = finished_run
+    pairs = [
+        json.loads(line) for line in (run / "dpo-data" / "pairs.jsonl").read_text().splitlines()
+    ]
+    assert pairs
+    for pair in pairs:
+        assert pair["prompt"][-1]["role"] == "user"
+        assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
+        assert pair["rejected_source"] == "sft_model_generation"
+
+
+def test_second_run_skips_finished_stages_and_changes_nothing(finished_run):
+    recipe, run, _ = finished_run
+    weights = run / "dpo" / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, weights.read_bytes()[:4096])
+    summary = run_pipeline(recipe, run, log=lambda *_: None)
+    assert summary["ran_this_time"] == []
+    assert (weights.stat().st_mtime_ns, weights.read_bytes()[:4096]) == before
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        run_single_stage(recipe, run, "sft")
+
+
+def test_a_different_recipe_is_refused_in_an_existing_run(finished_run, tiny_data):
+    _, run, _ = finished_run
+    other = load_recipe("tiny", tiny_overrides(tiny_data, **{"pretrain.max_steps": 99}))
+    with pytest.raises(ValueError, match=r"pretrain\.max_steps"):
+        run_pipeline(other, run, log=lambda *_: None)
+
+
+def test_tokenizer_and_model_vocabulary_mismatch_is_refused(finished_run, tmp_path):
+    _, run, _ = finished_run
+    from training.tokenizer import train_tokenizer
+
+    mixed = tmp_path / "mixed"
+    AutoModelForCausalLM.from_pretrained(run / "sft").save_pretrained(mixed)
+    texts = [f"第{i}个句子：{chr(0x4E00 + i)}{chr(0x4E00 + 2 * i)}" for i in range(400)]
+    train_tokenizer(texts, vocab_size=3000, min_frequency=1).save_pretrained(mixed)
+    with pytest.raises(
+        ValueError, match="tokenizer has .* tokens but the model's embedding has only"
+    ):
+        load_model_and_tokenizer(mixed, "sft")
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_missing_empty_and_malformed_files_fail_fast_naming_what_to_fix(
+    tiny_data, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    base = ["pipeline", "--recipe", "tiny", "--out", str(out)]
+    flags = [
+        f"--{k}={json.dumps(v) if isinstance(v, list) else v}"
+        for k, v in tiny_overrides(tiny_data).items()
+    ]
+
+    code, err = run_cli([*base, *flags, "--data.pretrain", str(tmp_path / "nope.jsonl")], capsys)
+    assert code == 2 and "nope.jsonl" in err
+    assert not (out / "tokenizer").exists()
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, err = run_cli([*base, *flags, "--data.pretrain", str(empty)], capsys)
+    assert code == 2 and "empty.jsonl" in err and "empty" in err
+
+    bad = write_jsonl(
+        tmp_path / "bad_sft.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            },
+            {"question": "no messages"},
+        ],
+    )
+    code, err = run_cli([*base, *flags, "--data.sft", bad], capsys)
+    assert code == 2 and "bad_sft.jsonl" in err and "2" in err and "messages" in err
+    assert not (out / "tokenizer").exists()  # nothing ran
+
+    code, err = run_cli([*base, *flags, "--pretrain.seq_len", "4096"], capsys)
+    assert code == 2 and "--pretrain.seq_len" in err
+
+
+@pytest.mark.slow
+def test_pretrain_runs_unchanged_under_torchrun_with_two_gloo_processes(tiny_data, tmp_path):
+    overrides = tiny_overrides(tiny_data, **{"pretrain.max_steps": 4})
+    recipe = load_recipe("tiny", overrides)
+    run = tmp_path / "ddp"
+    run_single_stage(recipe, run, "tokenizer")
+    flags = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in overrides.items()]
+    with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ]
+    proc = subprocess.run(
+        [*torchrun, "-m", "training", "pretrain", "--recipe", "tiny", "--out", str(run), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "pretrain" / "stage_report.json").read_text())
+    assert report["steps"] == 4
+    # both processes trained: each step saw 2 processes × micro_batch × seq_len tokens
+    assert report["tokens_seen"] == 4 * 2 * recipe.pretrain.micro_batch * recipe.pretrain.seq_len
+    model = AutoModelForCausalLM.from_pretrained(run / "pretrain")
+    assert torch.isfinite(next(model.parameters())).all()
