@@ -72,6 +72,9 @@ def _print(value, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep the terminal readable
     from rag.service import KnowledgeBaseService
 
     overrides = {}

@@ -49,9 +49,11 @@ class HybridRetriever(BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun | None = None
     ) -> list[Document]:
         fetch = max(self.fetch_k, self.k)
-        bm25 = self.index.bm25_search(query, fetch) if self.mode != "dense" else []
+        bm25 = []
+        if self.mode == "bm25" or (self.mode == "hybrid" and self.bm25_weight > 0):
+            bm25 = self.index.bm25_search(query, fetch)
         dense = []
-        if self.mode != "bm25":
+        if self.mode == "dense" or (self.mode == "hybrid" and self.dense_weight > 0):
             dense = self.index.dense_search(self.embeddings.embed_query(query), fetch)
         if self.mode == "bm25":
             ranked = bm25
