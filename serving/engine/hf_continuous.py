@@ -278,6 +278,9 @@ class _SlotStream:
         if self._ended:
             raise StopAsyncIteration
         delta = await self._slot.queue.get()
+        # A consumer that fell behind gets everything pending as one delta (fewer SSE events).
+        while delta.finish_reason is None and not self._slot.queue.empty():
+            delta = _join(delta, self._slot.queue.get_nowait())
         if delta.finish_reason is not None:
             self._ended = True
         return delta
@@ -285,3 +288,13 @@ class _SlotStream:
     async def aclose(self) -> None:
         self._ended = True
         self._engine._cancel_slot(self._slot)
+
+
+def _join(first: GenerationDelta, second: GenerationDelta) -> GenerationDelta:
+    return GenerationDelta(
+        text=first.text + second.text,
+        token_ids=first.token_ids + second.token_ids,
+        finish_reason=second.finish_reason,
+        error=second.error,
+        completion_tokens=second.completion_tokens,
+    )

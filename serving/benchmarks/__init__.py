@@ -1,0 +1,1 @@
+"""Serving benchmarks (`make bench-serve`)."""
