@@ -33,10 +33,10 @@ def padded_vocab_size(tokenizer_len: int, multiple: int) -> int:
     return int(math.ceil(tokenizer_len / multiple) * multiple)
 
 
-def build_model_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
+def build_model_config(cfg: ModelConfig, tokenizer, min_vocab_size: int = 0) -> PretrainedConfig:
     config_cls, _ = _CLASSES[cfg.arch]
     common = dict(
-        vocab_size=padded_vocab_size(len(tokenizer), cfg.vocab_multiple),
+        vocab_size=padded_vocab_size(max(len(tokenizer), min_vocab_size), cfg.vocab_multiple),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
@@ -58,11 +58,14 @@ def build_model_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
     return config
 
 
-def build_model(cfg: ModelConfig, tokenizer, seed: int = 42) -> PreTrainedModel:
-    """A randomly initialised model whose vocabulary covers `tokenizer` (padded to a multiple)."""
+def build_model(
+    cfg: ModelConfig, tokenizer, seed: int = 42, min_vocab_size: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised model whose vocabulary covers `tokenizer` (padded to a multiple;
+    `min_vocab_size` reserves more rows, e.g. for benchmarks on random token ids)."""
     _, model_cls = _CLASSES[cfg.arch]
     torch.manual_seed(seed)
-    model = model_cls(build_model_config(cfg, tokenizer))
+    model = model_cls(build_model_config(cfg, tokenizer, min_vocab_size))
     model.generation_config = chat_generation_config(tokenizer)
     return model
 

@@ -42,9 +42,11 @@ def tokenize_documents(tokenizer, dataset, num_proc: int):
     """Map a `text` dataset to `input_ids` = bos + tokens + eos per document."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 
+    backend = tokenizer.backend_tokenizer  # the Rust tokenizer: batched, no length warnings
+
     def encode(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [[bos, *doc, eos] for doc in ids]}
+        encodings = backend.encode_batch(batch["text"], add_special_tokens=False)
+        return {"input_ids": [[bos, *e.ids, eos] for e in encodings]}
 
     return dataset.map(
         encode,

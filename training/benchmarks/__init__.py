@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench-tokenizer`, `make bench-train` (CPU) and the GPU pretrain benchmark."""
