@@ -19,6 +19,10 @@ import torch
 DEFAULT_PAIRS = "data/demo/embedder_pairs.jsonl"
 DEFAULT_EVAL_PAIRS = "data/demo/embedder_pairs_eval.jsonl"
 DEFAULT_VOCAB_SIZE = 6000
+# A 6k vocabulary is settled long before 40k texts; more only costs time on a small CPU.
+TOKENIZER_TEXTS = 40_000
+# Intra-op threads for the tiny encoder: on a shared 2-core box extra threads mostly contend.
+DEFAULT_THREADS = 1
 
 
 def load_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -83,18 +87,29 @@ def train_embedder(
     seed: int = 0,
 ) -> dict:
     """Train on `pairs`, save a sentence-transformers folder at `out_dir`, return a report."""
-    from sentence_transformers import losses
-
-    from training.tokenizer import train_tokenizer
-
     if len(pairs) < 2:
         raise ValueError(
             "the embedder needs at least 2 training pairs (in-batch negatives); check embedder pairs file."
         )
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(getattr(cfg, "num_threads", DEFAULT_THREADS))
+    try:
+        return _train(pairs, Path(out_dir), cfg, eval_pairs, rng)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random) -> dict:
+    from sentence_transformers import losses
+
+    from training.tokenizer import train_tokenizer
+
     start = time.time()
     texts = [t for pair in pairs for t in pair]
+    if len(texts) > TOKENIZER_TEXTS:
+        texts = rng.sample(texts, TOKENIZER_TEXTS)
     tokenizer = train_tokenizer(
         texts,
         vocab_size=getattr(cfg, "vocab_size", DEFAULT_VOCAB_SIZE),
@@ -131,7 +146,6 @@ def train_embedder(
         losses_seen.append(loss.item())
     model.eval()
     wall = time.time() - start
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
     head = losses_seen[: max(1, len(losses_seen) // 10)]
