@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--torch-threads", type=int, help="CPU threads for torch (default: torch's choice)"
+    )
     parser.add_argument("--max-running", type=int, help="requests generated together (default 32)")
     parser.add_argument("--max-waiting", type=int, help="queued requests before 429 (default 128)")
     parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass")

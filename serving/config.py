@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     engine: Literal["hf-continuous"] = Field(
         "hf-continuous", description="Which engine runs the model."
     )
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (default: torch's choice)."
+    )
     max_running: int = Field(
         32,
         ge=1,

@@ -17,15 +17,15 @@ from serving.service import GenerationService
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> ServingMetrics:
+async def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
-def get_service(request: Request) -> GenerationService:
+async def get_service(request: Request) -> GenerationService:
     service: GenerationService | None = request.app.state.service
     if service is None:
         raise EngineNotReadyError(request.app.state.load_error or "no model is loaded")
@@ -34,7 +34,7 @@ def get_service(request: Request) -> GenerationService:
     return service
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     keys: list[str] = request.app.state.settings.api_keys

@@ -75,7 +75,7 @@ def sequential_generate(model_dir: Path, prompts: list[str], max_tokens: int, de
             )
         return out.shape[1] - len(ids)
 
-    one(prompts[0])  # warm-up
+    one(prompts[0])  # warm-up (also on the second call: cheap, and keeps both runs alike)
     start = time.perf_counter()
     tokens = sum(one(p) for p in prompts)
     elapsed = time.perf_counter() - start
@@ -173,12 +173,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, max_running: int, device: str) -> subprocess.Popen:
+def start_server(
+    model_dir: Path, port: int, max_running: int, device: str, torch_threads: int | None
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "serving", "--model", str(model_dir), "--port", str(port),
         "--served-model-name", "bench", "--max-running", str(max_running), "--max-waiting", "1024",
         "--device", device, "--log-level", "warning",
     ]  # fmt: skip
+    if torch_threads:
+        cmd += ["--torch-threads", str(torch_threads)]
     process = subprocess.Popen(cmd)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -233,11 +237,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--baseline-requests", type=int, default=16)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--torch-threads", type=int, help="CPU threads for torch, baseline and server alike"
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    threads = torch.get_num_threads()
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or build_checkpoint(Path(tmp) / f"bench-{args.preset}", args.preset)
@@ -255,7 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.empty_cache()
 
         port = free_port()
-        server = start_server(model_dir, port, max_running=max(args.concurrency), device=device)
+        server = start_server(
+            model_dir,
+            port,
+            max_running=max(args.concurrency),
+            device=device,
+            torch_threads=args.torch_threads,
+        )
         rows = []
         try:
             url = f"http://127.0.0.1:{port}"
@@ -273,8 +289,22 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             server.terminate()
             server.wait(timeout=60)
+        # Once more after the server: on a shared machine the load drifts, so the baseline
+        # is the mean of a run before and a run after the server's.
+        after = sequential_generate(model_dir, baseline_prompts, args.max_tokens, device)
+        print(
+            f"baseline again: {after['output_tokens']} tokens in {after['seconds']:.1f}s",
+            flush=True,
+        )
+        baseline = {
+            "requests": baseline["requests"] + after["requests"],
+            "output_tokens": baseline["output_tokens"] + after["output_tokens"],
+            "seconds": baseline["seconds"] + after["seconds"],
+            "output_tok_s_runs": [baseline["output_tok_s"], after["output_tok_s"]],
+        }
+        baseline["output_tok_s"] = baseline["output_tokens"] / baseline["seconds"]
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {threads} torch threads, torch {torch.__version__}"
     if device == "cuda":
         machine += f", {torch.cuda.get_device_name()}"
     print(

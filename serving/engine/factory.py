@@ -48,6 +48,8 @@ def load_model(settings: Settings):
         raise ValueError(
             f"{path} has no chat template (chat_template.jinja); chat completions need one"
         )
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
