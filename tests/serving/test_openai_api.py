@@ -228,3 +228,44 @@ def test_metrics_exposed(server, client):
     ):
         assert name in text
     assert metric(server, "xiaophi_generation_tokens_total") >= 4
+
+
+class _Slow:
+    """Wraps an engine stream so each delta arrives a second late: time to hang up mid-answer."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await asyncio.sleep(1.0)
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def test_client_hanging_up_on_a_non_stream_request_cancels_it(server, reference, monkeypatch):
+    prompt = long_running_prompt(reference, 100)
+    engine = server.app.state.service.engine
+    real_submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda request: _Slow(real_submit(request)))
+    cancelled_before = metric(server, 'xiaophi_request_finished_total{finish_reason="cancelled"}')
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 100,
+        "temperature": 0,
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while (
+        metric(server, 'xiaophi_request_finished_total{finish_reason="cancelled"}')
+        <= cancelled_before
+    ):
+        assert time.monotonic() < deadline, "the abandoned request kept generating"
+        time.sleep(0.05)
+    assert engine.stats().running == 0

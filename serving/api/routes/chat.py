@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.api.deps import ServiceDep
+from serving.api.disconnect import unless_disconnected
 from serving.api.sse import EventStreamResponse
 from serving.schemas import ChatCompletion, ChatRequest
 
@@ -13,8 +14,9 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
-async def chat_completions(body: ChatRequest, service: ServiceDep):
-    result = await service.chat(body)
+async def chat_completions(body: ChatRequest, service: ServiceDep, request: Request):
     if body.stream:
-        return EventStreamResponse(result)
-    return JSONResponse(result.model_dump())
+        # every choice is queued before the 200 goes out, so a refusal is still a real status
+        return EventStreamResponse(await service.chat(body))
+    result = await unless_disconnected(request, service.chat(body))
+    return result if isinstance(result, Response) else JSONResponse(result.model_dump())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.api.deps import ServiceDep
+from serving.api.disconnect import unless_disconnected
 from serving.api.sse import EventStreamResponse
 from serving.schemas import Completion, CompletionRequest
 
@@ -13,8 +14,9 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 
 
 @router.post("/completions", response_model=Completion)
-async def completions(body: CompletionRequest, service: ServiceDep):
-    result = await service.complete(body)
+async def completions(body: CompletionRequest, service: ServiceDep, request: Request):
     if body.stream:
-        return EventStreamResponse(result)
-    return JSONResponse(result.model_dump())
+        # every choice is queued before the 200 goes out, so a refusal is still a real status
+        return EventStreamResponse(await service.complete(body))
+    result = await unless_disconnected(request, service.complete(body))
+    return result if isinstance(result, Response) else JSONResponse(result.model_dump())
