@@ -16,13 +16,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_PAIRS = "data/demo/embedder_pairs.jsonl"
-DEFAULT_EVAL_PAIRS = "data/demo/embedder_pairs_eval.jsonl"
-DEFAULT_VOCAB_SIZE = 6000
 # A 6k vocabulary is settled long before 40k texts; more only costs time on a small CPU.
 TOKENIZER_TEXTS = 40_000
-# Intra-op threads for the tiny encoder: on a shared 2-core box extra threads mostly contend.
-DEFAULT_THREADS = 1
 
 
 def load_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -94,7 +89,7 @@ def train_embedder(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(getattr(cfg, "num_threads", DEFAULT_THREADS))
+    torch.set_num_threads(cfg.num_threads)
     try:
         return _train(pairs, Path(out_dir), cfg, eval_pairs, rng)
     finally:
@@ -112,7 +107,7 @@ def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random) -> dict:
         texts = rng.sample(texts, TOKENIZER_TEXTS)
     tokenizer = train_tokenizer(
         texts,
-        vocab_size=getattr(cfg, "vocab_size", DEFAULT_VOCAB_SIZE),
+        vocab_size=cfg.vocab_size,
         min_frequency=2,
         model_max_length=cfg.max_seq_length,
     )
@@ -175,11 +170,11 @@ def main(recipe, run_dir: Path) -> dict:
     from training.stage_dirs import finish_stage, stage_work_dir
 
     cfg = recipe.embedder
-    pairs = load_pairs(getattr(cfg, "pairs", DEFAULT_PAIRS))
-    eval_path = Path(getattr(cfg, "eval_pairs", DEFAULT_EVAL_PAIRS))
+    pairs = load_pairs(cfg.pairs)
+    eval_path = Path(cfg.eval_pairs)
     eval_pairs = load_pairs(eval_path) if eval_path.exists() else []
     work = stage_work_dir(run_dir, "embedder")
-    seed = getattr(getattr(recipe, "pretrain", None), "seed", 0)
+    seed = recipe.pretrain.seed
     report = train_embedder(pairs, work, cfg, eval_pairs=eval_pairs, seed=seed)
     finish_stage(run_dir, "embedder")
     return report

@@ -59,6 +59,11 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
             continue
         for files, kind in stage_inputs(recipe, stage):
             check_files(files, kind)
+    if "embedder" in stages and not is_finished(run_dir, "embedder") and not Path(recipe.embedder.pairs).is_file():
+        raise FileNotFoundError(
+            f"embedder pairs file {recipe.embedder.pairs} does not exist; build the demo data "
+            "(`xiaophi-train data demo`), pass --embedder.pairs, or --embedder.enabled false."
+        )
     claim_run_dir(run_dir, recipe)
 
 
