@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument(
-        "--requests-per-level", type=int, default=None, help="default: max(16, 2 × concurrency)"
+        "--requests-per-level", type=int, default=None, help="default: max(16, 4 × concurrency)"
     )
     parser.add_argument("--baseline-requests", type=int, default=16)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
             url = f"http://127.0.0.1:{port}"
             asyncio.run(run_load(url, "bench", make_prompts(4), args.max_tokens, 4))  # warm-up
             for concurrency in args.concurrency:
-                n = args.requests_per_level or max(16, 2 * concurrency)
+                n = args.requests_per_level or max(16, 4 * concurrency)
                 rows.append(
                     asyncio.run(
                         run_load(url, "bench", make_prompts(n), args.max_tokens, concurrency)

@@ -101,3 +101,12 @@ def reference(tiny_checkpoint):
             )
 
     return Reference()
+
+
+def long_running_prompt(reference, max_tokens: int) -> str:
+    """A prompt whose greedy answer does not stop before `max_tokens` (the model is random)."""
+    for i in range(20):
+        prompt = f"春眠不觉晓，处处闻啼鸟。{i}"
+        if len(reference.greedy_ids(reference.chat_ids(prompt), max_tokens)) == max_tokens:
+            return prompt
+    pytest.skip("no long-running prompt for this random model")

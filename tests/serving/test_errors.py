@@ -8,8 +8,7 @@ import pytest
 from openai import OpenAI
 
 from serving.engine.base import GenerationDelta
-from tests.serving.conftest import run_server, tiny_settings
-from tests.serving.test_openai_api import long_running_prompt
+from tests.serving.conftest import long_running_prompt, run_server, tiny_settings
 
 MODEL = "tiny"
 

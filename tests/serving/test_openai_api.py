@@ -10,6 +10,8 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from tests.serving.conftest import long_running_prompt
+
 MODEL = "tiny"
 
 
@@ -151,15 +153,6 @@ def test_n_choices_usage(client, reference):
     }
     assert answer.usage.prompt_tokens == len(ids)
     assert answer.usage.completion_tokens == 3 * len(expected)
-
-
-def long_running_prompt(reference, max_tokens: int) -> str:
-    """A prompt whose greedy answer does not stop before `max_tokens` (the model is random)."""
-    for i in range(20):
-        prompt = f"春眠不觉晓，处处闻啼鸟。{i}"
-        if len(reference.greedy_ids(reference.chat_ids(prompt), max_tokens)) == max_tokens:
-            return prompt
-    pytest.skip("no long-running prompt for this random model")
 
 
 def test_sixteen_concurrent_streams(server, reference):
