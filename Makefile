@@ -31,10 +31,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: install
-	$(VENV)/bin/xiaophi-train data demo --out data/demo
+demo: install data/demo/summary.json
 	$(VENV)/bin/xiaophi-train pipeline --recipe tiny --out $(RUN)
-	$(VENV)/bin/xiaophi-train chat --model $(RUN)/final
+	$(VENV)/bin/xiaophi-train chat --model $(RUN)/dpo
+
+data/demo/summary.json: | install
+	$(VENV)/bin/xiaophi-train data demo --out data/demo
 
 bench-tokenizer: install
 	$(PY) -m training.benchmarks.tokenizer_bench

