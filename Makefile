@@ -31,12 +31,9 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: install data/demo/summary.json
-	$(VENV)/bin/xiaophi-train pipeline --recipe tiny --out $(RUN)
-	$(VENV)/bin/xiaophi-train chat --model $(RUN)/dpo
-
-data/demo/summary.json: | install
-	$(VENV)/bin/xiaophi-train data demo --out data/demo
+# Demo corpora → tiny pipeline → demo knowledge base → server with the UI at /ui.
+demo: install
+	$(PY) scripts/demo.py --run $(RUN)
 
 bench-tokenizer: install
 	$(PY) -m training.benchmarks.tokenizer_bench

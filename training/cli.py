@@ -69,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_data_demo(args) -> None:
     from training.data.demo import build_demo, format_summary
+    from training.data.demo_kb import write_kb_documents
 
-    summary = build_demo(Path(args.out), Path(args.cache))
+    out = Path(args.out)
+    summary = build_demo(out, Path(args.cache))
+    docs = write_kb_documents(out / "kb_docs", Path(args.cache), out / "SOURCES.md")
     print(format_summary(summary))
+    print(f"knowledge-base documents: {', '.join(p.name for p in docs)} in {out / 'kb_docs'}")
 
 
 def cmd_chat(args) -> None:

@@ -59,7 +59,11 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
             continue
         for files, kind in stage_inputs(recipe, stage):
             check_files(files, kind)
-    if "embedder" in stages and not is_finished(run_dir, "embedder") and not Path(recipe.embedder.pairs).is_file():
+    if (
+        "embedder" in stages
+        and not is_finished(run_dir, "embedder")
+        and not Path(recipe.embedder.pairs).is_file()
+    ):
         raise FileNotFoundError(
             f"embedder pairs file {recipe.embedder.pairs} does not exist; build the demo data "
             "(`xiaophi-train data demo`), pass --embedder.pairs, or --embedder.enabled false."
@@ -94,8 +98,13 @@ def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
         reports[stage].setdefault("wall_time_s", round(time.time() - t0, 2))
         ran.append(stage)
         log(f"[{stage}] done in {time.time() - t0:.1f}s")
+    summary_path = run_dir / SUMMARY_FILE
+    if not ran and summary_path.exists():  # nothing new: the summary (and its probe) still holds
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary["ran_this_time"] = []
+        return summary
     summary = build_summary(recipe, run_dir, reports, ran, time.time() - started)
-    write_json(run_dir / SUMMARY_FILE, summary)
+    write_json(summary_path, summary)
     return summary
 
 

@@ -1,0 +1,156 @@
+"""`make demo`: from a fresh clone to a served page.
+
+Builds the demo corpora (once), runs the tiny pipeline (finished stages are skipped), fills the
+`demo` knowledge base from packaged documents (duplicates are recognised), then starts
+`xiaophi-serve` with the UI and prints the URL, a curl call and an openai snippet once the
+server is healthy. Ctrl-C stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+MODEL_NAME = "xiaophi-tiny"
+
+
+def step(title: str, started: float) -> None:
+    print(f"\n==> [{time.time() - started:5.1f}s] {title}", flush=True)
+
+
+def run(*args: str) -> None:
+    subprocess.run([str(BIN / args[0]), *args[1:]], check=True)
+
+
+def fill_demo_kb(kb_dir: Path, embedder: Path, docs: Path, name: str = "demo") -> None:
+    os.environ["XIAOPHI_KB_EMBEDDING_MODEL"] = str(embedder)
+    from rag.config import KBSettings
+    from rag.errors import Conflict
+    from rag.models import Upload
+    from rag.service import KnowledgeBaseService
+
+    service = KnowledgeBaseService(KBSettings(kb_dir=kb_dir, embedding_model=str(embedder)))
+    with contextlib.suppress(Conflict):  # already there from an earlier `make demo`
+        service.create_kb(name)
+    uploads = [
+        Upload(filename=p.name, data=p.read_bytes()) for p in sorted(docs.iterdir()) if p.is_file()
+    ]
+    for result in service.add_documents(name, uploads).results:
+        chunks = f", {result.document.chunks} chunks" if result.document else ""
+        print(
+            f"  {result.filename}: {result.status}{chunks}{' — ' + result.reason if result.reason else ''}"
+        )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"xiaophi-serve exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server did not become healthy within {timeout:.0f}s")
+
+
+def banner(url: str) -> str:
+    return f"""
+xiaophi is serving your model.
+
+  Page:   {url}/ui
+  API:    {url}/v1   (model "{MODEL_NAME}", knowledge base "demo")
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{MODEL_NAME}", "messages": [{{"role": "user", "content": "“画蛇添足”是什么意思？"}}]}}'
+
+  .venv/bin/python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="none")
+answer = client.chat.completions.create(
+    model="{MODEL_NAME}",
+    messages=[{{"role": "user", "content": "刘备、关羽、张飞在哪里结义？"}}],
+    extra_body={{"knowledge_base": "demo"}},
+)
+print(answer.choices[0].message.content)
+print([s["filename"] for s in answer.model_extra["sources"]])
+PY
+
+Ctrl-C stops the server.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", default="runs/tiny")
+    parser.add_argument("--data", default="data/demo")
+    parser.add_argument("--kb-dir", default="kb")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-serve", action="store_true", help="Prepare everything, then exit.")
+    args = parser.parse_args()
+    started = time.time()
+    run_dir, data = Path(args.run), Path(args.data)
+
+    if not (data / "summary.json").exists():
+        step("building the demo corpora from packaged text", started)
+        run("xiaophi-train", "data", "demo", "--out", str(data))
+    step("training the tiny model (finished stages are skipped)", started)
+    run("xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir))
+    step("filling the demo knowledge base", started)
+    fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
+    if args.no_serve:
+        step("ready (not serving: --no-serve)", started)
+        return
+
+    step("starting the server", started)
+    url = f"http://{args.host}:{args.port}"
+    env = {**os.environ, "XIAOPHI_KB_EMBEDDING_MODEL": str(run_dir / "embedder")}
+    command = [
+        str(BIN / "xiaophi-serve"),
+        "--model",
+        str(run_dir / "dpo"),
+        "--served-model-name",
+        MODEL_NAME,
+        "--kb-dir",
+        args.kb_dir,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(command, env=env)
+    try:
+        wait_healthy(url, proc)
+        step(
+            f"serving {url}/ui — {time.time() - started:.0f}s from `make demo` to a served page",
+            started,
+        )
+        print(banner(url), flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
