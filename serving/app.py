@@ -1,4 +1,8 @@
-"""The FastAPI app: `create_app(settings)`; the model and its engine load in `lifespan`."""
+"""The FastAPI app: `create_app(settings)`; the model and its engine load in `lifespan`.
+
+The knowledge-base routes do not need the model: they work while it loads, or without one.
+Their service is created on first use (see serving/knowledge.py).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from rag.config import KBSettings
 from serving.api.deps import ApiKey
-from serving.api.routes import chat, completions, health, metrics, models
+from serving.api.routes import chat, completions, health, knowledge_bases, metrics, models
 from serving.config import Settings
 from serving.engine.factory import LoadedModel, build_engine
 from serving.errors import BodySizeLimit, install_error_handlers
+from serving.knowledge import KnowledgeBases
 from serving.metrics import ServingMetrics
 from serving.service import GenerationService
 
@@ -20,10 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, load: Callable[[Settings], LoadedModel] = build_engine
+    settings: Settings | None = None,
+    load: Callable[[Settings], LoadedModel] = build_engine,
+    kb_settings: KBSettings | None = None,
 ) -> FastAPI:
-    """Build the app. `load` turns settings into an engine (tests and new engines swap it)."""
+    """Build the app. `load` turns settings into an engine (tests and new engines swap it).
+
+    `kb_settings` defaults to the `XIAOPHI_KB_*` variables, with `settings.kb_dir` when given.
+    """
     settings = settings or Settings()
+    if kb_settings is None:
+        kb_settings = KBSettings(**({"kb_dir": settings.kb_dir} if settings.kb_dir else {}))
+    kbs = KnowledgeBases(kb_settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +53,7 @@ def create_app(
                 loaded.name,
                 app.state.metrics,
                 max_n=settings.max_n,
+                knowledge=kbs.get,
             )
         try:
             yield
@@ -51,14 +66,25 @@ def create_app(
     app.state.settings = settings
     app.state.service = None
     app.state.load_error = None
+    app.state.knowledge_bases = kbs
     app.state.metrics = ServingMetrics(
         lambda: app.state.service.engine.stats() if app.state.service is not None else None
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        path_limits=[kbs.upload_limit(settings.max_upload_files, settings.max_body_bytes)],
+    )
 
     # Every router in one place; all but /health need an API key when keys are configured.
     app.include_router(health.router)
-    for router in (metrics.router, models.router, chat.router, completions.router):
+    for router in (
+        metrics.router,
+        models.router,
+        chat.router,
+        completions.router,
+        knowledge_bases.router,
+    ):
         app.include_router(router, dependencies=[ApiKey])
     return app

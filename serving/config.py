@@ -53,7 +53,14 @@ class Settings(BaseSettings):
         1 << 20, ge=1024, description="Largest request body; beyond it, 413."
     )
     kb_dir: Path | None = Field(
-        None, description="Knowledge-base folder (used by the knowledge-base routes)."
+        None,
+        description=(
+            "Knowledge-base folder (default: ./kb, as for `xiaophi-kb`); the other knowledge-base "
+            "settings are the `XIAOPHI_KB_*` variables of rag/config.py."
+        ),
+    )
+    max_upload_files: int = Field(
+        16, ge=1, description="Most files in one knowledge-base upload request."
     )
     log_level: str = Field("info", description="uvicorn log level.")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag.errors import Conflict, EmbedderUnavailable, InvalidInput, KBError, NotFound, TooLarge
 from serving.exceptions import (
     ContextLengthError,
     EngineNotReadyError,
@@ -29,6 +33,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -71,6 +76,12 @@ def status_of(exc: BaseException) -> int:
         (InvalidRequestError, 400),
         (QueueFullError, 429),
         (EngineNotReadyError, 503),
+        # knowledge-base errors (rag/errors.py)
+        (NotFound, 404),
+        (InvalidInput, 400),
+        (TooLarge, 413),
+        (Conflict, 409),
+        (EmbedderUnavailable, 503),
     ):
         if isinstance(exc, cls):
             return status
@@ -82,6 +93,8 @@ def body_for(exc: BaseException) -> tuple[int, dict]:
     status = status_of(exc)
     if isinstance(exc, ServiceError):
         return status, error_body(status, exc.message, exc.param, exc.code)
+    if isinstance(exc, KBError):
+        return status, error_body(status, exc.message, code=exc.kind)
     if isinstance(exc, QueueFullError):
         return status, error_body(status, f"The server is busy: {exc}", code="queue_full")
     if isinstance(exc, EngineNotReadyError):
@@ -96,6 +109,10 @@ def body_for(exc: BaseException) -> tuple[int, dict]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         status, body = body_for(exc)
+        if isinstance(exc, EmbedderUnavailable):
+            # a setting to fix, not a moment to wait out: no Retry-After
+            logger.warning("knowledge-base request refused: %s", exc.message)
+            return JSONResponse(body, status_code=status)
         if status >= 500 and not isinstance(exc, EngineNotReadyError):
             logger.exception("request failed", exc_info=exc)
         headers = {"Retry-After": "1"} if status in (429, 503) else None
@@ -120,6 +137,7 @@ def install_error_handlers(app: FastAPI) -> None:
         QueueFullError,
         EngineNotReadyError,
         GenerationFailedError,
+        KBError,
         Exception,
     ):
         app.add_exception_handler(cls, on_service_error)
@@ -127,20 +145,40 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
 
 
-class BodySizeLimit:
-    """Answers 413 to bodies over `max_bytes`, declared (Content-Length) or streamed (chunked)."""
+@dataclass(frozen=True)
+class PathLimit:
+    """A body limit of its own for one route (e.g. file uploads), instead of the global one."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    method: str
+    path: re.Pattern[str]
+    max_bytes: int
+    hint: str = ""
+
+    def matches(self, scope: Scope) -> bool:
+        return scope.get("method") == self.method and bool(self.path.fullmatch(scope["path"]))
+
+
+class BodySizeLimit:
+    """Answers 413 to bodies over the limit, declared (Content-Length) or streamed (chunked).
+
+    The limit is `max_bytes`, or that of the first of `path_limits` matching the request.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Sequence[PathLimit] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = tuple(path_limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rule = next((r for r in self.path_limits if r.matches(scope)), None)
+        max_bytes = rule.max_bytes if rule else self.max_bytes
+        hint = rule.hint if rule else ""
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._too_large(scope, receive, send, max_bytes, hint)
             return
         if declared is not None:
             await self.app(scope, receive, send)
@@ -154,8 +192,8 @@ class BodySizeLimit:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if size > max_bytes:
+                await self._too_large(scope, receive, send, max_bytes, hint)
                 return
             if not message.get("more_body", False):
                 break
@@ -165,10 +203,11 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(
+        self, scope: Scope, receive: Receive, send: Send, max_bytes: int, hint: str
+    ) -> None:
+        message = f"The request body is larger than {max_bytes} bytes."
         response = error_response(
-            413,
-            f"The request body is larger than {self.max_bytes} bytes.",
-            code="request_too_large",
+            413, f"{message} {hint}" if hint else message, code="request_too_large"
         )
         await response(scope, receive, send)

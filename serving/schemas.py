@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rag.models import DocumentInfo, KnowledgeBaseInfo, SearchHit
+
 # ------------------------------------------------------------------ requests
 
 
@@ -77,6 +79,10 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     tools: list[Any] | None = None
+    # extra_body: answer from a knowledge base (RAG). `top_k` stays the sampling filter, so the
+    # number of passages has its own name.
+    knowledge_base: str | None = None
+    retrieval_top_k: int | None = Field(None, ge=1, le=100)
 
 
 class CompletionRequest(SamplingFields):
@@ -121,6 +127,24 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class Source(BaseModel):
+    """One retrieved passage a RAG answer was given (`score`: higher is more relevant)."""
+
+    document_id: str
+    filename: str
+    chunk_index: int
+    page: int | None = None
+    score: float
+    snippet: str
+
+
+class RagChatCompletion(ChatCompletion):
+    """A chat completion grounded in a knowledge base; `sources` is the openai client's
+    `model_extra["sources"]`."""
+
+    sources: list[Source]
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
@@ -140,6 +164,12 @@ class ChatChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+
+
+class SourcesChunk(ChatChunk):
+    """Sent once in a streamed RAG answer, after the last content chunk: no choices, the sources."""
+
+    sources: list[Source]
 
 
 class CompletionChoice(BaseModel):
@@ -180,3 +210,42 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# ------------------------------------------------------------------ knowledge bases
+
+
+class CreateKnowledgeBase(BaseModel):
+    name: str = Field(description="Letters (any script), digits, `_`, `-`, `.`; at most 64.")
+
+
+class SearchRequest(BaseModel):
+    query: str
+    top_k: int | None = Field(
+        None, description="Passages to return (1-100; default from settings)."
+    )
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+
+
+class KnowledgeBaseList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KnowledgeBaseInfo]
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DocumentInfo]
+
+
+class SearchHitList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SearchHit]
+
+
+class DeletedKnowledgeBase(BaseModel):
+    name: str
+    deleted: bool = True
+
+
+class DeletedDocument(DocumentInfo):
+    deleted: bool = True

@@ -10,9 +10,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import anyio
+
+from rag.service import KnowledgeBaseService
+from serving import rag_chat
 from serving.engine.base import DeltaStream, Engine, EngineRequest, GenerationDelta, SamplingParams
 from serving.exceptions import ContextLengthError, InvalidRequestError, ModelNotFoundError
 from serving.metrics import ServingMetrics
@@ -27,7 +31,10 @@ from serving.schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
+    RagChatCompletion,
     SamplingFields,
+    Source,
+    SourcesChunk,
     Usage,
 )
 
@@ -41,13 +48,20 @@ class _Choice:
 
 class GenerationService:
     def __init__(
-        self, engine: Engine, tokenizer, model_name: str, metrics: ServingMetrics, max_n: int = 8
+        self,
+        engine: Engine,
+        tokenizer,
+        model_name: str,
+        metrics: ServingMetrics,
+        max_n: int = 8,
+        knowledge: Callable[[], KnowledgeBaseService] | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.metrics = metrics
         self.max_n = max_n
+        self.knowledge = knowledge  # the knowledge-base service, for `knowledge_base` requests
 
     # ------------------------------------------------------------------ chat
     async def chat(self, request: ChatRequest) -> ChatCompletion | ChunkStream:
@@ -57,14 +71,23 @@ class GenerationService:
             raise InvalidRequestError("logprobs are not supported", param="logprobs")
         if request.tools:
             raise InvalidRequestError("tools are not supported by this model", param="tools")
-        prompt = self._chat_prompt(request)
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
         max_tokens = request.max_completion_tokens or request.max_tokens
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
+        ]
+        sources: list[Source] | None = None
+        if request.knowledge_base is not None:
+            prompt, sources = await self._rag_prompt(request, messages, max_tokens)
+        else:
+            prompt = self._render(messages)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
         choices = self._submit(rid, [prompt] * request.n, request, max_tokens)
         if request.stream:
-            return ChunkStream(self._chat_chunks(rid, choices, request), choices)  # type: ignore[return-value]
+            chunks = self._chat_chunks(rid, choices, request, sources)
+            return ChunkStream(chunks, choices)  # type: ignore[return-value]
         texts, reasons, usage = await self._collect(choices)
-        return ChatCompletion(
+        answer = ChatCompletion(
             id=rid,
             model=self.model_name,
             choices=[
@@ -75,12 +98,30 @@ class GenerationService:
             ],
             usage=usage,
         )
+        if sources is None:
+            return answer
+        return RagChatCompletion(**answer.model_dump(), sources=sources)
 
-    def _chat_prompt(self, request: ChatRequest) -> list[int]:
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
+    async def _rag_prompt(
+        self, request: ChatRequest, messages: list[dict[str, str]], max_tokens: int | None
+    ) -> tuple[list[int], list[Source]]:
+        """Search the knowledge base for the last user message; passages go in a system message."""
+        if self.knowledge is None:
+            raise InvalidRequestError("this server has no knowledge bases", param="knowledge_base")
+        query = rag_chat.retrieval_query(messages)
+        kbs = self.knowledge()
+        # unknown KB (404), missing embedder (503) etc. surface here, before any stream starts
+        hits = await anyio.to_thread.run_sync(
+            kbs.search, request.knowledge_base, query, request.retrieval_top_k
+        )
+        budget = self.engine.context_length - rag_chat.answer_reserve(
+            self.engine.context_length, max_tokens
+        )
+        prompt, used = rag_chat.fit_passages(self._render, messages, hits, budget)
+        return prompt, [rag_chat.source_of(hit) for hit in used]
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of `messages` through the tokenizer's chat template."""
         try:
             ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, return_dict=False
@@ -92,7 +133,11 @@ class GenerationService:
         return list(ids)
 
     async def _chat_chunks(
-        self, rid: str, choices: list[_Choice], request: ChatRequest
+        self,
+        rid: str,
+        choices: list[_Choice],
+        request: ChatRequest,
+        sources: list[Source] | None = None,
     ) -> AsyncIterator[ChatChunk]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
@@ -113,6 +158,8 @@ class GenerationService:
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
                     yield chunk(index, ChatDelta(), _public_reason(delta))
+        if sources is not None:
+            yield SourcesChunk(id=rid, model=self.model_name, choices=[], sources=sources)
         if include_usage:
             yield ChatChunk(
                 id=rid,

@@ -1,4 +1,4 @@
-"""Dependencies of the routes: the generation service and the API-key check."""
+"""Dependencies of the routes: the generation and knowledge-base services, the API-key check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from rag.service import KnowledgeBaseService
 from serving.config import Settings
 from serving.errors import AuthenticationError
 from serving.exceptions import EngineNotReadyError
@@ -34,6 +35,10 @@ async def get_service(request: Request) -> GenerationService:
     return service
 
 
+async def get_kb_service(request: Request) -> KnowledgeBaseService:
+    return request.app.state.knowledge_bases.get()
+
+
 async def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
@@ -51,4 +56,5 @@ async def require_api_key(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 ServiceDep = Annotated[GenerationService, Depends(get_service)]
+KBServiceDep = Annotated[KnowledgeBaseService, Depends(get_kb_service)]
 ApiKey = Depends(require_api_key)

@@ -110,3 +110,28 @@ def long_running_prompt(reference, max_tokens: int) -> str:
         if len(reference.greedy_ids(reference.chat_ids(prompt), max_tokens)) == max_tokens:
             return prompt
     pytest.skip("no long-running prompt for this random model")
+
+
+def kb_test_settings(kb_dir, **overrides):
+    """Knowledge-base settings for tests: instant hashing embedder, small chunks and limits."""
+    from rag.config import KBSettings
+
+    values = dict(
+        kb_dir=kb_dir,
+        embedding_model="hashing",
+        chunk_size=60,
+        chunk_overlap=10,
+        max_upload_bytes=2 << 20,
+        max_unzipped_bytes=1 << 20,
+    )
+    values.update(overrides)
+    return KBSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def kb_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
+    """Tiny model plus knowledge bases in a temporary folder; at most 2 files per upload."""
+    kb_dir = tmp_path_factory.mktemp("kb_server") / "kb"
+    settings = tiny_settings(tiny_checkpoint, kb_dir=kb_dir, max_upload_files=2)
+    with run_server(settings, kb_settings=kb_test_settings(kb_dir)) as running:
+        yield running

@@ -1,0 +1,50 @@
+"""The app's knowledge-base service, created on first use and shared by the KB routes and RAG chat.
+
+Created lazily so a server that never touches a knowledge base creates no folder; the service
+itself loads its embedder once, on the first request that needs embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from rag.config import KBSettings
+from rag.embeddings import Embedder
+from rag.service import KnowledgeBaseService
+from serving.errors import PathLimit
+
+#: slack per uploaded file for its multipart headers
+_PART_OVERHEAD = 16 * 1024
+
+
+class KnowledgeBases:
+    def __init__(self, settings: KBSettings, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._service: KnowledgeBaseService | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> KnowledgeBaseService:
+        with self._lock:
+            if self._service is None:
+                self._service = KnowledgeBaseService(self.settings, self._embedder)
+            return self._service
+
+    def upload_limit(self, max_files: int, floor: int) -> PathLimit:
+        """The body limit of the upload route: room for `max_files` files at the KB's size limit.
+
+        A file over the KB limit still gets through to the KB's own check (a 413 naming the
+        file); a body bigger than any acceptable upload is cut off while it arrives.
+        """
+        per_file = self.settings.max_upload_bytes
+        limit = max(floor, max_files * (per_file + _PART_OVERHEAD))
+        return PathLimit(
+            method="POST",
+            path=re.compile(r"/v1/knowledge_bases/[^/]+/documents/?"),
+            max_bytes=limit,
+            hint=(
+                f"Upload at most {max_files} files of at most {per_file} bytes each per request "
+                "(XIAOPHI_MAX_UPLOAD_FILES, XIAOPHI_KB_MAX_UPLOAD_BYTES)."
+            ),
+        )
