@@ -7,8 +7,10 @@ Their service is created on first use (see serving/knowledge.py).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 
@@ -71,11 +73,12 @@ def create_app(
         lambda: app.state.service.engine.stats() if app.state.service is not None else None
     )
     install_error_handlers(app)
-    app.add_middleware(
-        BodySizeLimit,
-        max_bytes=settings.max_body_bytes,
-        path_limits=[kbs.upload_limit(settings.max_upload_files, settings.max_body_bytes)],
-    )
+    kb_upload_limit = kbs.upload_limit(settings.max_upload_files, settings.max_body_bytes)
+    path_limits = [kb_upload_limit]
+    if settings.ui:
+        # files the page receives are on their way to a knowledge base: the same room
+        path_limits.append(replace(kb_upload_limit, path=re.compile(r"/ui/gradio_api/upload/?")))
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=path_limits)
 
     # Every router in one place; all but /health need an API key when keys are configured.
     app.include_router(health.router)
@@ -87,4 +90,10 @@ def create_app(
         knowledge_bases.router,
     ):
         app.include_router(router, dependencies=[ApiKey])
+    if settings.ui:
+        # Imported here so gradio loads only when the page is served; the page calls this
+        # server over HTTP like any other client.
+        from ui.mount import local_api_url, mount
+
+        mount(app, local_api_url(settings.host, settings.port))
     return app

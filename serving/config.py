@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(
         16, ge=1, description="Most files in one knowledge-base upload request."
     )
+    ui: bool = Field(
+        True, description="Serve the Gradio page at /ui (it calls this server over HTTP)."
+    )
     log_level: str = Field("info", description="uvicorn log level.")
 
     @field_validator("api_keys", mode="before")
