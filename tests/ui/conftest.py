@@ -1,0 +1,77 @@
+"""UI fixtures: a real xiaophi server (tiny model, hashing-embedder KBs, the page at /ui)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rag.config import KBSettings
+from tests.conftest import TINY_TEXTS
+from tests.serving.conftest import RunningServer, free_port, run_server, tiny_settings
+
+# A short document the way Chinese users often have them: GBK-encoded text.
+GBK_TEXT = (
+    "画蛇添足：楚国有人举行祭祀，赏给门客一壶酒。门客们约定在地上画蛇，先画好的人喝酒。"
+    "有一个人先画好了，却又给蛇添上了脚，结果酒被别人喝了。比喻做了多余的事，反而不恰当。\n\n"
+    "守株待兔：宋国有个农夫，看见一只兔子撞在树桩上死了，从此放下锄头守在树旁，"
+    "希望再得到兔子。比喻死守狭隘经验，不知变通。\n"
+)
+
+
+def kb_settings(kb_dir) -> KBSettings:
+    return KBSettings(kb_dir=kb_dir, embedding_model="hashing", chunk_size=80, chunk_overlap=10)
+
+
+@pytest.fixture(scope="session")
+def rag_checkpoint(tmp_path_factory) -> Path:
+    """Like `tiny_checkpoint`, with room for retrieved passages: a 1024-token context."""
+    from training.config import ModelConfig
+    from training.model_factory import build_model
+    from training.tokenizer import train_tokenizer
+
+    texts = TINY_TEXTS + GBK_TEXT.split("。") * 3
+    tokenizer = train_tokenizer(texts, vocab_size=600, min_frequency=1, model_max_length=1024)
+    cfg = ModelConfig(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+    )
+    path = tmp_path_factory.mktemp("ui_ckpt") / "tiny"
+    build_model(cfg, tokenizer, seed=0).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ui_server(rag_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
+    """xiaophi-serve as users start it (UI mounted), with KBs in a temporary folder."""
+    kb_dir = tmp_path_factory.mktemp("ui_kb") / "kb"
+    settings = tiny_settings(rag_checkpoint, kb_dir=kb_dir)
+    with run_server(settings, kb_settings=kb_settings(kb_dir)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
+    """A server that wants an API key (`secret`), without the page mounted."""
+    kb_dir = tmp_path_factory.mktemp("ui_kb_keyed") / "kb"
+    settings = tiny_settings(tiny_checkpoint, kb_dir=kb_dir, api_keys=["secret"], ui=False)
+    with run_server(settings, kb_settings=kb_settings(kb_dir)) as running:
+        yield running
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """An address where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def gbk_file(tmp_path):
+    path = tmp_path / "成语故事.txt"
+    path.write_bytes(GBK_TEXT.encode("gbk"))
+    return path

@@ -1,0 +1,135 @@
+"""The page's HTTP client against a real server: KBs, uploads, streamed (RAG) chat, failures."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ui.client import ChatSettings, Source, UIError, XiaophiClient
+
+QUICK = ChatSettings(temperature=0.0, max_tokens=8)
+
+
+def kb_name() -> str:
+    return f"kb-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def client(ui_server):
+    with XiaophiClient(ui_server.url) as client:
+        yield client
+
+
+def collect(events) -> tuple[str, list[list[Source]]]:
+    text, sources = "", []
+    for event in events:
+        if isinstance(event, str):
+            text += event
+        else:
+            sources.append(event)
+    return text, sources
+
+
+def test_models_and_health(client):
+    assert client.list_models() == ["tiny"]
+    assert client.health()
+
+
+def test_stream_chat_without_kb_yields_text_only(client):
+    messages = [{"role": "user", "content": "你好"}]
+    events = list(client.stream_chat(messages, ChatSettings(temperature=0.0, max_tokens=12)))
+    assert len(events) >= 2 and all(isinstance(e, str) for e in events)
+    # multi-turn: the answer goes back as history and the server accepts it
+    history = messages + [{"role": "assistant", "content": "".join(events)}]
+    text, sources = collect(
+        client.stream_chat(history + [{"role": "user", "content": "再说一次"}], QUICK)
+    )
+    assert text and not sources
+
+
+def test_kb_create_upload_list_search_and_rag_chat(client, gbk_file, tmp_path):
+    name = kb_name()
+    assert client.create_knowledge_base(name)["name"] == name
+    assert name in [kb["name"] for kb in client.list_knowledge_bases()]
+
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    results = client.upload_documents(name, [gbk_file, empty])
+    by_name = {r.filename: r for r in results}
+    assert by_name[gbk_file.name].status == "added" and by_name[gbk_file.name].chunks >= 2
+    assert by_name["empty.txt"].status == "rejected" and by_name["empty.txt"].reason
+
+    again = client.upload_documents(name, [gbk_file])
+    assert [r.status for r in again] == ["duplicate"]
+
+    (doc,) = client.list_documents(name)
+    assert doc["filename"] == gbk_file.name
+    assert doc["encoding"].lower() in ("gbk", "gb18030", "gb2312")
+
+    hits = client.search(name, "画蛇添足", top_k=2)
+    assert hits and hits[0].filename == gbk_file.name and "蛇" in hits[0].snippet
+
+    settings = ChatSettings(temperature=0.0, max_tokens=8, knowledge_base=name)
+    text, sources = collect(
+        client.stream_chat([{"role": "user", "content": "守株待兔是什么意思？"}], settings)
+    )
+    assert len(sources) == 1
+    assert sources[0] and all(s.filename == gbk_file.name for s in sources[0])
+    assert any("兔" in s.snippet for s in sources[0])
+    assert all(s.score is not None for s in sources[0])
+
+
+def test_upload_where_every_file_is_rejected_returns_reasons(client, tmp_path):
+    name = kb_name()
+    client.create_knowledge_base(name)
+    binary = tmp_path / "程序.exe"
+    binary.write_bytes(b"MZ\x00\x01")
+    (result,) = client.upload_documents(name, [binary])
+    assert result.status == "rejected" and result.reason
+
+
+def test_upload_and_chat_refuse_a_missing_kb(client, gbk_file):
+    with pytest.raises(UIError, match="找不到"):
+        client.upload_documents("no-such-kb", [gbk_file])
+    with pytest.raises(UIError, match="找不到"):
+        list(
+            client.stream_chat(
+                [{"role": "user", "content": "你好"}], ChatSettings(knowledge_base="no-such-kb")
+            )
+        )
+    with pytest.raises(UIError, match="知识库"):
+        client.upload_documents("", [gbk_file])
+    with pytest.raises(UIError, match="名称"):
+        client.create_knowledge_base("  ")
+
+
+def test_request_too_long_is_readable(client):
+    messages = [{"role": "user", "content": "春眠不觉晓，处处闻啼鸟。" * 200}]
+    with pytest.raises(UIError) as info:
+        list(client.stream_chat(messages, QUICK))
+    assert info.value.status == 400 and "请求太长" in info.value.message
+
+
+def test_body_too_large_is_readable(client):
+    messages = [{"role": "user", "content": "长" * (1 << 20)}]
+    with pytest.raises(UIError) as info:
+        list(client.stream_chat(messages, QUICK))
+    assert info.value.status == 413 and "请求太大" in info.value.message
+
+
+def test_api_down_is_readable(dead_url):
+    with XiaophiClient(dead_url) as client, pytest.raises(UIError, match="无法连接") as info:
+        client.list_knowledge_bases()
+    assert dead_url in info.value.message
+
+
+def test_wrong_or_missing_key_is_readable(keyed_server):
+    for key in (None, "wrong"):
+        with XiaophiClient(keyed_server.url, key) as client, pytest.raises(UIError) as info:
+            client.list_knowledge_bases()
+        assert info.value.status == 401 and "API key" in info.value.message
+    with XiaophiClient(keyed_server.url, "secret") as client:
+        assert client.list_knowledge_bases() == []
+        text, _ = collect(client.stream_chat([{"role": "user", "content": "你好"}], QUICK))
+        assert text

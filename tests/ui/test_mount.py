@@ -1,0 +1,38 @@
+"""xiaophi-serve serves the page at /ui; the stand-alone CLI's flags; how the page finds its API."""
+
+from __future__ import annotations
+
+import httpx
+
+from ui.cli import parse_args
+from ui.mount import local_api_url
+
+
+def test_page_is_served_at_ui(ui_server):
+    page = httpx.get(f"{ui_server.url}/ui/", timeout=30)
+    assert page.status_code == 200 and "小Phi" in page.text
+    config = httpx.get(f"{ui_server.url}/ui/config", timeout=30).json()
+    assert config["analytics_enabled"] is False
+    # the API is untouched by the mount
+    assert httpx.get(f"{ui_server.url}/v1/models", timeout=30).json()["data"][0]["id"] == "tiny"
+
+
+def test_page_can_be_switched_off(keyed_server):
+    assert httpx.get(f"{keyed_server.url}/ui/", timeout=30).status_code == 404
+
+
+def test_local_api_url():
+    assert local_api_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
+    assert local_api_url("127.0.0.1", 9) == "http://127.0.0.1:9"
+    assert local_api_url("::", 80) == "http://127.0.0.1:80"
+    assert local_api_url("::1", 80) == "http://[::1]:80"
+
+
+def test_cli_flags():
+    args = parse_args(["--api", "http://host:8000", "--api-key", "k", "--port", "7861"])
+    assert (args.api, args.api_key, args.port, args.host) == (
+        "http://host:8000",
+        "k",
+        7861,
+        "127.0.0.1",
+    )
