@@ -30,7 +30,12 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-running", type=int, help="requests generated together (default 32)")
     parser.add_argument("--max-waiting", type=int, help="queued requests before 429 (default 128)")
     parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass")
-    parser.add_argument("--kb-dir", help="knowledge-base folder")
+    parser.add_argument(
+        "--kb-dir", help="knowledge-base folder (default ./kb; other settings: XIAOPHI_KB_*)"
+    )
+    parser.add_argument(
+        "--max-upload-files", type=int, help="files per knowledge-base upload (default 16)"
+    )
     parser.add_argument("--log-level", help="uvicorn log level (default info)")
     args = parser.parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}

@@ -13,11 +13,14 @@ from rag.service import MAX_QUERY_CHARS
 from serving.exceptions import InvalidRequestError
 from serving.schemas import Source
 
-#: What the model is told before the passages (the demo models are Chinese).
-INSTRUCTION = "请根据下面的参考资料回答用户的问题；资料里没有答案时，请直接说不知道。"
+#: What the model is told before the passages: short, because every token of it is taken
+#: from the passages on a small model's context (the demo models are Chinese).
+INSTRUCTION = "请根据以下资料回答问题。"
 #: Tokens kept free for the answer when `max_tokens` is not given (capped at a quarter of the context).
 DEFAULT_ANSWER_TOKENS = 256
 SNIPPET_CHARS = 200
+#: A passage cut shorter than this to fit the context is left out instead.
+MIN_PASSAGE_CHARS = 20
 
 Messages = list[dict[str, str]]
 Render = Callable[[Messages], list[int]]
@@ -64,7 +67,7 @@ def fit_passages(
     """The prompt with as many of the best passages as fit in `max_prompt_tokens`, and those hits.
 
     Whole passages are dropped from the lowest-ranked up; if not even the best one fits whole,
-    its text is cut to fit. When nothing fits, the prompt is the user's messages alone (a prompt
+    its text is cut to fit (keeping at least MIN_PASSAGE_CHARS). When nothing fits, the prompt is the user's messages alone (a prompt
     that is too long by itself is refused later, as without a knowledge base).
     """
     for keep in range(len(hits), 0, -1):
@@ -73,7 +76,7 @@ def fit_passages(
             return ids, hits[:keep]
     if hits:
         best = hits[0]
-        lo, hi, fitted = 1, len(best.text) - 1, None
+        lo, hi, fitted = MIN_PASSAGE_CHARS, len(best.text) - 1, None
         while lo <= hi:  # longest prefix of the best passage that fits
             mid = (lo + hi) // 2
             ids = render(with_context(messages, context_text([(best, best.text[:mid])])))

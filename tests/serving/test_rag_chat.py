@@ -1,0 +1,140 @@
+"""RAG chat with the official openai client: retrieved passages reach the prompt, sources come back."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.rag.conftest import IDIOMS
+from tests.serving.test_errors import assert_error
+from tests.serving.test_knowledge_bases import FILLER, new_kb, upload
+
+MODEL = "tiny"
+QUESTION = "守株待兔是什么意思？"
+PLANTED = IDIOMS["守株待兔"]
+SOURCE_FIELDS = {"document_id", "filename", "chunk_index", "page", "score", "snippet"}
+
+
+@pytest.fixture(scope="module")
+def rag_kb(kb_server) -> str:
+    kb = new_kb(kb_server)
+    for pair in (FILLER[:2], FILLER[2:], [("守株待兔.txt", PLANTED.encode("gbk"))]):
+        assert upload(kb_server, kb, *pair).status_code == 200
+    return kb
+
+
+@pytest.fixture
+def client(kb_server) -> OpenAI:
+    return OpenAI(base_url=kb_server.base_url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def prompts(kb_server):
+    """The prompt text of every request the engine receives (the engine seam)."""
+    service = kb_server.app.state.service
+    engine, seen = service.engine, []
+    submit = engine.submit
+
+    def recording(request):
+        seen.append(service.tokenizer.decode(request.prompt_ids))
+        return submit(request)
+
+    engine.submit = recording
+    yield seen
+    del engine.submit
+
+
+def ask(client, kb: str | None, messages=None, max_tokens: int = 8, **kwargs):
+    extra = {"knowledge_base": kb, "retrieval_top_k": 3} if kb else {}
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=messages or [{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=max_tokens,
+        extra_body=extra,
+        **kwargs,
+    )
+
+
+def test_non_stream_answer_has_sources_and_the_passage_in_its_prompt(client, rag_kb, prompts):
+    plain = ask(client, None)
+    assert "sources" not in (plain.model_extra or {})
+    answer = ask(client, rag_kb)
+    sources = answer.model_extra["sources"]
+    assert set(sources[0]) == SOURCE_FIELDS
+    assert sources[0]["filename"] == "守株待兔.txt" and PLANTED.startswith(sources[0]["snippet"])
+    assert sources[0]["chunk_index"] == 0 and sources[0]["page"] is None
+    prompt = prompts[-1]
+    assert f"[1] 守株待兔.txt\n{PLANTED}" in prompt
+    assert prompt.index(PLANTED) < prompt.index(QUESTION)  # in the system turn, before the user's
+    assert answer.usage.prompt_tokens > plain.usage.prompt_tokens
+    # 128-token model: the passages that did not fit were dropped, room for the answer kept
+    assert 1 <= len(sources) < 3
+    assert answer.usage.prompt_tokens <= 128 - 8
+    assert all(f"[{i + 1}] {s['filename']}" in prompt for i, s in enumerate(sources))
+
+
+def test_stream_sends_sources_after_the_content_and_before_usage(client, rag_kb):
+    whole = ask(client, rag_kb)
+    chunks = list(ask(client, rag_kb, stream=True, stream_options={"include_usage": True}))
+    with_sources = [i for i, c in enumerate(chunks) if "sources" in (c.model_extra or {})]
+    assert len(with_sources) == 1
+    at = with_sources[0]
+    assert chunks[at].choices == [] and chunks[at].usage is None
+    assert chunks[at].model_extra["sources"] == whole.model_extra["sources"]
+    assert all(c.choices for c in chunks[:at])  # every content chunk came first
+    assert chunks[at - 1].choices[0].finish_reason is not None
+    assert [c.usage is not None for c in chunks[at + 1 :]] == [True]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_passages_are_prepended_to_an_existing_system_message(client, rag_kb, prompts):
+    messages = [{"role": "system", "content": "你是小Phi。"}, {"role": "user", "content": QUESTION}]
+    ask(client, rag_kb, messages=messages, max_tokens=2)
+    prompt = prompts[-1]
+    assert prompt.count("<|im_start|>system") == 1
+    assert prompt.index(PLANTED) < prompt.index("你是小Phi。") < prompt.index(QUESTION)
+
+
+def test_a_passage_too_long_for_the_context_is_cut_not_refused(client, kb_server, prompts):
+    kb = new_kb(kb_server)
+    long_text = IDIOMS["画蛇添足"] + IDIOMS["守株待兔"] + IDIOMS["画蛇添足"]  # one 55-char chunk
+    assert upload(kb_server, kb, ("long.txt", long_text.encode())).status_code == 200
+    answer = ask(client, kb, messages=[{"role": "user", "content": "画蛇添足是什么意思？"}])
+    [source] = answer.model_extra["sources"]
+    assert source["filename"] == "long.txt"
+    assert answer.usage.prompt_tokens <= 128 - 8
+    assert long_text[:20] in prompts[-1] and long_text not in prompts[-1]
+
+
+def test_no_room_for_a_useful_passage_means_no_passage(client, rag_kb, prompts):
+    long_question = "请问，" * 12 + QUESTION
+    answer = ask(client, rag_kb, messages=[{"role": "user", "content": long_question}])
+    assert answer.model_extra["sources"] == []
+    assert "<|im_start|>system" not in prompts[-1]
+
+
+def test_rag_refusals_are_openai_errors_before_any_stream(client, kb_server, rag_kb):
+    missing = f"nope-{uuid.uuid4().hex[:6]}"
+    for stream in (False, True):
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            ask(client, missing, stream=stream)
+    url = f"{kb_server.base_url}/chat/completions"
+    body = {"model": MODEL, "knowledge_base": rag_kb, "stream": True}
+    too_long = httpx.post(
+        url, json={**body, "messages": [{"role": "user", "content": "天气很好" * 100}]}
+    )
+    assert_error(too_long, 400, "invalid_request_error", "context_length_exceeded", "messages")
+    no_question = httpx.post(url, json={**body, "messages": [{"role": "user", "content": " "}]})
+    assert_error(no_question, 400, "invalid_request_error", param="messages")
+    bad_name = httpx.post(
+        url,
+        json={**body, "knowledge_base": "../x", "messages": [{"role": "user", "content": "问"}]},
+    )
+    assert_error(bad_name, 400, "invalid_request_error", "invalid_input")
