@@ -10,8 +10,8 @@ import pytest
 from openai import OpenAI
 
 from tests.rag.conftest import IDIOMS
+from tests.serving.kb_helpers import FILLER, new_kb, upload
 from tests.serving.test_errors import assert_error
-from tests.serving.test_knowledge_bases import FILLER, new_kb, upload
 
 MODEL = "tiny"
 QUESTION = "守株待兔是什么意思？"
