@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 NO_KB = ""  # the picker's value for "no knowledge base"
 NO_KB_LABEL = "无（不使用知识库）"
-SOURCES_TITLE = "📚 参考来源"
-ERROR_TITLE = "⚠️ 出错了"
+SOURCES_TITLE = "参考来源"
+ERROR_TITLE = "出错了"
 DEFAULT_SYSTEM_PROMPT = "你是小Phi，一个乐于助人的中文助手。"
 SNIPPET_CHARS = 120
 
@@ -98,13 +98,13 @@ def format_upload_results(results: list[UploadResult]) -> str:
     for r in results:
         if r.status == "added":
             chunks = f"，{r.chunks} 个片段" if r.chunks is not None else ""
-            lines.append(f"- ✅ **{r.filename}**：已添加{chunks}")
+            lines.append(f"- **{r.filename}**：已添加{chunks}")
         elif r.status == "duplicate":
             same = f"（与已有文档 {r.duplicate_of} 相同）" if r.duplicate_of else ""
-            lines.append(f"- ♻️ **{r.filename}**：重复，未再添加{same}")
+            lines.append(f"- **{r.filename}**：重复，未再添加{same}")
         else:
             why = r.reason or r.error or "未知原因"
-            lines.append(f"- ❌ **{r.filename}**：被拒绝——{why}")
+            lines.append(f"- **{r.filename}**：被拒绝——{why}")
     return "\n".join(lines)
 
 

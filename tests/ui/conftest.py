@@ -26,7 +26,9 @@ def kb_settings(kb_dir) -> KBSettings:
 
 @pytest.fixture(scope="session")
 def rag_checkpoint(tmp_path_factory) -> Path:
-    """Like `tiny_checkpoint`, with room for retrieved passages: a 1024-token context."""
+    """Like `tiny_checkpoint`, with room for retrieved passages (1024 tokens), and no EOS."""
+    import torch
+
     from training.config import ModelConfig
     from training.model_factory import build_model
     from training.tokenizer import train_tokenizer
@@ -40,8 +42,12 @@ def rag_checkpoint(tmp_path_factory) -> Path:
         intermediate_size=64,
         max_position_embeddings=1024,
     )
+    model = build_model(cfg, tokenizer, seed=0)
+    # Never end early: every answer streams for max_tokens, so the page has a stream to show.
+    with torch.no_grad():
+        model.lm_head.bias[model.generation_config.eos_token_id] = -1e4
     path = tmp_path_factory.mktemp("ui_ckpt") / "tiny"
-    build_model(cfg, tokenizer, seed=0).save_pretrained(str(path))
+    model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
 

@@ -1,0 +1,184 @@
+"""The page in a real headless Chromium (Debian's, driven by Playwright): chat, KB, upload, RAG.
+
+Set XIAOPHI_UI_SCREENSHOT=docs/ui.png to keep a screenshot of the page after the RAG answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from tests.serving.conftest import free_port
+
+CHROMIUM = os.environ.get("XIAOPHI_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.slow
+
+# Records every length the last answer's text had, so the test can tell a stream from a jump.
+WATCH_ANSWER = """() => {
+  window.answerLengths = [];
+  const chat = document.querySelector('#chatbot');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('[data-testid="bot"]');
+    if (bots.length) window.answerLengths.push(bots[bots.length - 1].innerText.length);
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            locale="zh-CN",
+            viewport={"width": 1400, "height": 1000},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            None
+            if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+            else outside.append(r.url)
+        ),
+    )
+    yield page
+    page.close()
+    assert not outside, f"the page made outbound requests: {outside}"
+
+
+def send(page, text: str) -> None:
+    page.fill("#chat-input textarea", text)
+    page.press("#chat-input textarea", "Enter")
+
+
+def wait_for_answer(page, count: int) -> str:
+    """Wait until the `count`-th answer has finished streaming; return its text."""
+    answers = page.locator('#chatbot [data-testid="bot"]')
+    answers.nth(count - 1).wait_for()
+    # finished = the send button is usable again and the text stopped changing
+    page.wait_for_function(
+        """() => !document.querySelector('#chatbot .pending')""", timeout=TIMEOUT_MS
+    )
+    last, deadline = None, time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        text = answers.nth(count - 1).inner_text()
+        if text and text == last:
+            return text
+        last = text
+        time.sleep(0.5)
+    raise AssertionError("the answer never settled")
+
+
+def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file, tmp_path):
+    page.goto(f"{ui_server.url}/ui/")
+    page.wait_for_selector("#chat-input textarea")
+    page.get_by_text("已刷新：0 个知识库").wait_for()
+
+    # 1. a plain chat answer streams in
+    page.evaluate(WATCH_ANSWER)
+    send(page, "你好")
+    page.locator("#chatbot").get_by_text("你好", exact=True).wait_for()
+    answer = wait_for_answer(page, 1)
+    assert len(answer) > 20
+    lengths = page.evaluate("window.answerLengths")
+    partial = {n for n in lengths if 0 < n < len(answer)}
+    assert len(partial) >= 2, f"the answer did not stream: lengths seen {lengths}"
+
+    # 2. create a knowledge base; the picker selects it
+    page.fill("#new-kb textarea", "成语库")
+    page.click("#create-kb")
+    page.locator("#status").get_by_text("已创建知识库").wait_for()
+    assert page.input_value("#kb-picker input") == "成语库"
+
+    # 3. upload a GBK text file and see it listed
+    page.set_input_files("#files input[type=file]", str(gbk_file))
+    page.locator("#files").get_by_text(gbk_file.name).wait_for()
+    page.click("#upload")
+    page.locator("#upload-result").get_by_text("上传完成：1/1 个文件已添加").wait_for()
+    assert gbk_file.name in page.inner_text("#upload-result")
+    listing = page.inner_text("#documents")
+    assert gbk_file.name in listing and "gb" in listing.lower()
+
+    # 4. ask about it: the answer comes with its sources underneath
+    send(page, "守株待兔是什么意思？")
+    sources = page.locator("#chatbot").get_by_text("参考来源")
+    sources.wait_for()
+    wait_for_answer(page, 3)
+    chat_text = page.inner_text("#chatbot")
+    tail = chat_text[chat_text.index("守株待兔是什么意思？") :]
+    assert gbk_file.name in tail and "score" in tail and "兔" in tail
+
+    shot = tmp_path / "ui.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if target := os.environ.get("XIAOPHI_UI_SCREENSHOT"):
+        shutil.copyfile(shot, target)
+
+    # 5. a new conversation empties the chat
+    page.click("#new-chat")
+    page.wait_for_function("""() => !document.querySelector('#chatbot [data-testid="bot"]')""")
+
+
+@pytest.fixture
+def page_without_api(dead_url) -> Iterator[str]:
+    """The stand-alone page pointed at an address where no API listens."""
+    import gradio as gr
+
+    from ui.app import build_ui
+
+    port = free_port()
+    app = gr.mount_gradio_app(FastAPI(), build_ui(dead_url), path="/ui", ssr_mode=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/ui/"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_api_down_shows_a_readable_message(page_without_api, page):
+    page.goto(page_without_api)
+    page.locator("#status").get_by_text("无法连接到 API 服务器").wait_for()
+    send(page, "你好")
+    page.locator("#chatbot").get_by_text("无法连接到 API 服务器").wait_for()
+    assert "Traceback" not in page.inner_text("body")
+    page.click("#upload")
+    page.locator("#upload-result").get_by_text("请先在上方选择一个知识库").wait_for()
