@@ -91,6 +91,10 @@ Ctrl-C stops the server.
 """
 
 
+def raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", default="runs/tiny")
@@ -133,6 +137,8 @@ def main() -> None:
         "warning",
     ]
     proc = subprocess.Popen(command, env=env)
+    # Ctrl-C reaches the server too (same process group); SIGTERM (e.g. `kill`) ends it here.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         wait_healthy(url, proc)
         step(
