@@ -202,16 +202,16 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
         max_tokens: float,
         kb: str,
         page_key: str,
-    ) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    ) -> Iterator[tuple[list[dict[str, Any]], str, Any]]:
         history = list(history or [])
         if not (message or "").strip():
-            yield history, ""
+            yield history, "", gr.update()
             return
         request = api_messages(history, system_prompt) + [{"role": "user", "content": message}]
         history.append({"role": "user", "content": message})
         answer = {"role": "assistant", "content": ""}
         history.append(answer)
-        yield history, ""
+        yield history, "", gr.update(interactive=False)  # one question at a time
         settings = ChatSettings(
             temperature=float(temperature),
             top_p=float(top_p),
@@ -231,14 +231,14 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
                                 "metadata": {"title": f"{SOURCES_TITLE}（{len(event)}）"},
                             }
                         )
-                    yield history, ""
+                    yield history, "", gr.update()
             if not answer["content"]:
                 answer["content"] = "（模型没有生成任何文字）"
         except Exception as exc:
             if not answer["content"]:
                 history.remove(answer)
             history.append(_error_note(_readable(exc)))
-        yield history, ""
+        yield history, "", gr.update(interactive=True)
 
     with gr.Blocks(title="小Phi · xiaophi", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -329,14 +329,25 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
             kb_picker,
             page_key,
         ]
-        submitted = textbox.submit(on_chat, chat_inputs, [chatbot, textbox])
-        clicked = send.click(on_chat, chat_inputs, [chatbot, textbox])
-        stop.click(None, cancels=[submitted, clicked])
-        new_chat.click(lambda: ([], ""), None, [chatbot, textbox], cancels=[submitted, clicked])
+        chat_outputs = [chatbot, textbox, send]
+        # Answers wait on the API, not on this process: let many stream at once (the server
+        # batches them); gradio's default would queue every user behind one answer.
+        submitted = textbox.submit(on_chat, chat_inputs, chat_outputs, concurrency_limit=32)
+        clicked = send.click(on_chat, chat_inputs, chat_outputs, concurrency_limit=32)
+        # a stopped answer never reaches its last yield: give the send button back here
+        stop.click(lambda: gr.update(interactive=True), None, send, cancels=[submitted, clicked])
+        new_chat.click(
+            lambda: ([], "", gr.update(interactive=True)),
+            None,
+            chat_outputs,
+            cancels=[submitted, clicked],
+        )
 
         refresh.click(on_refresh, [page_key, kb_picker], [kb_picker, status])
         create.click(on_create, [page_key, new_kb_name], [kb_picker, status, new_kb_name])
         kb_picker.change(documents_of, [page_key, kb_picker], documents)
-        upload.click(on_upload, [page_key, kb_picker, files], [upload_result, documents])
+        upload.click(
+            on_upload, [page_key, kb_picker, files], [upload_result, documents], concurrency_limit=4
+        )
         demo.load(on_refresh, [page_key, kb_picker], [kb_picker, status])
     return demo

@@ -16,19 +16,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from tests.serving.conftest import free_port
+from ui import screenshot
 
-CHROMIUM = os.environ.get("XIAOPHI_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 30_000
+CHROMIUM = os.environ.get("XIAOPHI_CHROMIUM", screenshot.CHROMIUM)
 
 pytestmark = pytest.mark.slow
 
@@ -47,22 +37,8 @@ WATCH_ANSWER = """() => {
 def browser(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            locale="zh-CN",
-            viewport={"width": 1400, "height": 1000},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
+    with screenshot.chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 @pytest.fixture
@@ -82,29 +58,6 @@ def page(browser):
     assert not outside, f"the page made outbound requests: {outside}"
 
 
-def send(page, text: str) -> None:
-    page.fill("#chat-input textarea", text)
-    page.press("#chat-input textarea", "Enter")
-
-
-def wait_for_answer(page, count: int) -> str:
-    """Wait until the `count`-th answer has finished streaming; return its text."""
-    answers = page.locator('#chatbot [data-testid="bot"]')
-    answers.nth(count - 1).wait_for()
-    # finished = the send button is usable again and the text stopped changing
-    page.wait_for_function(
-        """() => !document.querySelector('#chatbot .pending')""", timeout=TIMEOUT_MS
-    )
-    last, deadline = None, time.monotonic() + TIMEOUT_MS / 1000
-    while time.monotonic() < deadline:
-        text = answers.nth(count - 1).inner_text()
-        if text and text == last:
-            return text
-        last = text
-        time.sleep(0.5)
-    raise AssertionError("the answer never settled")
-
-
 def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file, tmp_path):
     page.goto(f"{ui_server.url}/ui/")
     page.wait_for_selector("#chat-input textarea")
@@ -112,9 +65,8 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
 
     # 1. a plain chat answer streams in
     page.evaluate(WATCH_ANSWER)
-    send(page, "你好")
-    page.locator("#chatbot").get_by_text("你好", exact=True).wait_for()
-    answer = wait_for_answer(page, 1)
+    screenshot.ask(page, "你好")
+    answer = page.locator('#chatbot [data-testid="bot"]').last.inner_text()
     assert len(answer) > 20
     lengths = page.evaluate("window.answerLengths")
     partial = {n for n in lengths if 0 < n < len(answer)}
@@ -136,13 +88,11 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
     assert gbk_file.name in listing and "gb" in listing.lower()
 
     # 4. ask about it: the answer comes with its sources underneath
-    send(page, "守株待兔是什么意思？")
-    sources = page.locator("#chatbot").get_by_text("参考来源")
-    sources.wait_for()
-    wait_for_answer(page, 3)
+    screenshot.ask(page, "守株待兔是什么意思？")
     chat_text = page.inner_text("#chatbot")
-    tail = chat_text[chat_text.index("守株待兔是什么意思？") :]
-    assert gbk_file.name in tail and "score" in tail and "兔" in tail
+    answer_and_sources = chat_text[chat_text.index("守株待兔是什么意思？") + 10 :]
+    sources = answer_and_sources[answer_and_sources.index("参考来源") :]
+    assert gbk_file.name in sources and "score" in sources and "守株待兔" in sources
 
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -157,12 +107,10 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
 @pytest.fixture
 def page_without_api(dead_url) -> Iterator[str]:
     """The stand-alone page pointed at an address where no API listens."""
-    import gradio as gr
-
-    from ui.app import build_ui
+    from ui.mount import mount
 
     port = free_port()
-    app = gr.mount_gradio_app(FastAPI(), build_ui(dead_url), path="/ui", ssr_mode=False)
+    app = mount(FastAPI(), dead_url)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -177,8 +125,8 @@ def page_without_api(dead_url) -> Iterator[str]:
 def test_api_down_shows_a_readable_message(page_without_api, page):
     page.goto(page_without_api)
     page.locator("#status").get_by_text("无法连接到 API 服务器").wait_for()
-    send(page, "你好")
-    page.locator("#chatbot").get_by_text("无法连接到 API 服务器").wait_for()
+    screenshot.ask(page, "你好")
+    assert "无法连接到 API 服务器" in page.inner_text("#chatbot")
     assert "Traceback" not in page.inner_text("body")
     page.click("#upload")
     page.locator("#upload-result").get_by_text("请先在上方选择一个知识库").wait_for()
