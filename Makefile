@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag clean
+.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag clean docker-smoke
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ bench-serve: install
 
 bench-rag: install
 	$(PY) -m rag.benchmarks.rag_bench
+
+# The compose stack for real (root; installs docker.io/docker-compose/debootstrap when missing,
+# starts and stops its own dockerd, builds a local base image): see docker/smoke.sh.
+docker-smoke: install
+	PY=$(PY) bash docker/smoke.sh
 
 clean:
 	rm -rf runs data bench_out
