@@ -103,7 +103,9 @@ def demo_pkg_cache(tmp_path_factory) -> Path:
 def demo_data(tmp_path_factory, demo_pkg_cache) -> Path:
     """One real build of the demo corpora for the whole session."""
     from training.data.demo import build_demo
+    from training.data.demo_kb import write_kb_documents
 
     out = tmp_path_factory.mktemp("demo")
     build_demo(out, demo_pkg_cache)
+    write_kb_documents(out / "kb_docs", demo_pkg_cache, out / "SOURCES.md")
     return out

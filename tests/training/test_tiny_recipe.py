@@ -1,38 +1,100 @@
-"""The shipped `tiny` recipe on the real demo corpora, every stage: it visibly learns, and the
-final model answers a held-out idiom question in Chinese and stops at its end token."""
+"""`make demo` end to end (scripts/demo.py) on the real demo corpora: the shipped `tiny` recipe runs
+every stage and visibly learns, the demo knowledge base is filled, and the server answers
+through the official openai client with sources — then a second start skips all training."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from openai import OpenAI
 
-from training.config import load_recipe
-from training.pipeline import run_pipeline
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_demo(cwd: Path, port: int) -> tuple[subprocess.Popen, list[str]]:
+    """Run scripts/demo.py until it prints its banner; return the process and its output so far."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--port", str(port)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "XIAOPHI_LOG_LEVEL": "warning"},
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops the server" in line:
+            return proc, lines
+    raise AssertionError("demo.py ended before serving:\n" + "".join(lines[-40:]))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
 
 
 @pytest.mark.slow
-def test_tiny_recipe_learns_and_answers_held_out_idioms(demo_data, tmp_path):
-    d = demo_data
-    recipe = load_recipe(
-        "tiny",
-        {
-            "data.pretrain": [str(d / "pretrain.jsonl")],
-            "data.pretrain_eval": str(d / "pretrain_eval.jsonl"),
-            "data.sft": [str(d / "sft.jsonl")],
-            "data.sft_eval": str(d / "sft_eval.jsonl"),
-            "data.probe": str(d / "idiom_probe.jsonl"),
-            "embedder.pairs": str(d / "embedder_pairs.jsonl"),
-            "embedder.eval_pairs": str(d / "embedder_pairs_eval.jsonl"),
-        },
-    )
-    summary = run_pipeline(recipe, tmp_path / "tiny", log=lambda *_: None)
+@pytest.mark.timeout(1500)
+def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "demo").symlink_to(demo_data)
+    port = free_port()
+
+    proc, lines = start_demo(tmp_path, port)
+    try:
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}/ui" in output
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        assert [m.id for m in client.models.list().data] == ["xiaophi-tiny"]
+        answer = client.chat.completions.create(
+            model="xiaophi-tiny",
+            messages=[{"role": "user", "content": "刘备、关羽、张飞在哪里结义？"}],
+            extra_body={"knowledge_base": "demo"},
+        )
+        assert answer.choices[0].message.content
+        sources = answer.model_extra["sources"]
+        assert sources and {s["filename"] for s in sources} <= {
+            p.name for p in (demo_data / "kb_docs").iterdir()
+        }
+    finally:
+        stop(proc)
+
+    summary = json.loads((tmp_path / "runs" / "tiny" / "training_summary.json").read_text())
     stages = summary["stages"]
-    assert set(stages) == {"tokenizer", "pretrain", "sft", "dpo-data", "dpo", "embedder"}
+    assert summary["ran_this_time"] == [
+        "tokenizer",
+        "pretrain",
+        "sft",
+        "dpo-data",
+        "dpo",
+        "embedder",
+    ]
     pre, sft, dpo = stages["pretrain"], stages["sft"], stages["dpo"]
-    # held-out perplexity far below the untrained model's
-    assert pre["perplexity"] < pre["perplexity_untrained"] / 4
-    # SFT eval loss below the pretrained model's on the same held-out conversations
-    assert sft["eval_loss"] < sft["eval_loss_before"]
+    assert pre["perplexity"] < pre["perplexity_untrained"] / 4  # far below the untrained model's
+    assert sft["eval_loss"] < sft["eval_loss_before"]  # below the pretrained model's, same set
     assert dpo["reward_accuracy_last"] is not None and dpo["reward_margin_last"] > 0
-    # the probe questions are held-out idioms: never in any training file (tests/training/test_demo_data.py)
+    # the probe questions are held-out idioms (never in training files: test_demo_data.py)
     assert summary["probe"]
-    for answer in summary["probe"]:
-        assert answer["stopped_at_end_token"], answer
-        assert answer["chinese_chars"] >= 2, answer
+    for probe in summary["probe"]:
+        assert probe["stopped_at_end_token"], probe
+        assert probe["chinese_chars"] >= 2, probe
+
+    # a second `make demo` trains nothing and serves quickly
+    start = time.time()
+    proc, lines = start_demo(tmp_path, free_port())
+    stop(proc)
+    assert "skipping" in "".join(lines) and "duplicate" in "".join(lines)
+    print(f"second start served after {time.time() - start:.1f}s")
