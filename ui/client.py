@@ -102,6 +102,8 @@ def _status_summary(status: int, code: str | None) -> str:
         return "没有权限"
     if status == 404:
         return "找不到请求的资源"
+    if status == 409:
+        return "名称冲突：已经存在同名的知识库"
     if status == 413:
         return "请求太大（文件或内容超过服务器上限）"
     if status == 429:

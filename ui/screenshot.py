@@ -31,6 +31,35 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 60_000
 
 
+# A new status message, and gradio's progress indicator for it gone.
+STATUS_CHANGED = """before => {
+  const status = document.querySelector('#status');
+  const tracker = status.querySelector('[data-testid="status-tracker"]');
+  return status.innerText !== before && (!tracker || tracker.classList.contains('hide'));
+}"""
+
+# The send button is disabled from the first update of an answer to its last. Watching the
+# attribute (not polling it) also catches an answer that comes and goes between two polls.
+WATCH_SEND = """() => {
+  window.xiaophiBusySeen = false;
+  const send = document.querySelector('#send');
+  window.xiaophiSendWatch?.disconnect();
+  window.xiaophiSendWatch = new MutationObserver(() => {
+    if (send.disabled) window.xiaophiBusySeen = true;
+  });
+  window.xiaophiSendWatch.observe(send, {attributes: true, attributeFilter: ['disabled']});
+}"""
+
+ANSWERED = """asked => {
+  const questions = document.querySelectorAll('#chatbot [data-testid="user"]').length;
+  return window.xiaophiBusySeen && questions > asked && !document.querySelector('#send').disabled;
+}"""
+
+SOURCES_SHOWN = """() => document.querySelector('#chatbot').innerText.includes('参考来源') &&
+  [...document.querySelectorAll('#chatbot .thought-group')]
+    .some(group => group.getBoundingClientRect().height > 80)"""
+
+
 @contextlib.contextmanager
 def chromium(
     executable: str = CHROMIUM, profile: str | Path | None = None, timeout_ms: int = TIMEOUT_MS
@@ -55,6 +84,20 @@ def chromium(
         yield context
 
 
+def ask(page: Any, question: str) -> None:
+    """Send `question` and wait until its answer has finished streaming."""
+    asked = page.locator('#chatbot [data-testid="user"]').count()
+    page.evaluate(WATCH_SEND)
+    page.fill("#chat-input textarea", question)
+    page.press("#chat-input textarea", "Enter")
+    page.wait_for_function(ANSWERED, arg=asked)
+
+
+def wait_for_sources(page: Any) -> None:
+    """Wait until sources are shown under an answer, unfolded (the list opens after it arrives)."""
+    page.wait_for_function(SOURCES_SHOWN)
+
+
 def rag_walkthrough(page: Any, url: str, kb: str, files: list[Path], question: str) -> None:
     """Open the page, create `kb`, upload `files`, ask `question`; wait for the sources."""
     page.goto(url)
@@ -64,35 +107,16 @@ def rag_walkthrough(page: Any, url: str, kb: str, files: list[Path], question: s
     before = status.inner_text()
     page.fill("#new-kb textarea", kb)
     page.click("#create-kb")
-    page.wait_for_function(
-        "before => document.querySelector('#status').innerText !== before", arg=before
-    )
+    page.wait_for_function(STATUS_CHANGED, arg=before)
     if "已创建" not in status.inner_text():
         raise SystemExit(f"could not create the knowledge base: {status.inner_text()}")
     page.set_input_files("#files input[type=file]", [str(f) for f in files])
-    page.locator("#files").get_by_text(files[-1].name).wait_for()
+    for file in files:  # each shown once it reached the page (the name and suffix may split)
+        page.locator("#files").get_by_text(file.stem).first.wait_for()
     page.click("#upload")
     page.locator("#upload-result").get_by_text("上传完成").wait_for()
     ask(page, question)
-    page.locator("#chatbot").get_by_text("参考来源").wait_for()
-
-
-ANSWERED = """asked => {
-  const questions = document.querySelectorAll('#chatbot [data-testid="user"]').length;
-  return questions > asked && !document.querySelector('#send').disabled;
-}"""
-
-
-def ask(page: Any, question: str) -> None:
-    """Send `question` and wait until its answer has finished streaming.
-
-    The question and the disabled send button arrive in the same update, and the button comes
-    back with the last one: more questions than before plus a usable button = answered.
-    """
-    asked = page.locator('#chatbot [data-testid="user"]').count()
-    page.fill("#chat-input textarea", question)
-    page.press("#chat-input textarea", "Enter")
-    page.wait_for_function(ANSWERED, arg=asked)
+    wait_for_sources(page)
 
 
 def main(argv: list[str] | None = None) -> None:

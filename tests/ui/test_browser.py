@@ -80,7 +80,7 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
 
     # 3. upload a GBK text file and see it listed
     page.set_input_files("#files input[type=file]", str(gbk_file))
-    page.locator("#files").get_by_text(gbk_file.name).wait_for()
+    page.locator("#files").get_by_text(gbk_file.stem).first.wait_for()  # name, suffix may split
     page.click("#upload")
     page.locator("#upload-result").get_by_text("上传完成：1/1 个文件已添加").wait_for()
     assert gbk_file.name in page.inner_text("#upload-result")
@@ -90,6 +90,8 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
     # 4. ask about it: the answer comes with its sources underneath
     screenshot.ask(page, "守株待兔是什么意思？")
     chat_text = page.inner_text("#chatbot")
+    assert "参考来源" in chat_text, chat_text
+    screenshot.wait_for_sources(page)
     answer_and_sources = chat_text[chat_text.index("守株待兔是什么意思？") + 10 :]
     sources = answer_and_sources[answer_and_sources.index("参考来源") :]
     assert gbk_file.name in sources and "score" in sources and "守株待兔" in sources
