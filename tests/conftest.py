@@ -32,7 +32,14 @@ def build_tiny_checkpoint(path: Path, arch: str = "phi", seed: int = 0) -> Path:
     from training.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400, min_frequency=1, model_max_length=128)
-    cfg = ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=128)
+    cfg = ModelConfig(
+        arch=arch,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     model = build_model(cfg, tokenizer, seed=seed)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))

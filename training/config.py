@@ -123,8 +123,13 @@ class DPOStageConfig(TrainConfig):
 @dataclass
 class EmbedderConfig:
     enabled: bool = _f(True, "Train the offline default sentence embedder in the pipeline.")
-    pairs: str = _f("data/demo/embedder_pairs.jsonl", "Training pairs: jsonl with `anchor` and `positive`.")
-    eval_pairs: str = _f("data/demo/embedder_pairs_eval.jsonl", "Held-out pairs for the retrieval report (optional file).")
+    pairs: str = _f(
+        "data/demo/embedder_pairs.jsonl", "Training pairs: jsonl with `anchor` and `positive`."
+    )
+    eval_pairs: str = _f(
+        "data/demo/embedder_pairs_eval.jsonl",
+        "Held-out pairs for the retrieval report (optional file).",
+    )
     vocab_size: int = _f(6000, "BPE vocabulary of the embedder's own tokenizer.")
     num_threads: int = _f(1, "Torch intra-op threads while training the embedder.")
     max_steps: int = _f(200, "Training steps.")
