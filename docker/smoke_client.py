@@ -73,6 +73,12 @@ def main() -> None:
     check(len(pieces) > 1, f"the stream brought {len(pieces)} content chunks")
     print(f"smoke client: stream of {len(pieces)} chunks in {time.time() - started:.1f}s")
 
+    page = http.get("/ui/")
+    check(
+        page.status_code == 200 and "gradio" in page.text.lower(), f"/ui/: HTTP {page.status_code}"
+    )
+    print("smoke client: the UI answers at /ui/")
+
     kbs = http.get("/v1/knowledge_bases").raise_for_status().json()["data"]
     names = [kb["name"] for kb in kbs]
     check("demo" in names, f"the trainer's demo knowledge base is missing (have {names})")
