@@ -4,7 +4,6 @@ through the same chat template as SFT. Reward accuracy and margins go into the r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from trl import DPOConfig, DPOTrainer
@@ -13,7 +12,7 @@ from training.config import Recipe
 from training.model_factory import load_model_and_tokenizer
 from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
-from training.trainer_args import has_checkpoint, last_logged, loss_history, trainer_kwargs
+from training.trainer_args import last_logged, loss_history, train_resumably, trainer_kwargs
 
 STAGE = "dpo"
 
@@ -52,12 +51,7 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         processing_class=tokenizer,
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
-    resuming = has_checkpoint(run_dir, STAGE)
-
-    start = time.time()
-    trainer.train(resume_from_checkpoint=True if resuming else None)
-    wall = time.time() - start
-    final_eval = trainer.evaluate() if eval_data is not None else {}
+    run = train_resumably(trainer, run_dir, STAGE, evaluate=eval_data is not None)
 
     history = trainer.state.log_history
     report = {
@@ -65,17 +59,17 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         "train_pairs": len(train_data),
         "eval_pairs": len(eval_data) if eval_data is not None else 0,
         "steps": trainer.state.global_step,
-        "resumed": resuming,
+        "resumed": run.resumed,
         "beta": cfg.beta,
         "train_loss_first": loss_history(history)[0][1],
         "train_loss_last": last_logged(history, "loss"),
         "reward_accuracy_last": last_logged(history, "rewards/accuracies"),
         "reward_margin_last": last_logged(history, "rewards/margins"),
-        "eval_loss": final_eval.get("eval_loss"),
-        "eval_reward_accuracy": final_eval.get("eval_rewards/accuracies"),
-        "eval_reward_margin": final_eval.get("eval_rewards/margins"),
+        "eval_loss": run.final_eval.get("eval_loss"),
+        "eval_reward_accuracy": run.final_eval.get("eval_rewards/accuracies"),
+        "eval_reward_margin": run.final_eval.get("eval_rewards/margins"),
         "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
-        "wall_time_s": round(wall, 2),
+        "wall_time_s": run.wall_time_s,
         "loss_curve": loss_history(history),
     }
     save_stage(trainer, tokenizer, run_dir, STAGE, report)

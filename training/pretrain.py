@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,9 @@ from training.throughput import attach_throughput
 from training.tokenizer import load_tokenizer
 from training.trainer_args import (
     baseline_eval_loss,
-    has_checkpoint,
     last_logged,
     loss_history,
+    train_resumably,
     trainer_kwargs,
 )
 
@@ -134,13 +133,8 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
 
-    resuming = has_checkpoint(run_dir, STAGE)
     untrained_loss = baseline_eval_loss(trainer)
-
-    start = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resuming else None)
-    wall = time.time() - start
-    final_eval = trainer.evaluate()
+    run = train_resumably(trainer, run_dir, STAGE)
 
     report = {
         "stage": STAGE,
@@ -150,18 +144,18 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         "train_blocks": len(train_data),
         "seq_len": cfg.seq_len,
         "steps": trainer.state.global_step,
-        "resumed": resuming,
+        "resumed": run.resumed,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "train_loss_first": loss_history(trainer.state.log_history)[0][1],
         "train_loss_last": last_logged(trainer.state.log_history, "loss"),
-        "train_loss_mean": round(result.training_loss, 4),
+        "train_loss_mean": round(run.result.training_loss, 4),
         "eval_loss_untrained": round(untrained_loss, 4),
         "perplexity_untrained": perplexity(untrained_loss),
-        "eval_loss": round(final_eval["eval_loss"], 4),
-        "perplexity": perplexity(final_eval["eval_loss"]),
+        "eval_loss": round(run.final_eval["eval_loss"], 4),
+        "perplexity": perplexity(run.final_eval["eval_loss"]),
         "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
         "mfu_last": last_logged(trainer.state.log_history, "mfu"),
-        "wall_time_s": round(wall, 2),
+        "wall_time_s": run.wall_time_s,
         "loss_curve": loss_history(trainer.state.log_history),
     }
     save_stage(trainer, tokenizer, run_dir, STAGE, report)

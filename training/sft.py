@@ -6,7 +6,6 @@ multi-turn conversations; the held-out eval loss is measured before and after tr
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from trl import SFTConfig, SFTTrainer
@@ -17,9 +16,9 @@ from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
 from training.trainer_args import (
     baseline_eval_loss,
-    has_checkpoint,
     last_logged,
     loss_history,
+    train_resumably,
     trainer_kwargs,
 )
 
@@ -56,26 +55,21 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         processing_class=tokenizer,
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
-    resuming = has_checkpoint(run_dir, STAGE)
     loss_before = baseline_eval_loss(trainer)
-
-    start = time.time()
-    trainer.train(resume_from_checkpoint=True if resuming else None)
-    wall = time.time() - start
-    final_eval = trainer.evaluate()
+    run = train_resumably(trainer, run_dir, STAGE)
 
     report = {
         "stage": STAGE,
         "train_conversations": len(train_data),
         "eval_conversations": len(eval_data),
         "steps": trainer.state.global_step,
-        "resumed": resuming,
+        "resumed": run.resumed,
         "train_loss_first": loss_history(trainer.state.log_history)[0][1],
         "train_loss_last": last_logged(trainer.state.log_history, "loss"),
         "eval_loss_before": round(loss_before, 4),
-        "eval_loss": round(final_eval["eval_loss"], 4),
+        "eval_loss": round(run.final_eval["eval_loss"], 4),
         "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
-        "wall_time_s": round(wall, 2),
+        "wall_time_s": run.wall_time_s,
         "loss_curve": loss_history(trainer.state.log_history),
     }
     save_stage(trainer, tokenizer, run_dir, STAGE, report)

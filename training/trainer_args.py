@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.trainer_utils import TrainOutput
 
 from training.config import TrainConfig
 from training.stage_dirs import checkpoints_dir, write_json
@@ -80,6 +83,26 @@ def baseline_eval_loss(trainer) -> float:
         record.parent.mkdir(parents=True, exist_ok=True)
         write_json(record, {"eval_loss": loss})
     return loss
+
+
+@dataclass
+class TrainingRun:
+    """What a stage's report needs from one `trainer.train()`: resumed or not, the result, the
+    wall time, and the held-out metrics afterwards (empty without an eval set)."""
+
+    resumed: bool
+    result: TrainOutput
+    wall_time_s: float
+    final_eval: dict
+
+
+def train_resumably(trainer, run_dir: Path, stage: str, evaluate: bool = True) -> TrainingRun:
+    """Train, resuming from the stage's last checkpoint when one exists, then evaluate."""
+    resumed = has_checkpoint(run_dir, stage)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resumed else None)
+    wall = time.time() - start
+    return TrainingRun(resumed, result, round(wall, 2), trainer.evaluate() if evaluate else {})
 
 
 def has_checkpoint(run_dir: Path, stage: str) -> bool:
