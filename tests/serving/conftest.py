@@ -109,7 +109,9 @@ def long_running_prompt(reference, max_tokens: int) -> str:
         prompt = f"春眠不觉晓，处处闻啼鸟。{i}"
         if len(reference.greedy_ids(reference.chat_ids(prompt), max_tokens)) == max_tokens:
             return prompt
-    pytest.fail("no prompt of the 20 tried runs to max_tokens on this random model: change the prompts")
+    pytest.fail(
+        "no prompt of the 20 tried runs to max_tokens on this random model: change the prompts"
+    )
 
 
 def kb_test_settings(kb_dir, **overrides):
