@@ -1,6 +1,6 @@
 """Random-weight checkpoints for benchmarks, built without the training package.
 
-`tiny` mirrors the tiny recipe's model (Phi, hidden 192, 4 layers, vocab ~6k, context 256);
+`tiny` mirrors the tiny recipe's model (Phi, hidden 128, 4 layers, vocab 4096, context 256);
 `seed` the seed article's config (hidden 960, 24 layers, 16 heads, ff 4096, context 512).
 Speed does not depend on what the weights say, so random weights measure the same thing.
 """
@@ -14,11 +14,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 PRESETS = {
+    # training/recipes/tiny.yaml's model (serving does not import training, so it is restated here)
     "tiny": dict(
-        hidden_size=192,
+        hidden_size=128,
         num_hidden_layers=4,
-        num_attention_heads=6,
-        intermediate_size=768,
+        num_attention_heads=4,
+        intermediate_size=512,
         max_position_embeddings=256,
     ),
     "seed": dict(
@@ -29,7 +30,7 @@ PRESETS = {
         max_position_embeddings=512,
     ),
 }
-VOCAB_SIZE = 6016
+VOCAB_SIZE = 4096
 SPECIALS = ["<|pad|>", "<|unk|>", "<|bos|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
     "{%- for message in messages -%}"
