@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "runs/tiny/embedder"
+DEFAULT_DENSE_WEIGHT = 0.5
 
 
 class KBSettings(BaseSettings):
@@ -47,11 +48,25 @@ class KBSettings(BaseSettings):
     fetch_k: int = Field(
         50, ge=1, description="Candidates each retriever contributes to the fusion."
     )
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description=(
+            "How hybrid search fuses BM25 and dense: `convex` = weighted sum of each retriever's "
+            "min-max normalised scores over its fetch_k candidates; `rrf` = reciprocal-rank fusion."
+        ),
+    )
     rrf_k: int = Field(
         60, ge=1, description="Reciprocal-rank-fusion constant: score = Σ w/(rrf_k + rank)."
     )
-    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
-    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in the fusion.")
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of BM25 in the fusion.")
+    dense_weight: float = Field(
+        DEFAULT_DENSE_WEIGHT,
+        ge=0,
+        description=(
+            "Weight of the dense retriever in the fusion (BM25's is bm25_weight). The default was "
+            "chosen on a dev split disjoint from the benchmark (`python -m rag.benchmarks.fusion_dev`)."
+        ),
+    )
     lock_timeout_s: float = Field(
         300.0, gt=0, description="Longest wait for another writer of a KB."
     )

@@ -1,4 +1,12 @@
-"""Hybrid retrieval as a LangChain retriever: BM25 and FAISS rankings fused by reciprocal rank."""
+"""Hybrid retrieval as a LangChain retriever: BM25 and FAISS rankings fused into one.
+
+Two fusions, both weighted by `bm25_weight` / `dense_weight`:
+- `convex` (default): each retriever's scores over its own `fetch_k` candidates are min-max
+  normalised to [0, 1] (a chunk it did not return counts 0) and the weighted sum ranks. It uses
+  how confident each retriever is, so a clear BM25 winner is not pulled down by a weak dense
+  vote, while near ties are broken by the other retriever.
+- `rrf`: reciprocal-rank fusion, score = Σ weight / (rrf_k + rank); only ranks count.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from pydantic import ConfigDict
 from rag.kb_index import KBIndex
 
 Mode = Literal["hybrid", "bm25", "dense"]
+Fusion = Literal["convex", "rrf"]
 
 
 def reciprocal_rank_fusion(
@@ -26,10 +35,47 @@ def reciprocal_rank_fusion(
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)
 
 
+def convex_fusion(runs: list[tuple[list[tuple[str, float]], float]]) -> list[tuple[str, float]]:
+    """Fuse (hits best-first as (id, score), weight) runs: score(id) = Σ weight · norm(score).
+
+    A run's scores are min-max normalised over its own hits (best → 1, worst → 0; all equal →
+    1); a chunk missing from a run gets 0 from it. Ties keep the order of first appearance.
+    """
+    scores: dict[str, float] = {}
+    for hits, weight in runs:
+        if not hits or weight <= 0:
+            continue
+        values = [s for _, s in hits]
+        top, bottom = max(values), min(values)
+        span = top - bottom
+        for chunk_id, value in hits:
+            norm = (value - bottom) / span if span > 0 else 1.0
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight * norm
+    return sorted(scores.items(), key=lambda item: item[1], reverse=True)
+
+
+def fuse(
+    bm25: list[tuple[str, float]],
+    dense: list[tuple[str, float]],
+    fusion: Fusion = "convex",
+    bm25_weight: float = 1.0,
+    dense_weight: float = 1.0,
+    rrf_k: int = 60,
+) -> list[tuple[str, float]]:
+    """One hybrid ranking from the BM25 and dense hits (each best-first (id, score))."""
+    if fusion == "rrf":
+        return reciprocal_rank_fusion(
+            [([i for i, _ in bm25], bm25_weight), ([i for i, _ in dense], dense_weight)], rrf_k
+        )
+    if fusion == "convex":
+        return convex_fusion([(bm25, bm25_weight), (dense, dense_weight)])
+    raise ValueError(f"unknown fusion {fusion!r}; use convex or rrf.")
+
+
 class HybridRetriever(BaseRetriever):
     """Returns the `k` best chunks of one knowledge base for a query.
 
-    Each Document's metadata gains `score` (higher is better: the fused RRF score in hybrid
+    Each Document's metadata gains `score` (higher is better: the fused score in hybrid
     mode, the BM25 score or the cosine similarity in single modes), `bm25_rank` and `dense_rank`
     (1-based, None when that retriever did not return the chunk in its `fetch_k`).
     """
@@ -40,6 +86,7 @@ class HybridRetriever(BaseRetriever):
     embeddings: Embeddings
     k: int = 5
     fetch_k: int = 50
+    fusion: Fusion = "convex"
     rrf_k: int = 60
     bm25_weight: float = 1.0
     dense_weight: float = 1.0
@@ -60,13 +107,7 @@ class HybridRetriever(BaseRetriever):
         elif self.mode == "dense":
             ranked = dense
         else:
-            ranked = reciprocal_rank_fusion(
-                [
-                    ([i for i, _ in bm25], self.bm25_weight),
-                    ([i for i, _ in dense], self.dense_weight),
-                ],
-                self.rrf_k,
-            )
+            ranked = fuse(bm25, dense, self.fusion, self.bm25_weight, self.dense_weight, self.rrf_k)
         bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
         dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
         out = []

@@ -363,6 +363,7 @@ class KnowledgeBaseService:
             embeddings=self.embedder.embeddings,
             k=top_k or s.top_k,
             fetch_k=s.fetch_k,
+            fusion=s.fusion,
             rrf_k=s.rrf_k,
             bm25_weight=s.bm25_weight,
             dense_weight=s.dense_weight,

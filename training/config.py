@@ -130,15 +130,31 @@ class EmbedderConfig:
         "data/demo/embedder_pairs_eval.jsonl",
         "Held-out pairs for the retrieval report (optional file).",
     )
-    vocab_size: int = _f(6000, "BPE vocabulary of the embedder's own tokenizer.")
+    arch: str = _f(
+        "static",
+        "static: a trained bag of token embeddings (fast on CPU); bert: a small transformer.",
+    )
+    tokenizer: str = _f(
+        "char", "The embedder's own tokenizer: char (one token per character) or bpe."
+    )
+    vocab_size: int = _f(6000, "Vocabulary of the embedder's own tokenizer.")
+    ict_texts: str = _f(
+        "data/demo/pretrain.jsonl",
+        "Text file (jsonl `text` or txt) for inverse-cloze pairs: a sentence ↔ the text around it.",
+    )
+    ict_pairs: int = _f(40000, "Inverse-cloze pairs added to the training pairs (0 = none).")
+    exclude_bench_held_out: bool = _f(
+        True,
+        "Drop pairs and texts about the idioms `make bench-rag` queries (sha1 % 10 == 0).",
+    )
     num_threads: int = _f(1, "Torch intra-op threads while training the embedder.")
-    max_steps: int = _f(200, "Training steps.")
-    batch_size: int = _f(32, "Pairs per batch (in-batch negatives).")
-    hidden_size: int = _f(128, "Encoder width.")
-    num_layers: int = _f(2, "Encoder layers.")
-    num_heads: int = _f(4, "Encoder heads.")
-    max_seq_length: int = _f(128, "Tokens per sentence.")
-    lr: float = _f(1e-3, "Learning rate.")
+    max_steps: int = _f(1500, "Training steps.")
+    batch_size: int = _f(256, "Pairs per batch (in-batch negatives).")
+    hidden_size: int = _f(256, "Embedding width (static) or encoder width (bert).")
+    num_layers: int = _f(2, "Encoder layers (bert only).")
+    num_heads: int = _f(4, "Encoder heads (bert only).")
+    max_seq_length: int = _f(128, "Tokens per sentence (bert only; static reads whole texts).")
+    lr: float = _f(0.05, "Peak learning rate (static embeddings want a far higher one than bert).")
 
 
 @dataclass

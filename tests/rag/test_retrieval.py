@@ -1,7 +1,7 @@
 import pytest
 
 from rag.bm25 import BM25Index, chargram_tokens
-from rag.hybrid_retriever import reciprocal_rank_fusion
+from rag.hybrid_retriever import convex_fusion, fuse, reciprocal_rank_fusion
 
 DOCS = {
     "a": "画蛇添足比喻做了多余的事，反而不恰当。",
@@ -38,3 +38,39 @@ def test_reciprocal_rank_fusion_rewards_agreement_and_respects_weights():
     assert [i for i, _ in fused[2:]] in (["z", "w"], ["w", "z"])
     only_second = reciprocal_rank_fusion([(["x"], 0.0), (["y"], 1.0)])
     assert only_second[0][0] == "y"
+
+
+BM25_HITS = [("clear", 30.0), ("both", 12.0), ("b2", 11.5), ("b3", 10.0)]
+DENSE_HITS = [("d1", 0.81), ("both", 0.80), ("d2", 0.79), ("d3", 0.70)]
+
+
+def test_convex_fusion_puts_a_chunk_found_by_both_first_when_neither_is_sure():
+    fused = convex_fusion(
+        [([("x", 5.0), ("y", 4.9), ("z", 1.0)], 1.0), ([("y", 0.9), ("x", 0.5), ("w", 0.4)], 1.0)]
+    )
+    assert fused[0][0] == "y"  # near-top in BM25 and top in dense beats top in BM25 only
+    assert fused[0][1] == pytest.approx((4.9 - 1.0) / 4.0 + 1.0)
+    assert {i for i, _ in fused} == {"x", "y", "z", "w"}
+
+
+def test_convex_fusion_keeps_a_confident_bm25_winner_that_rrf_gives_away():
+    # BM25 is sure of `clear`; the dense list is nearly flat and misses it.
+    convex = fuse(BM25_HITS, DENSE_HITS, "convex", 1.0, 0.5)
+    rrf = fuse(BM25_HITS, DENSE_HITS, "rrf", 1.0, 1.0)
+    assert convex[0][0] == "clear"
+    assert rrf[0][0] == "both"  # agreement outweighs BM25's confidence in rank-only fusion
+    # a near tie in BM25 (both vs b2) is broken by the dense vote
+    order = [i for i, _ in convex]
+    assert order.index("both") < order.index("b2")
+
+
+def test_fusion_weights_zero_out_a_retriever_and_unknown_fusion_is_refused():
+    assert [i for i, _ in fuse(BM25_HITS, DENSE_HITS, "convex", 1.0, 0.0)] == [
+        i for i, _ in BM25_HITS
+    ]
+    assert [i for i, _ in fuse(BM25_HITS, DENSE_HITS, "convex", 0.0, 1.0)] == [
+        i for i, _ in DENSE_HITS
+    ]
+    assert fuse([], [("only", 0.3)], "convex")[0] == ("only", 1.0)
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse(BM25_HITS, DENSE_HITS, "max")

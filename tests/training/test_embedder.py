@@ -1,13 +1,26 @@
-"""The embedder stage trains a sentence-transformers model that the KB service can load offline."""
+"""The embedder stage trains a sentence-transformers model that the KB service can load offline,
+without ever seeing the benchmark's held-out idioms."""
 
 from __future__ import annotations
 
 import json
+import random
+import re
 
 import pytest
 
+from rag.benchmarks.rag_bench import held_out
 from training.config import EmbedderConfig, Recipe
-from training.embedder import load_pairs, main, train_embedder
+from training.embedder import (
+    HeldOutFilter,
+    bench_held_out,
+    char_tokenizer,
+    inverse_cloze_pairs,
+    load_pairs,
+    main,
+    train_embedder,
+    training_pairs,
+)
 
 IDIOM_PAIRS = [
     ("比喻做了多余的事，反而不恰当", "画蛇添足"),
@@ -27,10 +40,12 @@ TINY = dict(
     max_steps=40,
     batch_size=12,
     hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    max_seq_length=32,
-    lr=3e-3,
+    lr=0.05,
+    ict_texts="",
+    exclude_bench_held_out=False,
+)
+TINY_BERT = dict(
+    TINY, arch="bert", tokenizer="bpe", num_layers=1, num_heads=2, max_seq_length=32, lr=3e-3
 )
 
 
@@ -49,6 +64,16 @@ def test_training_lowers_the_loss_and_improves_pair_retrieval(trained):
     assert report["heldout"]["mrr"] > report["heldout_before"]["mrr"]
     assert report["heldout"]["recall@1"] >= 0.5
     assert report["dimension"] == 32
+    assert report["arch"] == "static" and report["tokenizer"] == "char"
+
+
+def test_the_bert_encoder_still_trains(tmp_path):
+    cfg = EmbedderConfig(**TINY_BERT)
+    cfg.vocab_size = 400
+    report = train_embedder(IDIOM_PAIRS, tmp_path / "bert", cfg, eval_pairs=IDIOM_PAIRS)
+    assert report["arch"] == "bert" and report["dimension"] == 32
+    assert report["loss_last"] < report["loss_first"]
+    assert report["heldout"]["mrr"] > report["heldout_before"]["mrr"]
 
 
 def test_saved_model_loads_offline_through_langchain_and_drives_a_kb(
@@ -100,3 +125,85 @@ def test_pairs_file_with_a_missing_field_names_the_row(tmp_path):
     path.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "a"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="row 2"):
         load_pairs(path)
+
+
+def test_the_training_filter_uses_the_benchmarks_held_out_rule():
+    words = [meaning for meaning, _ in IDIOM_PAIRS] + [w for _, w in IDIOM_PAIRS]
+    words += [f"成语{i}" for i in range(300)]
+    assert [bench_held_out(w) for w in words] == [held_out(w) for w in words]
+    assert 10 < sum(bench_held_out(w) for w in words) < 60  # about a tenth
+
+
+def held_and_kept_words(n: int) -> tuple[list[str], list[str]]:
+    held, kept = [], []
+    for i in range(1000):
+        word = f"测试成语{i:03d}"
+        (held if bench_held_out(word) else kept).append(word)
+    return held[:n], kept[:n]
+
+
+def test_held_out_filter_drops_every_pair_and_text_about_a_benchmark_idiom():
+    held, kept = held_and_kept_words(4)
+    pairs = [(w, f"释义第{i}条，很长的解释内容") for i, w in enumerate(held[:3] + kept[:3])]
+    pairs += [("别的词", f"意思同{held[0]}"), ("又一词", pairs[1][1])]
+    # held[3] is no pair's anchor, only named by a pretraining record
+    texts = [f"成语“{held[3]}”，读作…，意思是：……", f"成语“{kept[3]}”，意思是：……"]
+    filt = HeldOutFilter(pairs, texts)
+    assert filt.subjects == set(held)
+    survivors = [p for p in pairs if filt.keeps(p)]
+    assert survivors == pairs[3:6]  # own pairs, a mention, and a held explanation all dropped
+    assert not filt.keeps_text(texts[0]) and filt.keeps_text(texts[1])
+    assert not filt.keeps_text(f"小说里写到{held[3]}的故事")
+
+    cfg = EmbedderConfig(ict_pairs=10)
+    story = "刘备字玄德，涿郡人也。关羽字云长。张飞字翼德。三人在桃园结义，誓同生死。"
+    texts += [story, "第一回 宴桃园豪杰三结义　斩黄巾英雄首立功。下一句。再一句话在这里。"]
+    trained, counts = training_pairs(pairs, cfg, random.Random(0), texts=texts)
+    assert counts["dropped_bench_held_out_pairs"] == 5
+    assert counts["inverse_cloze_pairs"] >= 1
+    text = "\n".join(a + p for a, p in trained)
+    assert not any(w in text for w in held)
+    assert "宴桃园" not in text  # chapter titles are the benchmark's other queries
+
+
+def test_inverse_cloze_pairs_take_one_sentence_out_of_its_context():
+    texts = [
+        "第一句话在这里。第二句话很重要！第三句话也不错？第四句话结束。",
+        "只有一句话没有别的",
+        "第三回 议温明董卓叱丁原　馈金珠李肃说吕布。后面还有正文内容。",
+    ]
+    pairs = inverse_cloze_pairs(texts, 10, random.Random(1), context_chars=30)
+    assert len(pairs) == 1
+    anchor, context = pairs[0]
+    assert anchor in texts[0] and anchor not in context
+    assert len(context) >= 8
+    assert all(piece in texts[0] for piece in re.split("[。！？]", context))
+
+
+def test_char_tokenizer_gives_one_token_per_character():
+    tok = char_tokenizer(["画蛇添足，画蛇添足", "守株待兔 守株待兔"], vocab_size=100)
+    assert tok.encode("画蛇 添足").tokens == ["画", "蛇", "添", "足"]
+    assert tok.encode("龘").tokens == ["[UNK]"]
+
+
+@pytest.mark.slow
+def test_default_embedder_generalises_to_held_out_demo_pairs(demo_data, tmp_path):
+    """On the real demo data, a short run of the default (static, char) embedder ranks the right
+    definition first for held-out idioms / words / 歇后语 far more often than an untrained one,
+    and beats the old transformer's held-out MRR (0.40 after the tiny recipe's 200 steps)."""
+    cfg = EmbedderConfig(
+        pairs=str(demo_data / "embedder_pairs.jsonl"),
+        ict_texts=str(demo_data / "pretrain.jsonl"),
+        ict_pairs=10000,
+        max_steps=300,
+    )
+    report = train_embedder(
+        load_pairs(cfg.pairs),
+        tmp_path / "model",
+        cfg,
+        eval_pairs=load_pairs(demo_data / "embedder_pairs_eval.jsonl"),
+    )
+    assert report["heldout_before"]["mrr"] < 0.05
+    assert report["heldout"]["mrr"] > 0.45
+    assert report["heldout"]["recall@1"] > 0.35
+    assert report["dropped_bench_held_out_pairs"] > report["given_pairs"] // 20
