@@ -27,9 +27,14 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--torch-threads", type=int, help="CPU threads for torch (default: torch's choice)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=["slots", "hf-continuous"],
+        help="slots (in-house, default) or hf-continuous (transformers' continuous batching)",
+    )
     parser.add_argument("--max-running", type=int, help="requests generated together (default 32)")
     parser.add_argument("--max-waiting", type=int, help="queued requests before 429 (default 128)")
-    parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass")
+    parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass (prefill)")
     parser.add_argument(
         "--kb-dir", help="knowledge-base folder (default ./kb; other settings: XIAOPHI_KB_*)"
     )

@@ -30,8 +30,12 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU."
     )
-    engine: Literal["hf-continuous"] = Field(
-        "hf-continuous", description="Which engine runs the model."
+    engine: Literal["slots", "hf-continuous"] = Field(
+        "slots",
+        description=(
+            "Which engine runs the model: `slots` (in-house: a KV-cache row per request, one "
+            "batched decode step for all) or `hf-continuous` (transformers' continuous batching)."
+        ),
     )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (default: torch's choice)."
@@ -47,7 +51,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int | None = Field(
         None, ge=16, description="Tokens per forward pass (default: max(context, 512))."
     )
-    kv_page_size: int = Field(32, ge=4, description="Tokens per KV-cache page.")
+    kv_page_size: int = Field(
+        32, ge=4, description="Tokens per KV-cache page (`hf-continuous` engine)."
+    )
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per request) accepted.")
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="Largest request body; beyond it, 413."

@@ -59,7 +59,17 @@ def load_model(settings: Settings):
 
 def build_engine(settings: Settings) -> LoadedModel:
     model, tokenizer = load_model(settings)
-    if settings.engine == "hf-continuous":
+    if settings.engine == "slots":
+        from serving.engine.slot_batching import SlotBatchingEngine
+
+        engine = SlotBatchingEngine(
+            model,
+            tokenizer,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            max_batch_tokens=settings.max_batch_tokens,
+        )
+    elif settings.engine == "hf-continuous":
         from serving.engine.hf_continuous import HFContinuousEngine
 
         engine = HFContinuousEngine(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.engine.base import EngineRequest, QueueFullError, SamplingParams
 from serving.engine.hf_continuous import HFContinuousEngine
+from serving.engine.slot_batching import SlotBatchingEngine
+
+ENGINES = {"slots": SlotBatchingEngine, "hf-continuous": HFContinuousEngine}
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +22,16 @@ def model_and_tokenizer(tiny_checkpoint):
     return model, tokenizer
 
 
-def run_with_engine(model_and_tokenizer, body, **engine_kwargs):
+@pytest.fixture(params=sorted(ENGINES))
+def engine_class(request):
+    return ENGINES[request.param]
+
+
+def run_with_engine(engine_class, model_and_tokenizer, body, **engine_kwargs):
     model, tokenizer = model_and_tokenizer
 
     async def main():
-        engine = HFContinuousEngine(model, tokenizer, warmup=False, **engine_kwargs)
+        engine = engine_class(model, tokenizer, warmup=False, **engine_kwargs)
         await engine.start()
         try:
             return await body(engine, tokenizer)
@@ -47,7 +56,7 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
     )
 
 
-def test_concurrent_greedy_requests_match_generate(model_and_tokenizer, reference):
+def test_concurrent_greedy_requests_match_generate(engine_class, model_and_tokenizer, reference):
     prompts = [f"你好{i}" * (1 + i % 3) for i in range(6)]
 
     async def body(engine, tokenizer):
@@ -66,12 +75,12 @@ def test_concurrent_greedy_requests_match_generate(model_and_tokenizer, referenc
         assert engine.stats().running == 0 and engine.stats().waiting == 0
         return results
 
-    results = run_with_engine(model_and_tokenizer, body, max_running=4, max_waiting=4)
+    results = run_with_engine(engine_class, model_and_tokenizer, body, max_running=4, max_waiting=4)
     for prompt, (tokens, _, _) in zip(prompts, results, strict=True):
         assert tokens == reference.greedy_ids(reference.chat_ids(prompt), 15)
 
 
-def test_queue_full_and_cancelling_waiting_and_running(model_and_tokenizer):
+def test_queue_full_and_cancelling_waiting_and_running(engine_class, model_and_tokenizer):
     async def body(engine, tokenizer):
         params = SamplingParams(max_new_tokens=50, temperature=0)
         ids = prompt_ids(tokenizer, "你好")
@@ -91,11 +100,13 @@ def test_queue_full_and_cancelling_waiting_and_running(model_and_tokenizer):
             engine.submit(EngineRequest("d", ids, SamplingParams(max_new_tokens=3, temperature=0)))
         )
 
-    tokens, _, reason = run_with_engine(model_and_tokenizer, body, max_running=1, max_waiting=1)
+    tokens, _, reason = run_with_engine(
+        engine_class, model_and_tokenizer, body, max_running=1, max_waiting=1
+    )
     assert reason in ("stop", "length") and 1 <= len(tokens) <= 3
 
 
-def test_seeded_sampling_repeats_and_differs_by_seed(model_and_tokenizer):
+def test_seeded_sampling_repeats_and_differs_by_seed(engine_class, model_and_tokenizer):
     async def body(engine, tokenizer):
         ids = prompt_ids(tokenizer, "学而时习之")
 
@@ -117,6 +128,65 @@ def test_seeded_sampling_repeats_and_differs_by_seed(model_and_tokenizer):
         )
         return [t for t, _, _ in together]
 
-    first, same_seed, other_seed = run_with_engine(model_and_tokenizer, body, max_running=4)
+    first, same_seed, other_seed = run_with_engine(
+        engine_class, model_and_tokenizer, body, max_running=4
+    )
     assert first == same_seed
     assert first != other_seed
+
+
+def test_requests_leaving_at_different_steps_keep_their_own_cache(
+    engine_class, model_and_tokenizer, reference
+):
+    """Rows finish at different times (the last row moves into the gap) while others go on;
+    a repetition penalty under greedy decoding matches `generate` with the same penalty."""
+    prompts = [f"床前明月光{i}" * (1 + i % 4) for i in range(10)]
+    budgets = [3, 17, 8, 25, 1, 12, 30, 5, 20, 9]
+
+    async def body(engine, tokenizer):
+        streams = [
+            engine.submit(
+                EngineRequest(
+                    f"r{i}",
+                    prompt_ids(tokenizer, p),
+                    SamplingParams(
+                        max_new_tokens=budgets[i],
+                        temperature=0,
+                        repetition_penalty=1.3 if i % 3 == 0 else 1.0,
+                    ),
+                )
+            )
+            for i, p in enumerate(prompts)
+        ]
+        return await asyncio.gather(*(drain(s) for s in streams))
+
+    results = run_with_engine(engine_class, model_and_tokenizer, body, max_running=6)
+    model = reference.model
+    for i, (prompt, (tokens, _, reason)) in enumerate(zip(prompts, results, strict=True)):
+        ids = reference.chat_ids(prompt)
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=budgets[i],
+                do_sample=False,
+                repetition_penalty=1.3 if i % 3 == 0 else 1.0,
+            )
+        assert tokens == out[0, len(ids) :].tolist(), f"request {i}"
+        assert reason == ("length" if len(tokens) == budgets[i] else "stop")
+
+
+def test_generation_ends_at_the_context_length(engine_class, model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    context = model.config.max_position_embeddings
+
+    async def body(engine, tokenizer):
+        ids = prompt_ids(tokenizer, "长" * 10)
+        filler = [ids[-1]] * (context - 4 - len(ids))
+        request = EngineRequest("long", filler + ids, SamplingParams(max_new_tokens=context))
+        return await drain(engine.submit(request)), len(filler + ids)
+
+    (tokens, _, reason), prompt_length = run_with_engine(
+        engine_class, model_and_tokenizer, body, max_running=2
+    )
+    assert prompt_length + len(tokens) <= context
+    assert reason == "stop" or prompt_length + len(tokens) == context

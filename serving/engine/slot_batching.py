@@ -1,0 +1,312 @@
+"""In-house engine: one KV-cache row per running request, one batched decode step for all of them.
+
+The cache holds, per layer, keys and values of shape [max_running, kv_heads, context, head_dim].
+Running requests occupy rows 0..B-1 (a finished request's row is refilled by moving the last
+row into it), so every decode step is one forward pass over B new tokens that reads a plain
+slice of the cache: attention costs B × (longest sequence), not (all tokens)², and no mask
+over the whole batch is rebuilt each step. New requests are prefilled together (right-padded,
+up to `max_batch_tokens` per forward) into fresh rows, then join the next decode step.
+
+The loop runs in its own thread so the event loop stays free for HTTP; requests and
+cancellations reach it through a locked inbox, and each step's new tokens go back to the
+event loop in one callback, where `QueuedEngine` turns them into text deltas.
+
+Works with any transformers causal LM whose attention layers call `cache.update(key, value,
+layer_idx, ...)` and accept a prepared 4D mask (Phi, Llama, Qwen2, ...): the engine passes
+explicit position ids and its own mask, so per-row positions need no padding tricks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from serving.engine.queued import QueuedEngine, RequestSlot
+from serving.engine.request_sampler import apply_repetition_penalty, sample_token
+
+logger = logging.getLogger(__name__)
+
+
+class SlotKVCache:
+    """Per-layer key/value buffers, one row per running request, allocated at the first write.
+
+    Before each forward pass the engine says where the new keys go: `for_prefill` (rows
+    start..stop, positions 0..width-1) or `for_decode` (rows 0..B-1, one position each).
+    `update` is what the model's attention layers call.
+    """
+
+    def __init__(self, rows: int, context_length: int) -> None:
+        self.rows = rows
+        self.context_length = context_length
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self._start = self._stop = self._kv_len = 0
+        self._positions: torch.Tensor | None = None
+        self._row_index: torch.Tensor | None = None
+
+    def for_prefill(self, start: int, stop: int, width: int) -> None:
+        self._start, self._stop, self._kv_len = start, stop, width
+        self._positions = self._row_index = None
+
+    def for_decode(self, positions: torch.Tensor, kv_len: int) -> None:
+        self._start, self._stop, self._kv_len = 0, positions.numel(), kv_len
+        self._positions = positions
+        self._row_index = torch.arange(positions.numel(), device=positions.device)
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx == len(self.keys):
+            shape = (self.rows, key.shape[1], self.context_length, key.shape[3])
+            self.keys.append(key.new_zeros(shape))
+            self.values.append(value.new_zeros(shape))
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self._positions is None:
+            keys[self._start : self._stop, :, : key.shape[2]] = key
+            values[self._start : self._stop, :, : value.shape[2]] = value
+        else:
+            keys[self._row_index, :, self._positions] = key[:, :, 0]
+            values[self._row_index, :, self._positions] = value[:, :, 0]
+        window = (slice(self._start, self._stop), slice(None), slice(0, self._kv_len))
+        return keys[window], values[window]
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys[target, :, :length] = keys[source, :, :length]
+            values[target, :, :length] = values[source, :, :length]
+
+
+@dataclass
+class _Row:
+    """A running request as the engine thread sees it."""
+
+    slot: RequestSlot
+    length: int  # tokens in the cache
+    last: int = 0  # the token the next decode step feeds
+    generated: int = 0
+    history: list[int] | None = None  # prompt + output, kept only for a repetition penalty
+
+
+class SlotBatchingEngine(QueuedEngine):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_running: int = 32,
+        max_waiting: int = 128,
+        max_batch_tokens: int | None = None,
+        warmup: bool = True,
+    ) -> None:
+        eos = model.generation_config.eos_token_id
+        super().__init__(
+            tokenizer,
+            context_length=model.config.max_position_embeddings,
+            eos_token_ids=eos if isinstance(eos, list) else [eos] if eos is not None else [],
+            max_running=max_running,
+            max_waiting=max_waiting,
+        )
+        self.model = model
+        self._max_batch_tokens = max_batch_tokens or max(self.context_length, 512)
+        self._warmup = warmup
+        self._device = next(model.parameters()).device
+        if model.config._attn_implementation not in ("sdpa", "eager"):
+            model.set_attn_implementation("sdpa")  # the engine passes its own dense 4D masks
+        self._bool_mask = model.config._attn_implementation == "sdpa"
+        self._cache = SlotKVCache(max_running, self.context_length)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._inbox: list[RequestSlot] = []
+        self._aborted: set[str] = set()
+        self._pending: deque[RequestSlot] = deque()  # launched, not yet prefilled
+        self._rows: list[_Row] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._fatal: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="xiaophi-engine", daemon=True)
+        self._thread.start()
+        if self._warmup:
+            await self._warm_up()
+
+    async def stop(self) -> None:
+        self._fail_all("server is shutting down")
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+
+    @property
+    def is_ready(self) -> bool:
+        thread = self._thread
+        return (
+            thread is not None and thread.is_alive() and not self._stopping and self._fatal is None
+        )
+
+    # ------------------------------------------------------------------ event-loop side
+    def _launch(self, slot: RequestSlot) -> None:
+        with self._lock:
+            self._inbox.append(slot)
+        self._wake.set()
+
+    def _abort(self, slot: RequestSlot) -> None:
+        with self._lock:
+            self._aborted.add(slot.engine_id)
+        self._wake.set()
+
+    def _dispatch(self, outputs: list[tuple[RequestSlot, list[int], bool]]) -> None:
+        for slot, tokens, finished in outputs:
+            self._deliver(slot, tokens, finished)
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    self._wake.wait()
+                    with self._lock:
+                        self._wake.clear()
+                        if self._stopping:
+                            return
+                        inbox, self._inbox = self._inbox, []
+                        aborted, self._aborted = self._aborted, set()
+                    self._pending.extend(s for s in inbox if s.engine_id not in aborted)
+                    if aborted:
+                        self._drop(aborted)
+                    outputs: list[tuple[RequestSlot, list[int], bool]] = []
+                    if self._pending and len(self._rows) < self.max_running:
+                        self._prefill(outputs)
+                    elif self._rows:
+                        self._decode(outputs)
+                    if outputs:
+                        self._loop.call_soon_threadsafe(self._dispatch, outputs)
+                    if self._rows or self._pending:
+                        self._wake.set()
+        except BaseException as exc:  # the engine is dead: every open request ends with an error
+            logger.exception("the engine thread failed")
+            self._fatal = exc
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._fail_all, f"engine error: {exc}")
+
+    def _drop(self, engine_ids: set[str]) -> None:
+        self._pending = deque(s for s in self._pending if s.engine_id not in engine_ids)
+        self._remove([i for i, row in enumerate(self._rows) if row.slot.engine_id in engine_ids])
+
+    def _remove(self, indices: list[int]) -> None:
+        """Free rows, keeping the running ones in 0..B-1 (the last row moves into a gap)."""
+        for index in sorted(indices, reverse=True):
+            last = len(self._rows) - 1
+            if index != last:
+                moved = self._rows[last]
+                self._cache.move_row(last, index, moved.length)
+                self._rows[index] = moved
+            self._rows.pop()
+
+    def _prefill(self, outputs) -> None:
+        batch: list[RequestSlot] = []
+        width = 0
+        while self._pending and len(self._rows) + len(batch) < self.max_running:
+            n = len(self._pending[0].request.prompt_ids)
+            if batch and (len(batch) + 1) * max(width, n) > self._max_batch_tokens:
+                break
+            batch.append(self._pending.popleft())
+            width = max(width, n)
+        start = len(self._rows)
+        lengths = [len(s.request.prompt_ids) for s in batch]
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, slot in enumerate(batch):
+            ids[i, : lengths[i]] = torch.tensor(slot.request.prompt_ids)
+        length_t = torch.tensor(lengths, device=self._device)
+        steps = torch.arange(width, device=self._device)
+        # query i of row b sees keys j <= i that are real tokens (j < length_b)
+        visible = (steps[None, :, None] >= steps[None, None, :]) & (
+            steps[None, None, :] < length_t[:, None, None]
+        )
+        last = length_t - 1
+        keep = torch.unique(last)  # sorted; logits only where a row's prompt ends
+        self._cache.for_prefill(start, start + len(batch), width)
+        logits = self.model(
+            input_ids=ids.to(self._device),
+            position_ids=steps.expand(len(batch), width),
+            attention_mask=self._mask(visible.unsqueeze(1)),
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+        logits = logits[torch.arange(len(batch), device=self._device), torch.searchsorted(keep, last)]
+        rows = []
+        for slot, n in zip(batch, lengths, strict=True):
+            penalty = slot.sampling.params.repetition_penalty != 1.0
+            rows.append(
+                _Row(slot, length=n, history=list(slot.request.prompt_ids) if penalty else None)
+            )
+        self._rows.extend(rows)
+        self._advance(rows, self._sample(logits, rows), outputs, offset=start)
+
+    def _decode(self, outputs) -> None:
+        rows = self._rows
+        positions = torch.tensor([r.length for r in rows], device=self._device)
+        kv_len = max(r.length for r in rows) + 1
+        visible = torch.arange(kv_len, device=self._device)[None, :] <= positions[:, None]
+        self._cache.for_decode(positions, kv_len)
+        logits = self.model(
+            input_ids=torch.tensor([[r.last] for r in rows], device=self._device),
+            position_ids=positions[:, None],
+            attention_mask=self._mask(visible[:, None, None, :]),
+            cache=self._cache,
+            use_cache=True,
+        ).logits[:, -1]
+        for row in rows:
+            row.length += 1
+        self._advance(rows, self._sample(logits, rows), outputs, offset=0)
+
+    def _mask(self, visible: torch.Tensor) -> torch.Tensor:
+        if self._bool_mask:
+            return visible
+        dtype = self.model.dtype  # eager attention adds the mask to its scores
+        return torch.zeros(visible.shape, dtype=dtype, device=self._device).masked_fill(
+            ~visible, torch.finfo(dtype).min
+        )
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        logits = logits.float()
+        chosen = logits.argmax(dim=-1).tolist()
+        for i, row in enumerate(rows):
+            params = row.slot.sampling.params
+            if params.greedy and row.history is None:
+                continue
+            scores = logits[i]
+            if row.history is not None:
+                scores = apply_repetition_penalty(scores, row.history, params.repetition_penalty)
+            chosen[i] = (
+                int(scores.argmax())
+                if params.greedy
+                else sample_token(scores, params, row.slot.sampling.generator)
+            )
+        return chosen
+
+    def _advance(self, rows: list[_Row], tokens: list[int], outputs, offset: int) -> None:
+        done = []
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            row.last = token
+            row.generated += 1
+            if row.history is not None:
+                row.history.append(token)
+            finished = (
+                token in self.eos_token_ids
+                or row.generated >= row.slot.request.params.max_new_tokens
+                or row.length + 1 >= self.context_length
+            )
+            outputs.append((row.slot, [token], finished))
+            if finished:
+                done.append(offset + i)
+        if done:
+            self._remove(done)
