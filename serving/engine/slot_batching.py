@@ -241,7 +241,9 @@ class SlotBatchingEngine(QueuedEngine):
             use_cache=True,
             logits_to_keep=keep,
         ).logits
-        logits = logits[torch.arange(len(batch), device=self._device), torch.searchsorted(keep, last)]
+        logits = logits[
+            torch.arange(len(batch), device=self._device), torch.searchsorted(keep, last)
+        ]
         rows = []
         for slot, n in zip(batch, lengths, strict=True):
             penalty = slot.sampling.params.repetition_penalty != 1.0
