@@ -67,26 +67,51 @@ def fit_passages(
     """The prompt with as many of the best passages as fit in `max_prompt_tokens`, and those hits.
 
     Whole passages are dropped from the lowest-ranked up; if not even the best one fits whole,
-    its text is cut to fit (keeping at least MIN_PASSAGE_CHARS). When nothing fits, the prompt is the user's messages alone (a prompt
-    that is too long by itself is refused later, as without a knowledge base).
+    its text is cut to fit (keeping at least MIN_PASSAGE_CHARS). When still nothing fits, the
+    oldest turns of the conversation go first (system messages and the last question stay),
+    one turn at a time, until a passage fits. When not even that helps, the prompt is the
+    user's messages alone and no source is returned (a prompt that is too long by itself is
+    refused later, as without a knowledge base).
     """
+    candidate: Messages | None = messages
+    while hits and candidate is not None:
+        fitted = _fit_in(render, candidate, hits, max_prompt_tokens)
+        if fitted is not None:
+            return fitted
+        candidate = without_oldest_turn(candidate)
+    return render(messages), []
+
+
+def _fit_in(
+    render: Render, messages: Messages, hits: list[SearchHit], max_prompt_tokens: int
+) -> tuple[list[int], list[SearchHit]] | None:
     for keep in range(len(hits), 0, -1):
         ids = render(with_context(messages, context_text([(h, h.text) for h in hits[:keep]])))
         if len(ids) <= max_prompt_tokens:
             return ids, hits[:keep]
-    if hits:
-        best = hits[0]
-        lo, hi, fitted = MIN_PASSAGE_CHARS, len(best.text) - 1, None
-        while lo <= hi:  # longest prefix of the best passage that fits
-            mid = (lo + hi) // 2
-            ids = render(with_context(messages, context_text([(best, best.text[:mid])])))
-            if len(ids) <= max_prompt_tokens:
-                fitted, lo = ids, mid + 1
-            else:
-                hi = mid - 1
-        if fitted is not None:
-            return fitted, [best]
-    return render(messages), []
+    best = hits[0]
+    lo, hi, fitted = MIN_PASSAGE_CHARS, len(best.text) - 1, None
+    while lo <= hi:  # longest prefix of the best passage that fits
+        mid = (lo + hi) // 2
+        ids = render(with_context(messages, context_text([(best, best.text[:mid])])))
+        if len(ids) <= max_prompt_tokens:
+            fitted, lo = ids, mid + 1
+        else:
+            hi = mid - 1
+    return (fitted, [best]) if fitted is not None else None
+
+
+def without_oldest_turn(messages: Messages) -> Messages | None:
+    """`messages` less the oldest turn (a user message and the replies after it); system
+    messages and the last user message always stay. None when there is nothing left to drop."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if len(turns) < 2:
+        return None
+    drop = range(turns[0], turns[1])
+    first_other = next(i for i, m in enumerate(messages) if m["role"] != "system")
+    if first_other < turns[0]:  # replies before the first question go with it
+        drop = range(first_other, turns[1])
+    return [m for i, m in enumerate(messages) if i not in drop or m["role"] == "system"]
 
 
 def source_of(hit: SearchHit) -> Source:

@@ -9,6 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from serving.rag_chat import without_oldest_turn
 from tests.rag.conftest import IDIOMS
 from tests.serving.kb_helpers import FILLER, new_kb, upload
 from tests.serving.test_errors import assert_error
@@ -138,3 +139,32 @@ def test_rag_refusals_are_openai_errors_before_any_stream(client, kb_server, rag
         json={**body, "knowledge_base": "../x", "messages": [{"role": "user", "content": "问"}]},
     )
     assert_error(bad_name, 400, "invalid_request_error", "invalid_input")
+
+
+def test_old_turns_make_room_for_the_passages(client, rag_kb, prompts):
+    old_question, old_answer = "天气怎么样？" * 6, "很好。" * 12
+    messages = [
+        {"role": "system", "content": "你是小Phi。"},
+        {"role": "user", "content": old_question},
+        {"role": "assistant", "content": old_answer},
+        {"role": "user", "content": QUESTION},
+    ]
+    answer = ask(client, rag_kb, messages=messages)
+    [source, *_] = answer.model_extra["sources"]
+    assert source["filename"] == "守株待兔.txt"
+    prompt = prompts[-1]
+    assert old_question not in prompt and old_answer not in prompt
+    assert "你是小Phi。" in prompt and PLANTED[:20] in prompt and QUESTION in prompt
+    assert answer.usage.prompt_tokens <= 128 - 8
+
+
+def test_without_oldest_turn_keeps_system_messages_and_the_last_question():
+    def conv(*roles):
+        return [{"role": r, "content": f"{r}{i}"} for i, r in enumerate(roles)]
+
+    messages = conv("system", "user", "assistant", "user", "assistant", "user")
+    assert without_oldest_turn(messages) == [messages[0], *messages[3:]]
+    assert without_oldest_turn(without_oldest_turn(messages)) == [messages[0], messages[5]]
+    assert without_oldest_turn([messages[0], messages[5]]) is None
+    leading_reply = conv("assistant", "user", "assistant", "user")
+    assert without_oldest_turn(leading_reply) == leading_reply[3:]
