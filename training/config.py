@@ -142,14 +142,14 @@ class EmbedderConfig:
         "data/demo/pretrain.jsonl",
         "Text file (jsonl `text` or txt) for inverse-cloze pairs: a sentence ↔ the text around it.",
     )
-    ict_pairs: int = _f(40000, "Inverse-cloze pairs added to the training pairs (0 = none).")
+    ict_pairs: int = _f(80000, "Most inverse-cloze pairs added to the training pairs (0 = none).")
     exclude_bench_held_out: bool = _f(
         True,
         "Drop pairs and texts about the idioms `make bench-rag` queries (sha1 % 10 == 0).",
     )
     num_threads: int = _f(1, "Torch intra-op threads while training the embedder.")
-    max_steps: int = _f(1500, "Training steps.")
-    batch_size: int = _f(256, "Pairs per batch (in-batch negatives).")
+    max_steps: int = _f(800, "Training steps.")
+    batch_size: int = _f(512, "Pairs per batch (in-batch negatives).")
     hidden_size: int = _f(256, "Embedding width (static) or encoder width (bert).")
     num_layers: int = _f(2, "Encoder layers (bert only).")
     num_heads: int = _f(4, "Encoder heads (bert only).")
@@ -187,6 +187,13 @@ class Recipe:
         if self.tokenizer.vocab_size < MIN_VOCAB_SIZE:
             raise ValueError(
                 f"tokenizer.vocab_size={self.tokenizer.vocab_size} cannot hold the 256 byte symbols and special tokens; set --tokenizer.vocab_size to at least {MIN_VOCAB_SIZE}."
+            )
+        e = self.embedder
+        if e.arch not in ("static", "bert"):
+            raise ValueError(f"embedder.arch={e.arch!r}; set --embedder.arch to static or bert.")
+        if e.tokenizer not in ("char", "bpe"):
+            raise ValueError(
+                f"embedder.tokenizer={e.tokenizer!r}; set --embedder.tokenizer to char or bpe."
             )
         for stage in ("pretrain", "sft", "dpo"):
             cfg: TrainConfig = getattr(self, stage)

@@ -258,9 +258,14 @@ def training_pairs(
     inverse-cloze pairs; with `cfg.exclude_bench_held_out` pairs and texts that touch the
     benchmark's held-out idioms are dropped first.
     """
+    counts: dict = {"given_pairs": len(pairs)}
     if texts is None:
-        texts = read_texts(cfg.ict_texts) if cfg.ict_texts and cfg.ict_pairs > 0 else []
-    counts = {"given_pairs": len(pairs)}
+        texts = []
+        if cfg.ict_texts and cfg.ict_pairs > 0:
+            if Path(cfg.ict_texts).is_file():
+                texts = read_texts(cfg.ict_texts)
+            else:  # a custom recipe without the demo corpus: train on the pairs alone
+                counts["ict_texts_missing"] = cfg.ict_texts
     if cfg.exclude_bench_held_out:
         held = HeldOutFilter(pairs, texts)
         kept = [p for p in pairs if held.keeps(p)]

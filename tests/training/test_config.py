@@ -61,6 +61,8 @@ def test_cli_flags_override_recipe_fields():
         ({"tokenizer.vocab_size": 100}, "--tokenizer.vocab_size"),
         ({"model.num_heads": 5}, "--model.hidden_size or --model.num_heads"),
         ({"sft.max_steps": 0}, "--sft.max_steps"),
+        ({"embedder.arch": "lstm"}, "--embedder.arch"),
+        ({"embedder.tokenizer": "word"}, "--embedder.tokenizer"),
     ],
 )
 def test_bad_values_name_the_flag_to_change(overrides, message):

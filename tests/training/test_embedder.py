@@ -189,12 +189,12 @@ def test_char_tokenizer_gives_one_token_per_character():
 @pytest.mark.slow
 def test_default_embedder_generalises_to_held_out_demo_pairs(demo_data, tmp_path):
     """On the real demo data, a short run of the default (static, char) embedder ranks the right
-    definition first for held-out idioms / words / 歇后语 far more often than an untrained one,
-    and beats the old transformer's held-out MRR (0.40 after the tiny recipe's 200 steps)."""
+    definition first for held-out idioms / words / 歇后语 far more often than the untrained one
+    (random character vectors: a lexical-overlap baseline, MRR ~0.45) and than the old small
+    transformer after the tiny recipe's 200 steps (MRR 0.40)."""
     cfg = EmbedderConfig(
         pairs=str(demo_data / "embedder_pairs.jsonl"),
         ict_texts=str(demo_data / "pretrain.jsonl"),
-        ict_pairs=10000,
         max_steps=300,
     )
     report = train_embedder(
@@ -203,7 +203,8 @@ def test_default_embedder_generalises_to_held_out_demo_pairs(demo_data, tmp_path
         cfg,
         eval_pairs=load_pairs(demo_data / "embedder_pairs_eval.jsonl"),
     )
-    assert report["heldout_before"]["mrr"] < 0.05
-    assert report["heldout"]["mrr"] > 0.45
-    assert report["heldout"]["recall@1"] > 0.35
+    assert report["heldout"]["mrr"] > report["heldout_before"]["mrr"] + 0.1
+    assert report["heldout"]["mrr"] > 0.55
+    assert report["heldout"]["recall@1"] > 0.45
+    assert report["inverse_cloze_pairs"] > 10_000
     assert report["dropped_bench_held_out_pairs"] > report["given_pairs"] // 20
