@@ -125,18 +125,31 @@ def inverse_cloze_pairs(
     return pairs
 
 
+def chapter_titles(texts: Iterable[str]) -> set[str]:
+    """The halves of every `第N回 上句　下句` chapter-title record (each 4+ characters)."""
+    halves = set()
+    for text in texts:
+        m = _CHAPTER_TITLE.match(text)
+        if m:
+            first_line = text[m.end() :].split("\n", 1)[0]
+            halves |= {h for h in re.split(r"[\s\u3000，,]+", first_line) if len(h) >= 4}
+    return halves
+
+
 class HeldOutFilter:
     """Drops pairs and texts that mention a benchmark held-out subject.
 
     Held-out subjects are the pair anchors and the idioms named by `成语“…”` records for which
     `bench_held_out` is true; their own positives (explanations) are held out too. A pair is
     dropped when its anchor is a held-out subject or when either side contains a held-out
-    subject or explanation (3+ characters).
+    subject or explanation (3+ characters), or a half of a chapter title of the novel (the
+    benchmark's other queries; taken from the `第N回 …` records among `texts`).
     """
 
     K = 3
 
     def __init__(self, pairs: list[tuple[str, str]], texts: Iterable[str] = ()):
+        texts = list(texts)
         from training.data.demo import SubstringBlocker
 
         subjects = {a for a, _ in pairs if bench_held_out(a)}
@@ -146,8 +159,9 @@ class HeldOutFilter:
                 subjects.add(m.group(1))
         explanations = {p for a, p in pairs if a in subjects}
         self.subjects = subjects
+        self.titles = chapter_titles(texts)
         self.blocker = SubstringBlocker(
-            {s for s in subjects | explanations if len(s) >= self.K}, k=self.K
+            {s for s in subjects | explanations | self.titles if len(s) >= self.K}, k=self.K
         )
 
     def keeps_text(self, text: str) -> bool:

@@ -157,13 +157,18 @@ def test_held_out_filter_drops_every_pair_and_text_about_a_benchmark_idiom():
 
     cfg = EmbedderConfig(ict_pairs=10)
     story = "刘备字玄德，涿郡人也。关羽字云长。张飞字翼德。三人在桃园结义，誓同生死。"
-    texts += [story, "第一回 宴桃园豪杰三结义　斩黄巾英雄首立功。下一句。再一句话在这里。"]
+    texts += [
+        story,
+        "第一回 宴桃园豪杰三结义　斩黄巾英雄首立功。下一句。再一句话在这里。",
+        "出处：小说里宴桃园豪杰三结义的故事。例句：他们也学着古人结义。",
+    ]
     trained, counts = training_pairs(pairs, cfg, random.Random(0), texts=texts)
     assert counts["dropped_bench_held_out_pairs"] == 5
     assert counts["inverse_cloze_pairs"] >= 1
     text = "\n".join(a + p for a, p in trained)
     assert not any(w in text for w in held)
     assert "宴桃园" not in text  # chapter titles are the benchmark's other queries
+    assert counts["dropped_bench_held_out_ict"] == 1  # the 出处 naming a chapter title
 
 
 def test_inverse_cloze_pairs_take_one_sentence_out_of_its_context():
