@@ -1,3 +1,4 @@
 from serving.cli import main
 
-main()
+if __name__ == "__main__":  # the engine process (spawn) imports this module again
+    main()

@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> dict:
         choices=["slots", "hf-continuous"],
         help="slots (in-house, default) or hf-continuous (transformers' continuous batching)",
     )
+    parser.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the slots engine's model loop in its own process (default: yes)",
+    )
     parser.add_argument("--max-running", type=int, help="requests generated together (default 32)")
     parser.add_argument("--max-waiting", type=int, help="queued requests before 429 (default 128)")
     parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass (prefill)")

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
             "batched decode step for all) or `hf-continuous` (transformers' continuous batching)."
         ),
     )
+    engine_process: bool = Field(
+        True,
+        description=(
+            "Run the `slots` engine's model loop in a process of its own (else in a thread of "
+            "the server, sharing its GIL with the web server)."
+        ),
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (default: torch's choice)."
     )

@@ -36,8 +36,8 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return _DTYPES[setting]
 
 
-def load_model(settings: Settings):
-    """(model, tokenizer) from `settings.model`, on the chosen device and dtype, in eval mode."""
+def load_tokenizer(settings: Settings):
+    """The tokenizer of `settings.model`, which must be a checkpoint with a chat template."""
     path = Path(settings.model)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -48,6 +48,13 @@ def load_model(settings: Settings):
         raise ValueError(
             f"{path} has no chat template (chat_template.jinja); chat completions need one"
         )
+    return tokenizer
+
+
+def load_model(settings: Settings):
+    """(model, tokenizer) from `settings.model`, on the chosen device and dtype, in eval mode."""
+    path = Path(settings.model)
+    tokenizer = load_tokenizer(settings)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = pick_device(settings.device)
@@ -58,6 +65,12 @@ def load_model(settings: Settings):
 
 
 def build_engine(settings: Settings) -> LoadedModel:
+    if settings.engine == "slots" and settings.engine_process:
+        from serving.engine.engine_process import ProcessSlotEngine
+
+        tokenizer = load_tokenizer(settings)  # the model loads in the engine process
+        engine = ProcessSlotEngine(settings, tokenizer)
+        return LoadedModel(engine=engine, tokenizer=tokenizer, name=settings.model_name)
     model, tokenizer = load_model(settings)
     if settings.engine == "slots":
         from serving.engine.slot_batching import SlotBatchingEngine

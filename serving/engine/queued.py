@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 from abc import abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class RequestSlot:
     engine_id: str
     text: TextStream
     sampling: RowSampling
+    seed: int  # the request's seed, or a random one: its sampled tokens come from this stream
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     tokens_seen: int = 0
     running: bool = False
@@ -80,18 +82,16 @@ class QueuedEngine(Engine):
             raise QueueFullError(
                 f"{len(self._running)} requests running and {len(self._waiting)} waiting; retry later"
             )
-        generator = None
-        if not request.params.greedy:
-            generator = torch.Generator()
-            if request.params.seed is not None:
-                generator.manual_seed(request.params.seed)
-            else:
-                generator.seed()
+        seed = request.params.seed
+        if seed is None:
+            seed = secrets.randbits(63)
+        generator = None if request.params.greedy else torch.Generator().manual_seed(seed)
         slot = RequestSlot(
             request=request,
             engine_id=f"{request.request_id}#{next(self._ids)}",
             text=TextStream(self.tokenizer, request.params.stop),
             sampling=RowSampling(request.params, generator),
+            seed=seed,
         )
         self._slots[slot.engine_id] = slot
         if len(self._running) < self.max_running:
@@ -141,6 +141,13 @@ class QueuedEngine(Engine):
                     text=result.text, token_ids=new_tokens, completion_tokens=slot.tokens_seen
                 )
             )
+
+    def _dispatch(self, outputs: list[tuple[str, int, bool]]) -> None:
+        """One step's new tokens, `(engine_id, token, finished)` each (token backends)."""
+        for engine_id, token, finished in outputs:
+            slot = self._slots.get(engine_id)
+            if slot is not None:
+                self._deliver(slot, [token], finished)
 
     def _cancel_slot(self, slot: RequestSlot) -> None:
         if not slot.done:

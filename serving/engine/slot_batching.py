@@ -7,9 +7,10 @@ slice of the cache: attention costs B × (longest sequence), not (all tokens)²,
 over the whole batch is rebuilt each step. New requests are prefilled together (right-padded,
 up to `max_batch_tokens` per forward) into fresh rows, then join the next decode step.
 
-The loop runs in its own thread so the event loop stays free for HTTP; requests and
-cancellations reach it through a locked inbox, and each step's new tokens go back to the
-event loop in one callback, where `QueuedEngine` turns them into text deltas.
+`SlotBatcher` does the model work; `run_batching_loop` feeds it commands (add, abort, stop)
+and emits each step's new tokens in one batch. `SlotBatchingEngine` runs that loop in a thread
+of the server; `serving.engine.engine_process` runs it in a process of its own. Either way
+`QueuedEngine` turns the tokens into text deltas on the event loop.
 
 Works with any transformers causal LM whose attention layers call `cache.update(key, value,
 layer_idx, ...)` and accept a prepared 4D mask (Phi, Llama, Qwen2, ...): the engine passes
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from serving.engine.base import SamplingParams
 from serving.engine.queued import QueuedEngine, RequestSlot
 from serving.engine.request_sampler import apply_repetition_penalty, sample_token
 
@@ -80,125 +84,69 @@ class SlotKVCache:
 
 
 @dataclass
-class _Row:
-    """A running request as the engine thread sees it."""
+class Job:
+    """A request as the batching loop sees it (picklable: it may cross to another process)."""
 
-    slot: RequestSlot
+    engine_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int  # for sampled requests: the request's own random stream
+
+
+@dataclass
+class _Row:
+    """A running request inside the batcher."""
+
+    job: Job
     length: int  # tokens in the cache
+    generator: torch.Generator | None
     last: int = 0  # the token the next decode step feeds
     generated: int = 0
     history: list[int] | None = None  # prompt + output, kept only for a repetition penalty
 
 
-class SlotBatchingEngine(QueuedEngine):
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        *,
-        max_running: int = 32,
-        max_waiting: int = 128,
-        max_batch_tokens: int | None = None,
-        warmup: bool = True,
-    ) -> None:
-        eos = model.generation_config.eos_token_id
-        super().__init__(
-            tokenizer,
-            context_length=model.config.max_position_embeddings,
-            eos_token_ids=eos if isinstance(eos, list) else [eos] if eos is not None else [],
-            max_running=max_running,
-            max_waiting=max_waiting,
-        )
+#: One new token of one request: (engine_id, token, finished)
+Output = tuple[str, int, bool]
+
+
+class SlotBatcher:
+    """The model side of the engine: rows, prefill and decode steps. No threads, no asyncio."""
+
+    def __init__(self, model, *, max_running: int, max_batch_tokens: int | None = None) -> None:
         self.model = model
-        self._max_batch_tokens = max_batch_tokens or max(self.context_length, 512)
-        self._warmup = warmup
+        self.context_length = int(model.config.max_position_embeddings)
+        self.max_running = max_running
+        self.max_batch_tokens = max_batch_tokens or max(self.context_length, 512)
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._device = next(model.parameters()).device
         if model.config._attn_implementation not in ("sdpa", "eager"):
-            model.set_attn_implementation("sdpa")  # the engine passes its own dense 4D masks
+            model.set_attn_implementation("sdpa")  # the batcher passes its own dense 4D masks
         self._bool_mask = model.config._attn_implementation == "sdpa"
         self._cache = SlotKVCache(max_running, self.context_length)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._inbox: list[RequestSlot] = []
-        self._aborted: set[str] = set()
-        self._pending: deque[RequestSlot] = deque()  # launched, not yet prefilled
+        self._pending: deque[Job] = deque()  # added, not yet prefilled
         self._rows: list[_Row] = []
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
-        self._fatal: BaseException | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="xiaophi-engine", daemon=True)
-        self._thread.start()
-        if self._warmup:
-            await self._warm_up()
-
-    async def stop(self) -> None:
-        self._fail_all("server is shutting down")
-        with self._lock:
-            self._stopping = True
-        self._wake.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30)
 
     @property
-    def is_ready(self) -> bool:
-        thread = self._thread
-        return (
-            thread is not None and thread.is_alive() and not self._stopping and self._fatal is None
-        )
+    def busy(self) -> bool:
+        return bool(self._rows or self._pending)
 
-    # ------------------------------------------------------------------ event-loop side
-    def _launch(self, slot: RequestSlot) -> None:
-        with self._lock:
-            self._inbox.append(slot)
-        self._wake.set()
+    def add(self, job: Job) -> None:
+        self._pending.append(job)
 
-    def _abort(self, slot: RequestSlot) -> None:
-        with self._lock:
-            self._aborted.add(slot.engine_id)
-        self._wake.set()
+    def abort(self, engine_ids: set[str]) -> None:
+        self._pending = deque(j for j in self._pending if j.engine_id not in engine_ids)
+        self._remove([i for i, row in enumerate(self._rows) if row.job.engine_id in engine_ids])
 
-    def _dispatch(self, outputs: list[tuple[RequestSlot, list[int], bool]]) -> None:
-        for slot, tokens, finished in outputs:
-            self._deliver(slot, tokens, finished)
-
-    # ------------------------------------------------------------------ engine thread
-    def _run(self) -> None:
-        try:
-            with torch.inference_mode():
-                while True:
-                    self._wake.wait()
-                    with self._lock:
-                        self._wake.clear()
-                        if self._stopping:
-                            return
-                        inbox, self._inbox = self._inbox, []
-                        aborted, self._aborted = self._aborted, set()
-                    self._pending.extend(s for s in inbox if s.engine_id not in aborted)
-                    if aborted:
-                        self._drop(aborted)
-                    outputs: list[tuple[RequestSlot, list[int], bool]] = []
-                    if self._pending and len(self._rows) < self.max_running:
-                        self._prefill(outputs)
-                    elif self._rows:
-                        self._decode(outputs)
-                    if outputs:
-                        self._loop.call_soon_threadsafe(self._dispatch, outputs)
-                    if self._rows or self._pending:
-                        self._wake.set()
-        except BaseException as exc:  # the engine is dead: every open request ends with an error
-            logger.exception("the engine thread failed")
-            self._fatal = exc
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._fail_all, f"engine error: {exc}")
-
-    def _drop(self, engine_ids: set[str]) -> None:
-        self._pending = deque(s for s in self._pending if s.engine_id not in engine_ids)
-        self._remove([i for i, row in enumerate(self._rows) if row.slot.engine_id in engine_ids])
+    @torch.inference_mode()
+    def step(self) -> list[Output]:
+        """One forward pass: prefill waiting requests while rows are free, else decode."""
+        outputs: list[Output] = []
+        if self._pending and len(self._rows) < self.max_running:
+            self._prefill(outputs)
+        elif self._rows:
+            self._decode(outputs)
+        return outputs
 
     def _remove(self, indices: list[int]) -> None:
         """Free rows, keeping the running ones in 0..B-1 (the last row moves into a gap)."""
@@ -210,20 +158,20 @@ class SlotBatchingEngine(QueuedEngine):
                 self._rows[index] = moved
             self._rows.pop()
 
-    def _prefill(self, outputs) -> None:
-        batch: list[RequestSlot] = []
+    def _prefill(self, outputs: list[Output]) -> None:
+        batch: list[Job] = []
         width = 0
         while self._pending and len(self._rows) + len(batch) < self.max_running:
-            n = len(self._pending[0].request.prompt_ids)
-            if batch and (len(batch) + 1) * max(width, n) > self._max_batch_tokens:
+            n = len(self._pending[0].prompt_ids)
+            if batch and (len(batch) + 1) * max(width, n) > self.max_batch_tokens:
                 break
             batch.append(self._pending.popleft())
             width = max(width, n)
         start = len(self._rows)
-        lengths = [len(s.request.prompt_ids) for s in batch]
+        lengths = [len(job.prompt_ids) for job in batch]
         ids = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, slot in enumerate(batch):
-            ids[i, : lengths[i]] = torch.tensor(slot.request.prompt_ids)
+        for i, job in enumerate(batch):
+            ids[i, : lengths[i]] = torch.tensor(job.prompt_ids)
         length_t = torch.tensor(lengths, device=self._device)
         steps = torch.arange(width, device=self._device)
         # query i of row b sees keys j <= i that are real tokens (j < length_b)
@@ -245,15 +193,16 @@ class SlotBatchingEngine(QueuedEngine):
             torch.arange(len(batch), device=self._device), torch.searchsorted(keep, last)
         ]
         rows = []
-        for slot, n in zip(batch, lengths, strict=True):
-            penalty = slot.sampling.params.repetition_penalty != 1.0
-            rows.append(
-                _Row(slot, length=n, history=list(slot.request.prompt_ids) if penalty else None)
-            )
+        for job, n in zip(batch, lengths, strict=True):
+            generator = None
+            if not job.params.greedy:
+                generator = torch.Generator().manual_seed(job.seed)
+            penalty = job.params.repetition_penalty != 1.0
+            rows.append(_Row(job, n, generator, history=list(job.prompt_ids) if penalty else None))
         self._rows.extend(rows)
         self._advance(rows, self._sample(logits, rows), outputs, offset=start)
 
-    def _decode(self, outputs) -> None:
+    def _decode(self, outputs: list[Output]) -> None:
         rows = self._rows
         positions = torch.tensor([r.length for r in rows], device=self._device)
         kv_len = max(r.length for r in rows) + 1
@@ -282,7 +231,7 @@ class SlotBatchingEngine(QueuedEngine):
         logits = logits.float()
         chosen = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(rows):
-            params = row.slot.sampling.params
+            params = row.job.params
             if params.greedy and row.history is None:
                 continue
             scores = logits[i]
@@ -291,7 +240,7 @@ class SlotBatchingEngine(QueuedEngine):
             chosen[i] = (
                 int(scores.argmax())
                 if params.greedy
-                else sample_token(scores, params, row.slot.sampling.generator)
+                else sample_token(scores, params, row.generator)
             )
         return chosen
 
@@ -304,11 +253,116 @@ class SlotBatchingEngine(QueuedEngine):
                 row.history.append(token)
             finished = (
                 token in self.eos_token_ids
-                or row.generated >= row.slot.request.params.max_new_tokens
+                or row.generated >= row.job.params.max_new_tokens
                 or row.length + 1 >= self.context_length
             )
-            outputs.append((row.slot, [token], finished))
+            outputs.append((row.job.engine_id, token, finished))
             if finished:
                 done.append(offset + i)
         if done:
             self._remove(done)
+
+
+#: What reaches the batching loop: ("add", Job), ("abort", {engine_id, ...}) or ("stop", None)
+Command = tuple[str, object]
+
+
+def run_batching_loop(
+    batcher: SlotBatcher,
+    take: Callable[[bool], list[Command]],
+    emit: Callable[[list[Output]], None],
+) -> None:
+    """Take commands (waiting for one only when idle), run a step, emit its tokens; until "stop"."""
+    while True:
+        for kind, payload in take(not batcher.busy):
+            if kind == "stop":
+                return
+            if kind == "add":
+                batcher.add(payload)
+            elif kind == "abort":
+                batcher.abort(payload)
+        outputs = batcher.step()
+        if outputs:
+            emit(outputs)
+
+
+class SlotBatchingEngine(QueuedEngine):
+    """The batcher in a thread of this process (`serving.engine.engine_process` runs it in
+    its own process instead, out of the way of the web server's Python)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_running: int = 32,
+        max_waiting: int = 128,
+        max_batch_tokens: int | None = None,
+        warmup: bool = True,
+    ) -> None:
+        self._batcher = SlotBatcher(
+            model, max_running=max_running, max_batch_tokens=max_batch_tokens
+        )
+        super().__init__(
+            tokenizer,
+            context_length=self._batcher.context_length,
+            eos_token_ids=self._batcher.eos_token_ids,
+            max_running=max_running,
+            max_waiting=max_waiting,
+        )
+        self._warmup = warmup
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._fatal: BaseException | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="xiaophi-engine", daemon=True)
+        self._thread.start()
+        if self._warmup:
+            await self._warm_up()
+
+    async def stop(self) -> None:
+        self._fail_all("server is shutting down")
+        self._stopping = True
+        self._commands.put(("stop", None))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+
+    @property
+    def is_ready(self) -> bool:
+        thread = self._thread
+        return (
+            thread is not None and thread.is_alive() and not self._stopping and self._fatal is None
+        )
+
+    def _launch(self, slot: RequestSlot) -> None:
+        self._commands.put(("add", job_of(slot)))
+
+    def _abort(self, slot: RequestSlot) -> None:
+        self._commands.put(("abort", {slot.engine_id}))
+
+    def _take(self, block: bool) -> list[Command]:
+        commands = [self._commands.get()] if block else []
+        while not self._commands.empty():
+            commands.append(self._commands.get_nowait())
+        return commands
+
+    def _run(self) -> None:
+        try:
+            run_batching_loop(
+                self._batcher,
+                self._take,
+                lambda outputs: self._loop.call_soon_threadsafe(self._dispatch, outputs),
+            )
+        except BaseException as exc:  # the engine is dead: every open request ends with an error
+            logger.exception("the engine thread failed")
+            self._fatal = exc
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._fail_all, f"engine error: {exc}")
+
+
+def job_of(slot: RequestSlot) -> Job:
+    return Job(slot.engine_id, list(slot.request.prompt_ids), slot.request.params, slot.seed)
