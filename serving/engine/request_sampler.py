@@ -84,18 +84,32 @@ def apply_repetition_penalty(
 def sample_token(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> int:
-    """Temperature, then top-k, then top-p (nucleus), then one multinomial draw."""
-    scores = logits.float() / params.temperature
-    if params.top_k > 0 and params.top_k < scores.numel():
-        kth = torch.topk(scores, params.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        cumulative = sorted_scores.softmax(-1).cumsum(-1)
-        # drop a token once the tokens before it already reach top_p (the first one always stays)
-        drop_sorted = (cumulative - sorted_scores.softmax(-1)) >= params.top_p
-        scores = scores.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
-    probs = scores.softmax(-1)
-    if generator is not None and generator.device != probs.device:
-        probs = probs.to(generator.device)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    """One token from one row of logits (see `sample_rows`)."""
+    return int(sample_rows(logits[None], [params], [generator])[0])
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+) -> torch.Tensor:
+    """One token per row of `logits` [rows, vocab], each row with its own settings and random
+    stream: temperature, then top-k, then top-p (nucleus), then a draw — all rows at once.
+
+    The draw is inverse-CDF sampling with one uniform number from the row's generator, so a
+    seeded request gets the same tokens whatever else shares its batch."""
+    device, vocab = logits.device, logits.size(-1)
+    temperature = torch.tensor([p.temperature for p in params], device=device)
+    scores = logits.float() / temperature[:, None]
+    ranked, order = torch.sort(scores, dim=-1, descending=True)
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
+    kth = ranked.gather(1, (top_k - 1)[:, None])
+    ranked = ranked.masked_fill(ranked < kth, float("-inf"))  # ties with the k-th stay
+    probs = ranked.softmax(-1)
+    top_p = torch.tensor([p.top_p for p in params], device=device)
+    # drop a token once the tokens before it already reach top_p (the first one always stays)
+    probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p[:, None], 0.0)
+    cdf = probs.cumsum(-1)
+    uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(device)
+    picked = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+    return order.gather(1, picked.clamp(max=vocab - 1)).squeeze(1)

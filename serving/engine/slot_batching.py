@@ -31,7 +31,7 @@ import torch
 
 from serving.engine.base import SamplingParams
 from serving.engine.queued import QueuedEngine, RequestSlot
-from serving.engine.request_sampler import apply_repetition_penalty, sample_token
+from serving.engine.request_sampler import apply_repetition_penalty, sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -229,19 +229,21 @@ class SlotBatcher:
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         logits = logits.float()
-        chosen = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(rows):
-            params = row.job.params
-            if params.greedy and row.history is None:
-                continue
-            scores = logits[i]
             if row.history is not None:
-                scores = apply_repetition_penalty(scores, row.history, params.repetition_penalty)
-            chosen[i] = (
-                int(scores.argmax())
-                if params.greedy
-                else sample_token(scores, params, row.generator)
+                logits[i] = apply_repetition_penalty(
+                    logits[i], row.history, row.job.params.repetition_penalty
+                )
+        chosen = logits.argmax(dim=-1).tolist()
+        sampled = [i for i, row in enumerate(rows) if not row.job.params.greedy]
+        if sampled:
+            tokens = sample_rows(
+                logits[sampled],
+                [rows[i].job.params for i in sampled],
+                [rows[i].generator for i in sampled],
             )
+            for i, token in zip(sampled, tokens.tolist(), strict=True):
+                chosen[i] = token
         return chosen
 
     def _advance(self, rows: list[_Row], tokens: list[int], outputs, offset: int) -> None:
