@@ -174,7 +174,12 @@ def free_port() -> int:
 
 
 def start_server(
-    model_dir: Path, port: int, max_running: int, device: str, torch_threads: int | None
+    model_dir: Path,
+    port: int,
+    max_running: int,
+    device: str,
+    torch_threads: int | None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "serving", "--model", str(model_dir), "--port", str(port),
@@ -183,7 +188,7 @@ def start_server(
     ]  # fmt: skip
     if torch_threads:
         cmd += ["--torch-threads", str(torch_threads)]
-    process = subprocess.Popen(cmd)
+    process = subprocess.Popen(cmd + (extra_args or []))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -240,6 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--torch-threads", type=int, help="CPU threads for torch, baseline and server alike"
     )
+    parser.add_argument(
+        "--engine", choices=["slots", "hf-continuous"], default="slots", help="server engine"
+    )
+    parser.add_argument(
+        "--no-engine-process",
+        action="store_true",
+        help="slots engine: run the model loop in a server thread instead of its own process",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     device = (
@@ -271,6 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
             max_running=max(args.concurrency),
             device=device,
             torch_threads=args.torch_threads,
+            extra_args=["--engine", args.engine]
+            + (["--no-engine-process"] if args.no_engine_process else []),
         )
         rows = []
         try:
@@ -305,14 +320,17 @@ def main(argv: list[str] | None = None) -> dict:
         baseline["output_tok_s"] = baseline["output_tokens"] / baseline["seconds"]
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {threads} torch threads, torch {torch.__version__}"
+    engine = args.engine + (" (in a server thread)" if args.no_engine_process else "")
     if device == "cuda":
         machine += f", {torch.cuda.get_device_name()}"
     print(
-        f"\nxiaophi serving benchmark — {machine}; max_tokens {args.max_tokens}, greedy, streaming"
+        f"\nxiaophi serving benchmark — {machine}; engine {engine}; max_tokens {args.max_tokens}, "
+        "greedy, streaming"
     )
     print(format_table(baseline, rows))
     report = {
         "machine": machine,
+        "engine": engine,
         "device": device,
         "max_tokens": args.max_tokens,
         "baseline": baseline,
