@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "runs/tiny/embedder"
-DEFAULT_DENSE_WEIGHT = 0.7
+DEFAULT_DENSE_WEIGHT = 1.0
 
 
 class KBSettings(BaseSettings):

@@ -149,7 +149,7 @@ class EmbedderConfig:
     )
     num_threads: int = _f(1, "Torch intra-op threads while training the embedder.")
     max_steps: int = _f(800, "Training steps.")
-    batch_size: int = _f(512, "Pairs per batch (in-batch negatives).")
+    batch_size: int = _f(1024, "Pairs per batch (in-batch negatives).")
     hidden_size: int = _f(256, "Embedding width (static) or encoder width (bert).")
     num_layers: int = _f(2, "Encoder layers (bert only).")
     num_heads: int = _f(4, "Encoder heads (bert only).")

@@ -74,3 +74,21 @@ def test_fusion_weights_zero_out_a_retriever_and_unknown_fusion_is_refused():
     assert fuse([], [("only", 0.3)], "convex")[0] == ("only", 1.0)
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse(BM25_HITS, DENSE_HITS, "max")
+
+
+def test_fusion_dev_rule_picks_the_best_mrr_among_hybrids_that_beat_both_methods():
+    from rag.benchmarks.fusion_dev import choose
+
+    def row(r1, r5, r10, mrr):
+        return {"recall@1": r1, "recall@5": r5, "recall@10": r10, "mrr": mrr}
+
+    table = {
+        "bm25": row(0.20, 0.40, 0.50, 0.30),
+        "dense": row(0.10, 0.30, 0.40, 0.20),
+        "a": row(0.30, 0.50, 0.49, 0.40),  # best MRR but below BM25 on recall@10: not eligible
+        "b": row(0.21, 0.45, 0.55, 0.33),
+        "c": row(0.22, 0.41, 0.51, 0.33),  # same MRR as b, lower mean: b wins the tie
+        "d": row(0.21, 0.41, 0.51, 0.31),
+    }
+    assert choose(table) == "b"
+    assert choose({k: table[k] for k in ("bm25", "dense", "a")}) is None

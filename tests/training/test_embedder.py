@@ -213,3 +213,15 @@ def test_default_embedder_generalises_to_held_out_demo_pairs(demo_data, tmp_path
     assert report["heldout"]["recall@1"] > 0.45
     assert report["inverse_cloze_pairs"] > 10_000
     assert report["dropped_bench_held_out_pairs"] > report["given_pairs"] // 20
+
+
+def test_pretokenised_static_batches_match_what_the_model_would_build(tmp_path):
+    from training.embedder import _batcher, _static_batcher, build_model, build_tokenizer
+
+    cfg = EmbedderConfig(hidden_size=16)
+    pairs = IDIOM_PAIRS[:3] + [("龘 abc", "只有生僻字龘。")]
+    model = build_model(build_tokenizer([t for p in pairs for t in p], cfg), cfg, tmp_path)
+    fast, slow = _static_batcher(model, pairs)([3, 0, 2]), _batcher(model, pairs)([3, 0, 2])
+    for got, want in zip(fast, slow, strict=True):
+        assert got["input_ids"].tolist() == want["input_ids"].tolist()
+        assert got["offsets"].tolist() == want["offsets"].tolist()
