@@ -225,3 +225,30 @@ def test_pretokenised_static_batches_match_what_the_model_would_build(tmp_path):
     for got, want in zip(fast, slow, strict=True):
         assert got["input_ids"].tolist() == want["input_ids"].tolist()
         assert got["offsets"].tolist() == want["offsets"].tolist()
+
+
+@pytest.mark.slow
+def test_no_benchmark_query_reaches_the_default_training_pairs(demo_data, demo_pkg_cache):
+    """On the real demo data and the benchmark's own query sets: no held-out idiom, no query
+    explanation and no chapter-title half occurs anywhere in what the default embedder trains on."""
+    from rag.benchmarks.rag_bench import idiom_set, sanguo_set
+    from training.data.demo import SubstringBlocker
+
+    cfg = EmbedderConfig(
+        pairs=str(demo_data / "embedder_pairs.jsonl"), ict_texts=str(demo_data / "pretrain.jsonl")
+    )
+    pairs, counts = training_pairs(load_pairs(cfg.pairs), cfg, random.Random(0))
+    assert counts["inverse_cloze_pairs"] > 30_000
+    texts = [a + "\n" + p for a, p in pairs]
+    _, idiom_queries = idiom_set(demo_pkg_cache, 10**9)  # every held-out idiom, not just 500
+    _, sanguo_queries = sanguo_set(demo_pkg_cache)
+    idioms = {header[len("成语：") : -1] for _, header in idiom_queries}
+    assert len(idioms) > 2500 and not idioms & {a for a, _ in pairs}
+    needles = [
+        (idioms, 3),
+        ({q for q, _ in idiom_queries}, 6),
+        ({h for t, _ in sanguo_queries for h in t.split(" ") if len(h) >= 4}, 4),
+    ]
+    for strings, k in needles:
+        blocker = SubstringBlocker({s for s in strings if len(s) >= k}, k=k)
+        assert not {hit for text in texts for hit in blocker.find(text)}
