@@ -45,7 +45,12 @@ class Settings(BaseSettings):
         ),
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for torch (default: torch's choice)."
+        None,
+        ge=1,
+        description=(
+            "CPU threads for torch (default: every core but one in the engine process, "
+            "torch's choice otherwise)."
+        ),
     )
     max_running: int = Field(
         32,

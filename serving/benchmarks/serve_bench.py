@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from serving.benchmarks.bench_model import BENCH_TEXTS, build_checkpoint  # noqa: E402
+from serving.engine.factory import engine_process_threads  # noqa: E402
 
 
 @dataclass
@@ -203,6 +204,10 @@ def start_server(
     raise RuntimeError("the server did not become healthy")
 
 
+def engine_runs_in_process(args) -> bool:
+    return args.engine == "slots" and not args.no_engine_process
+
+
 # ------------------------------------------------------------------ report
 def format_table(baseline: dict, rows: list[dict]) -> str:
     header = (
@@ -243,7 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-requests", type=int, default=16)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--torch-threads", type=int, help="CPU threads for torch, baseline and server alike"
+        "--torch-threads",
+        type=int,
+        help="CPU threads for torch, baseline and server alike (default: the server's default)",
     )
     parser.add_argument(
         "--engine", choices=["slots", "hf-continuous"], default="slots", help="server engine"
@@ -258,6 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
+    if args.torch_threads is None and device == "cpu" and engine_runs_in_process(args):
+        # the server's engine process defaults to every core but one: the baseline gets the same
+        args.torch_threads = engine_process_threads()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     threads = torch.get_num_threads()

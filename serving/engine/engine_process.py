@@ -4,7 +4,7 @@ In one process the model loop and the web server share one GIL: every token stre
 client is Python work that the next forward pass waits for, and the other way round. Here the
 server process keeps only the tokenizer; a child process (spawned, so it also works with CUDA)
 loads the model and runs `run_batching_loop`. They talk over a pipe: ("add", Job),
-("abort", ids), ("stop", None) one way; ("ready", context, eos ids), ("out", [(id, token,
+("abort", ids), ("stop", None) one way; ("ready", context, eos ids, torch threads), ("out", [(id, token,
 finished), ...]) once per step, ("fatal", message) the other. A reader thread hands each
 step's tokens to the event loop, where `QueuedEngine` turns them into text deltas.
 """
@@ -44,6 +44,7 @@ class ProcessSlotEngine(QueuedEngine):
         self._stopping = False
         self._fatal: str | None = None
         self._send_lock = threading.Lock()
+        self.torch_threads: int | None = None  # as the engine process reports it
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -65,7 +66,7 @@ class ProcessSlotEngine(QueuedEngine):
         if message[0] != "ready":
             await asyncio.to_thread(self._process.join, 5)
             raise RuntimeError(f"the engine process could not start: {message[1]}")
-        _, self.context_length, eos = message
+        _, self.context_length, eos, self.torch_threads = message
         self.eos_token_ids = set(eos)
         self._ready = True
         self._reader = threading.Thread(
@@ -135,13 +136,24 @@ class ProcessSlotEngine(QueuedEngine):
 def child_main(conn, settings) -> None:
     """Entry point of the engine process: load the model, then run the loop until "stop"."""
     try:
-        from serving.engine.factory import load_model
+        import torch
 
+        from serving.engine.factory import engine_process_threads, load_model, pick_device
+
+        if settings.torch_threads is None and pick_device(settings.device).type == "cpu":
+            settings = settings.model_copy(update={"torch_threads": engine_process_threads()})
         model, _ = load_model(settings)
         batcher = SlotBatcher(
             model, max_running=settings.max_running, max_batch_tokens=settings.max_batch_tokens
         )
-        conn.send(("ready", batcher.context_length, sorted(batcher.eos_token_ids)))
+        conn.send(
+            (
+                "ready",
+                batcher.context_length,
+                sorted(batcher.eos_token_ids),
+                torch.get_num_threads(),
+            )
+        )
     except BaseException as exc:
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def load_tokenizer(settings: Settings):
             f"{path} has no chat template (chat_template.jinja); chat completions need one"
         )
     return tokenizer
+
+
+def engine_process_threads(cpu_count: int | None = None) -> int:
+    """Default torch threads of a CPU engine process: every core but one, which is left to the
+    web server (on small CPUs extra OpenMP threads fight the server for cores and lose time)."""
+    return max(1, (cpu_count or os.cpu_count() or 1) - 1)
 
 
 def load_model(settings: Settings):

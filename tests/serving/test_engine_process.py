@@ -8,6 +8,7 @@ import signal
 import httpx
 
 from serving.engine.engine_process import ProcessSlotEngine
+from serving.engine.factory import engine_process_threads
 from tests.serving.conftest import long_running_prompt, run_server, tiny_settings
 from tests.serving.test_errors import assert_error
 
@@ -19,6 +20,7 @@ def test_the_model_lives_in_the_engine_process(server, reference):
     assert isinstance(engine, ProcessSlotEngine)
     assert engine._process.pid != os.getpid() and engine._process.is_alive()
     assert engine.context_length == reference.model.config.max_position_embeddings
+    assert engine.torch_threads == engine_process_threads()  # a core left to the web server
     ids = reference.chat_ids("你好")
     body = {"model": MODEL, "messages": [{"role": "user", "content": "你好"}], "max_tokens": 12}
     answer = httpx.post(f"{server.base_url}/chat/completions", json={**body, "temperature": 0})
@@ -56,3 +58,7 @@ def test_a_dead_engine_process_ends_streams_with_an_error_and_health_turns_503(
         )
         refused = httpx.post(url, json={**body, "stream": False})
         assert_error(refused, 503, "service_unavailable_error")
+
+
+def test_engine_process_leaves_one_core_to_the_web_server():
+    assert [engine_process_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
