@@ -87,3 +87,14 @@ def test_values_are_converted_to_the_field_type_or_refused():
     assert recipe.embedder.enabled is False
     with pytest.raises(ValueError, match="--pretrain.max_steps"):
         load_recipe("tiny", {"pretrain.max_steps": "many"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["data", "demo"], ["pipeline"], ["embedder"], ["pretrain"], ["sft"], ["dpo"], ["chat"]],
+)
+def test_every_help_page_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: " in capsys.readouterr().out
