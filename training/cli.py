@@ -26,7 +26,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("recipe fields (override the YAML)")
     for dotted, f, _ in field_flags():
         group.add_argument(
-            f"--{dotted}", dest=f"override:{dotted}", metavar="V", help=(f.metadata.get("help") or "").replace("%", "%%")
+            f"--{dotted}",
+            dest=f"override:{dotted}",
+            metavar="V",
+            help=(f.metadata.get("help") or "").replace("%", "%%"),
         )
 
 
