@@ -58,11 +58,29 @@ class Embedder:
 
 
 def embedder_id(spec: str) -> str:
-    """How a KB records its embedder: `hashing`, an absolute folder path, or a hub name."""
+    """How a KB records its embedder: `hashing`, a hub name, or an absolute folder path with a
+    digest of the folder's files (`/abs/path@1a2b3c4d5e6f`), so that a model retrained in the
+    same folder is not mistaken for the one that indexed the KB."""
     if spec == HASHING:
         return HASHING
     path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+    if not path.exists():
+        return spec
+    return f"{path.resolve()}@{folder_digest(path)}"
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 (first 12 hex digits) over every file's relative name and bytes, README aside."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        relative = file.relative_to(folder).as_posix()
+        if file.name.lower() == "readme.md":
+            continue  # sentence-transformers rewrites it; it does not change the vectors
+        digest.update(relative.encode("utf-8") + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def load_embedder(spec: str, batch_size: int = 64) -> Embedder:

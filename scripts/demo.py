@@ -40,6 +40,10 @@ def fill_demo_kb(kb_dir: Path, embedder: Path, docs: Path, name: str = "demo") -
     service = KnowledgeBaseService(KBSettings(kb_dir=kb_dir, embedding_model=str(embedder)))
     with contextlib.suppress(Conflict):  # already there from an earlier `make demo`
         service.create_kb(name)
+    info = service.get_kb(name)
+    if info.documents and info.embedding_model != service.embedder.model_id:
+        print(f"  the demo KB was indexed with another embedder: reindexing ({info.chunks} chunks)")
+        service.reindex(name)
     uploads = [
         Upload(filename=p.name, data=p.read_bytes()) for p in sorted(docs.iterdir()) if p.is_file()
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rag.config import KBSettings
@@ -28,3 +30,18 @@ def settings(tmp_path, **kw) -> KBSettings:
 @pytest.fixture
 def service(tmp_path) -> KnowledgeBaseService:
     return KnowledgeBaseService(settings(tmp_path))
+
+
+def save_static_embedder(folder: Path, seed: int = 0, dim: int = 16) -> None:
+    """A tiny random sentence-transformers StaticEmbedding over the test idioms' characters."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{ch: i + 1 for i, ch in enumerate(sorted(set("".join(IDIOMS))))}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    torch.manual_seed(seed)
+    static = StaticEmbedding(tokenizer, embedding_dim=dim)
+    SentenceTransformer(modules=[static], device="cpu").save(str(folder))

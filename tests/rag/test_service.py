@@ -3,7 +3,7 @@ import pytest
 from rag.errors import Conflict, InvalidInput, NotFound
 from rag.models import Upload
 from rag.service import KnowledgeBaseService
-from tests.rag.conftest import IDIOMS, settings
+from tests.rag.conftest import IDIOMS, save_static_embedder, settings
 from tests.rag.files import encrypt_pdf, make_docx, make_pdf, make_zip_bomb_docx
 
 
@@ -232,3 +232,28 @@ def test_concurrent_uploads_to_one_kb_all_land(service):
     assert all(r.results[0].status == "added" for r in results)
     assert service.get_kb("demo").documents == len(uploads)
     assert {d.filename for d in service.list_documents("demo")} == {u.filename for u in uploads}
+
+
+def test_an_embedder_retrained_in_the_same_folder_needs_a_reindex(tmp_path):
+    """The KB records the embedder folder with a digest of its files: new weights at the same
+    path are a different embedder, not silently mixed with the old vectors."""
+    folder = tmp_path / "embedder"
+
+    def save_model(seed: int) -> None:
+        save_static_embedder(folder, seed)
+
+    save_model(0)
+    kb_settings = settings(tmp_path, embedding_model=str(folder))
+    first = KnowledgeBaseService(kb_settings)
+    first.create_kb("demo")
+    first.add_documents("demo", idiom_uploads())
+    first_id = first.get_kb("demo").embedding_model
+    assert first_id.startswith(f"{folder.resolve()}@")
+    assert KnowledgeBaseService(kb_settings).search("demo", "守株待兔")  # same model: fine
+    save_model(1)  # retrained in place
+    retrained = KnowledgeBaseService(kb_settings)
+    with pytest.raises(Conflict, match="reindex"):
+        retrained.search("demo", "守株待兔")
+    retrained.reindex("demo")
+    assert retrained.get_kb("demo").embedding_model not in (None, first_id)
+    assert retrained.search("demo", "守株待兔", top_k=1)
