@@ -82,6 +82,7 @@ def test_saved_model_loads_offline_through_langchain_and_drives_a_kb(
     from langchain_huggingface import HuggingFaceEmbeddings
 
     from rag.config import KBSettings
+    from rag.embeddings import folder_digest
     from rag.models import Upload
     from rag.service import KnowledgeBaseService
 
@@ -96,7 +97,7 @@ def test_saved_model_loads_offline_through_langchain_and_drives_a_kb(
         for meaning, word in IDIOM_PAIRS
     ]
     service.add_documents("demo", docs)
-    assert service.get_kb("demo").embedding_model == str(out.resolve())
+    assert service.get_kb("demo").embedding_model == f"{out.resolve()}@{folder_digest(out)}"
     hits = service.search("demo", "守株待兔是什么意思", top_k=3)
     assert hits[0].filename == "守株待兔.txt"
     dense = service.search("demo", IDIOM_PAIRS[0][0], top_k=3, mode="dense")
