@@ -76,13 +76,13 @@ def test_fusion_weights_zero_out_a_retriever_and_unknown_fusion_is_refused():
         fuse(BM25_HITS, DENSE_HITS, "max")
 
 
-def test_fusion_dev_rule_picks_the_best_mrr_among_hybrids_that_beat_both_methods():
+def test_fusion_dev_rule_picks_the_best_mrr_among_hybrids_no_worse_than_either_method():
     from rag.benchmarks.fusion_dev import choose
 
     def row(r1, r5, r10, mrr):
         return {"recall@1": r1, "recall@5": r5, "recall@10": r10, "mrr": mrr}
 
-    table = {
+    idioms = {
         "bm25": row(0.20, 0.40, 0.50, 0.30),
         "dense": row(0.10, 0.30, 0.40, 0.20),
         "a": row(0.30, 0.50, 0.49, 0.40),  # best MRR but below BM25 on recall@10: not eligible
@@ -90,5 +90,16 @@ def test_fusion_dev_rule_picks_the_best_mrr_among_hybrids_that_beat_both_methods
         "c": row(0.22, 0.41, 0.51, 0.33),  # same MRR as b, lower mean: b wins the tie
         "d": row(0.21, 0.41, 0.51, 0.31),
     }
-    assert choose(table) == "b"
-    assert choose({k: table[k] for k in ("bm25", "dense", "a")}) is None
+    titles = {
+        "bm25": row(0.60, 0.80, 0.90, 0.70),
+        "dense": row(0.30, 0.60, 0.70, 0.40),
+        "a": row(0.60, 0.80, 0.90, 0.70),
+        "b": row(0.60, 0.80, 0.90, 0.70),  # ties BM25 here: still eligible
+        "c": row(0.60, 0.80, 0.90, 0.70),
+        "d": row(0.60, 0.80, 0.90, 0.70),
+    }
+    assert choose({"idioms": idioms, "titles": titles}) == "b"
+    titles["b"] = row(0.58, 0.80, 0.90, 0.71)  # worse than BM25 on one metric of one kind
+    assert choose({"idioms": idioms, "titles": titles}) == "c"
+    only_a = {k: {m: t[m] for m in ("bm25", "dense", "a")} for k, t in (("i", idioms),)}
+    assert choose(only_a) is None
