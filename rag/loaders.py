@@ -137,7 +137,7 @@ def _load_jsonl(data: bytes, filename: str, max_unzipped: int) -> LoadedFile:
 
 def _load_pdf(data: bytes, filename: str, max_unzipped: int) -> LoadedFile:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import LimitReachedError, PdfReadError
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -145,13 +145,24 @@ def _load_pdf(data: bytes, filename: str, max_unzipped: int) -> LoadedFile:
             raise InvalidInput(
                 f"{filename}: the PDF is encrypted; remove the password and upload it again."
             )
-        pages = []
+        pages, text_bytes = [], 0
         for number, page in enumerate(reader.pages, start=1):
             text = page.extract_text() or ""
+            text_bytes += len(text.encode("utf-8"))
+            if text_bytes > max_unzipped:
+                raise TooLarge(
+                    f"{filename}: the PDF's text runs past {max_unzipped} bytes "
+                    "(XIAOPHI_KB_MAX_UNZIPPED_BYTES); split the document."
+                )
             if text.strip():
                 pages.append(Document(page_content=text, metadata={"page": number}))
-    except InvalidInput:
+    except (InvalidInput, TooLarge):
         raise
+    except LimitReachedError as exc:  # pypdf's own bound on each decompressed stream
+        raise TooLarge(
+            f"{filename}: a stream in the PDF decompresses past pypdf's safety limit "
+            f"({exc}); it looks like a decompression bomb."
+        ) from None
     except (
         PdfReadError,
         ValueError,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 
 
-def make_pdf(pages: list[str]) -> bytes:
+def make_pdf(pages: list[str], padding: int = 0) -> bytes:
     """A minimal PDF whose pages show `pages` (one line per `\\n`) in a CID font with a ToUnicode
-    map, so text extraction returns the exact Chinese text. No glyphs are embedded."""
+    map, so text extraction returns the exact Chinese text. No glyphs are embedded. With
+    `padding`, each page's content stream is Flate-compressed and ends in that many spaces (a
+    decompression bomb when large: 80 MB of spaces compress to about 80 KB)."""
     chars = sorted({ch for page in pages for ch in page if ch != "\n"})
     cmap_lines = [f"<{ord(ch):04X}> <{ord(ch):04X}>" for ch in chars]
     cmap = (
@@ -52,7 +55,15 @@ def make_pdf(pages: list[str]) -> bytes:
             hexed = "".join(f"{ord(ch):04X}" for ch in line)
             ops += [f"<{hexed}> Tj", "0 -18 Td"]
         ops.append("ET")
-        content = add(stream("\n".join(ops)))
+        if padding:
+            packed = zlib.compress(("\n".join(ops) + " " * padding).encode("latin-1"), 9)
+            content = add(
+                b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed)
+                + packed
+                + b"\nendstream"
+            )
+        else:
+            content = add(stream("\n".join(ops)))
         page_ids.append(
             add(
                 f"<< /Type /Page /Parent {pages_obj} 0 R /MediaBox [0 0 595 842] "

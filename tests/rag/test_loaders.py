@@ -90,3 +90,17 @@ def test_zip_bomb_docx_is_refused_before_unpacking():
     assert len(bomb) < 100_000
     with pytest.raises(TooLarge, match="unpacks to"):
         load_bytes(bomb, "bomb.docx", max_unzipped_bytes=1 << 20)
+
+
+def test_pdf_decompression_bomb_is_refused():
+    bomb = make_pdf([TEXT], padding=80 << 20)  # one content stream inflating to 80 MB
+    assert len(bomb) < 200_000
+    with pytest.raises(TooLarge, match="decompression bomb"):
+        load_bytes(bomb, "bomb.pdf")
+
+
+def test_pdf_text_beyond_the_unpacked_limit_is_refused():
+    pdf = make_pdf([TEXT] * 3)
+    assert len(load_bytes(pdf, "ok.pdf").pages) == 3
+    with pytest.raises(TooLarge, match="XIAOPHI_KB_MAX_UNZIPPED_BYTES"):
+        load_bytes(pdf, "long.pdf", max_unzipped_bytes=len(TEXT.encode()) * 2)

@@ -98,6 +98,12 @@ BAD_FILES = {
     ),
     "encrypted pdf": ("secret.pdf", encrypt_pdf(make_pdf(["机密"])), 400, "encrypted"),
     "docx zip bomb": ("bomb.docx", make_zip_bomb_docx(2 << 20), 413, "zip bomb"),
+    "pdf decompression bomb": (
+        "bomb.pdf",
+        make_pdf(["机密"], padding=80 << 20),
+        413,
+        "decompression bomb",
+    ),
     "over the size limit": ("big.txt", b"a" * ((2 << 20) + 10), 413, "upload limit"),
     "dot-dot path": ("../escape.txt", "内容".encode(), 400, "contains a folder"),
     "absolute path": ("/etc/passwd.txt", "内容".encode(), 400, "absolute path"),
