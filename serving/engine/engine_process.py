@@ -106,11 +106,15 @@ class ProcessSlotEngine(QueuedEngine):
             self._conn.send(message)
 
     def _launch(self, slot: RequestSlot) -> None:
-        self._send(("add", job_of(slot)))
+        try:
+            self._send(("add", job_of(slot)))
+        except OSError:  # the child died since `is_ready`: this request fails with the rest
+            self._died(f"the engine process exited with {self._process.exitcode}")
 
     def _abort(self, slot: RequestSlot) -> None:
         if not self._stopping:
-            self._send(("abort", {slot.engine_id}))
+            with contextlib.suppress(OSError):  # a dead child generates nothing anyway
+                self._send(("abort", {slot.engine_id}))
 
     def _read(self) -> None:
         """Reader thread: each step's tokens to the event loop; a dead child fails every request."""
