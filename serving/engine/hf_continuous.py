@@ -22,7 +22,12 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
 )
 from transformers.generation.logits_process import LogitsProcessorList
 
-from serving.engine.queued import QueuedEngine, RequestSlot
+from serving.engine.queued import (
+    QueuedEngine,
+    RequestSlot,
+    batch_token_budget,
+    model_eos_token_ids,
+)
 from serving.engine.request_sampler import RequestSampler, RowSampling
 
 logger = logging.getLogger(__name__)
@@ -40,17 +45,16 @@ class HFContinuousEngine(QueuedEngine):
         max_batch_tokens: int | None = None,
         warmup: bool = True,
     ) -> None:
-        eos = model.generation_config.eos_token_id
         super().__init__(
             tokenizer,
             context_length=model.config.max_position_embeddings,
-            eos_token_ids=eos if isinstance(eos, list) else [eos] if eos is not None else [],
+            eos_token_ids=model_eos_token_ids(model),
             max_running=max_running,
             max_waiting=max_waiting,
         )
         self.model = model
         self._page_size = page_size
-        self._max_batch_tokens = max_batch_tokens or max(self.context_length, 512)
+        self._max_batch_tokens = batch_token_budget(max_batch_tokens, self.context_length)
         self._warmup = warmup
         self._manager = None
 

@@ -17,8 +17,6 @@ from abc import abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 
-import torch
-
 from serving.engine.base import (
     Engine,
     EngineNotReadyError,
@@ -29,8 +27,19 @@ from serving.engine.base import (
     QueueFullError,
     SamplingParams,
 )
-from serving.engine.request_sampler import RowSampling
+from serving.engine.request_sampler import RowSampling, seeded_generator
 from serving.engine.text_stream import TextStream
+
+
+def model_eos_token_ids(model) -> set[int]:
+    """The ids that end generation: the model's generation config holds one id, a list, or none."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
+def batch_token_budget(max_batch_tokens: int | None, context_length: int) -> int:
+    """Tokens per forward pass that takes in prompts: as configured, else max(context, 512)."""
+    return max_batch_tokens or max(context_length, 512)
 
 
 @dataclass
@@ -85,7 +94,7 @@ class QueuedEngine(Engine):
         seed = request.params.seed
         if seed is None:
             seed = secrets.randbits(63)
-        generator = None if request.params.greedy else torch.Generator().manual_seed(seed)
+        generator = seeded_generator(request.params, seed)
         slot = RequestSlot(
             request=request,
             engine_id=f"{request.request_id}#{next(self._ids)}",

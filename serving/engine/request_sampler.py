@@ -71,6 +71,11 @@ class RequestSampler(ContinuousBatchingLogitsProcessor):
         return scores
 
 
+def seeded_generator(params: SamplingParams, seed: int) -> torch.Generator | None:
+    """A sampled request's own random stream (None for greedy decoding): same seed, same draws."""
+    return None if params.greedy else torch.Generator().manual_seed(seed)
+
+
 def apply_repetition_penalty(
     logits: torch.Tensor, history: list[int], penalty: float
 ) -> torch.Tensor:

@@ -30,8 +30,17 @@ from dataclasses import dataclass
 import torch
 
 from serving.engine.base import SamplingParams
-from serving.engine.queued import QueuedEngine, RequestSlot
-from serving.engine.request_sampler import apply_repetition_penalty, sample_rows
+from serving.engine.queued import (
+    QueuedEngine,
+    RequestSlot,
+    batch_token_budget,
+    model_eos_token_ids,
+)
+from serving.engine.request_sampler import (
+    apply_repetition_penalty,
+    sample_rows,
+    seeded_generator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +125,8 @@ class SlotBatcher:
         self.model = model
         self.context_length = int(model.config.max_position_embeddings)
         self.max_running = max_running
-        self.max_batch_tokens = max_batch_tokens or max(self.context_length, 512)
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.context_length)
+        self.eos_token_ids = model_eos_token_ids(model)
         self._device = next(model.parameters()).device
         if model.config._attn_implementation not in ("sdpa", "eager"):
             model.set_attn_implementation("sdpa")  # the batcher passes its own dense 4D masks
@@ -194,9 +202,7 @@ class SlotBatcher:
         ]
         rows = []
         for job, n in zip(batch, lengths, strict=True):
-            generator = None
-            if not job.params.greedy:
-                generator = torch.Generator().manual_seed(job.seed)
+            generator = seeded_generator(job.params, job.seed)
             penalty = job.params.repetition_penalty != 1.0
             rows.append(_Row(job, n, generator, history=list(job.prompt_ids) if penalty else None))
         self._rows.extend(rows)
