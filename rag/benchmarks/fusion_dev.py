@@ -36,6 +36,7 @@ from rag.benchmarks.rag_bench import (
     held_out,
     idiom_set,
     packaged_json,
+    rank_metrics,
     sanguo_set,
     sanguo_split,
 )
@@ -62,13 +63,6 @@ def dev_queries(cache: Path, eval_pairs: Path, min_chars: int = 6) -> list[tuple
         ):
             out.append((explanation, f"成语：{word}\n"))
     return out
-
-
-def metrics(ranks: list[int | None]) -> dict:
-    n = len(ranks)
-    row = {f"recall@{k}": round(sum(1 for r in ranks if r and r <= k) / n, 4) for k in (1, 5, 10)}
-    row["mrr"] = round(sum(1 / r for r in ranks if r and r <= 10) / n, 4)
-    return row
 
 
 def dev_runs(embedder: str | None, args, kinds: dict) -> tuple[dict, str, int]:
@@ -109,7 +103,7 @@ def evaluate(runs, rank_fn) -> dict:
         ranks.append(
             next((r for r, (cid, _) in enumerate(ranked, start=1) if cid in relevant), None)
         )
-    return metrics(ranks)
+    return rank_metrics(ranks)
 
 
 def choose(tables: dict[str, dict]) -> str | None:

@@ -121,6 +121,14 @@ def add_in_batches(
     return chunks, time.perf_counter() - start
 
 
+def rank_metrics(ranks: list[int | None]) -> dict:
+    """recall@1/5/10 and MRR@10 from each query's first relevant rank (None: not in the top 10)."""
+    n = len(ranks)
+    row = {f"recall@{k}": round(sum(1 for r in ranks if r and r <= k) / n, 4) for k in (1, 5, 10)}
+    row["mrr"] = round(sum(1 / r for r in ranks if r and r <= 10) / n, 4)
+    return row
+
+
 def quality(service, kb: str, queries: list[tuple[str, str]], relevant, dense_weights=()) -> dict:
     """recall@1/5/10 and MRR@10 per method; `relevant(hit, target)` says whether a hit counts.
     `hybrid` uses the service's settings (the defaults unless overridden); each extra dense
@@ -137,12 +145,7 @@ def quality(service, kb: str, queries: list[tuple[str, str]], relevant, dense_we
             ranks.append(
                 next((r for r, h in enumerate(hits, start=1) if relevant(h, target)), None)
             )
-        n = len(ranks)
-        row = {
-            f"recall@{k}": round(sum(1 for r in ranks if r and r <= k) / n, 4) for k in (1, 5, 10)
-        }
-        row["mrr"] = round(sum(1 / r for r in ranks if r) / n, 4)
-        out[label] = row
+        out[label] = rank_metrics(ranks)
     service.settings.dense_weight = default_weight
     return out
 
