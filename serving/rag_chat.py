@@ -107,11 +107,8 @@ def without_oldest_turn(messages: Messages) -> Messages | None:
     turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
     if len(turns) < 2:
         return None
-    drop = range(turns[0], turns[1])
-    first_other = next(i for i, m in enumerate(messages) if m["role"] != "system")
-    if first_other < turns[0]:  # replies before the first question go with it
-        drop = range(first_other, turns[1])
-    return [m for i, m in enumerate(messages) if i not in drop or m["role"] == "system"]
+    # everything but system messages before the second question (replies before the first too)
+    return [m for i, m in enumerate(messages) if i >= turns[1] or m["role"] == "system"]
 
 
 def source_of(hit: SearchHit) -> Source:
