@@ -155,6 +155,11 @@ class EmbedderConfig:
     num_heads: int = _f(4, "Encoder heads (bert only).")
     max_seq_length: int = _f(128, "Tokens per sentence (bert only; static reads whole texts).")
     lr: float = _f(0.05, "Peak learning rate (static embeddings want a far higher one than bert).")
+    sif_weight: float = _f(
+        3e-3,
+        "static only: after training, scale each token's vector by a / (a + p), p = the token's "
+        "share of the training texts (smooth inverse frequency; 0 = off).",
+    )
 
 
 @dataclass

@@ -65,6 +65,8 @@ def test_training_lowers_the_loss_and_improves_pair_retrieval(trained):
     assert report["heldout"]["recall@1"] >= 0.5
     assert report["dimension"] == 32
     assert report["arch"] == "static" and report["tokenizer"] == "char"
+    assert report["sif_weight"] == EmbedderConfig().sif_weight > 0
+    assert report["heldout_without_sif"]["candidates"] == len(IDIOM_PAIRS)
 
 
 def test_the_bert_encoder_still_trains(tmp_path):
@@ -184,6 +186,28 @@ def test_inverse_cloze_pairs_take_one_sentence_out_of_its_context():
     assert anchor in texts[0] and anchor not in context
     assert len(context) >= 8
     assert all(piece in texts[0] for piece in re.split("[。！？]", context))
+
+
+def test_sif_weights_scale_each_token_vector_by_its_smoothed_inverse_share(tmp_path):
+    import torch
+
+    from training.embedder import apply_sif_weights, build_model, build_tokenizer
+
+    texts = ["的的的的的的猫", "的的的的的的狗"] * 2  # 的: 24 of 28 tokens
+    cfg = EmbedderConfig(hidden_size=16)
+    torch.manual_seed(0)
+    model = build_model(build_tokenizer(texts, cfg), cfg, tmp_path)
+    vocab = model[0].tokenizer.get_vocab()
+    before = model[0].embedding.weight.detach().clone()
+    weights = apply_sif_weights(model, texts, a=0.01)
+    after = model[0].embedding.weight.detach()
+    for ch, share in (("的", 24 / 28), ("猫", 2 / 28)):
+        i = vocab[ch]
+        assert weights[i].item() == pytest.approx(0.01 / (0.01 + share))
+        assert torch.allclose(after[i], before[i] * weights[i])
+    # "的猫" now lands next to 猫: the frequent character hardly counts in the mean any more.
+    q, cat, de = model.encode(["的猫", "猫", "的"], convert_to_tensor=True)
+    assert float(q @ cat) > 0.95 and float(q @ cat) > float(q @ de) + 0.5
 
 
 def test_char_tokenizer_gives_one_token_per_character():
