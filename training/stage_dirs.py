@@ -3,8 +3,10 @@
 A stage works in `<run>/<stage>.partial/` and, once everything is saved, is renamed to
 `<run>/<stage>/` in one step: a stage directory exists only when the stage finished. Trainer
 checkpoints live in `<run>/checkpoints/<stage>/` so an interrupted stage resumes from them.
-`<run>/recipe.json` records the recipe the run was started with; a different recipe is refused
-instead of mixing two runs in one folder.
+`<run>/recipe.json` records the recipe the run was started with. A recipe that differs only in
+fields of stages not finished yet (say a new embedder setting, or a stage whose folder was deleted
+to redo it) takes over the run; one that would change a finished stage is refused, naming the
+stage folders to delete, instead of mixing two runs in one folder.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ from pathlib import Path
 from training.config import Recipe
 
 RECIPE_FILE = "recipe.json"
+# The recipe fields (dotted prefixes) each stage's output depends on, through earlier stages too.
+_BASE = ("data.", "tokenizer.")
+_MODEL = (*_BASE, "model.", "pretrain.")
+STAGE_FIELDS = {
+    "tokenizer": _BASE,
+    "pretrain": _MODEL,
+    "sft": (*_MODEL, "sft."),
+    "dpo-data": (*_MODEL, "sft.", "dpo."),
+    "dpo": (*_MODEL, "sft.", "dpo."),
+    "embedder": ("embedder.", "pretrain.seed"),  # the embedder trains with the run's seed
+}
 
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
@@ -53,24 +66,46 @@ def finish_stage(run_dir: Path, stage: str) -> Path:
     return final
 
 
+def stages_changed_by(field: str) -> list[str]:
+    """The stages whose output depends on the dotted recipe `field`."""
+    return [
+        stage
+        for stage, prefixes in STAGE_FIELDS.items()
+        if any(field.startswith(p) if p.endswith(".") else field == p for p in prefixes)
+    ]
+
+
 def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
-    """Whether `run_dir` already holds a run of `recipe` (False: free to start one); raises when
-    it holds a different recipe's run or something that is not a run. Writes nothing."""
+    """Whether `run_dir` already holds a run of exactly `recipe` (False: free to start one, or
+    to take over a run whose recipe differs only for stages not finished yet); raises when the
+    difference would change a finished stage, or the folder is not a run. Writes nothing."""
     run_dir = Path(run_dir)
     marker = run_dir / RECIPE_FILE
     wanted = recipe.fingerprint()
     if marker.exists():
         stored = json.loads(marker.read_text(encoding="utf-8"))
         have = stored.get("fingerprint", {})
-        if have != wanted:
-            diffs = _differences(have, wanted)
-            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diffs[:5])
+        if have == wanted:
+            return True
+        diffs = _differences(have, wanted)
+        stale = [
+            (field, a, b, [s for s in stages_changed_by(field) if is_finished(run_dir, s)])
+            for field, a, b in diffs
+        ]
+        stale = [row for row in stale if row[3]]
+        if stale:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b, _ in stale[:5])
+            folders = sorted(
+                {s for *_, stages in stale for s in stages}, key=list(STAGE_FIELDS).index
+            )
             raise ValueError(
                 f"{run_dir} holds a run of a different recipe ({stored.get('name')!r}; {shown}). "
-                "Its finished stages would not match this recipe: pass another --out, "
-                "or delete the folder to start over."
+                f"Finished stages would not match this recipe: delete "
+                f"{', '.join(str(stage_dir(run_dir, s)) for s in folders)} to redo "
+                f"{'it' if len(folders) == 1 else 'them'}, pass another --out, or delete the "
+                "folder to start over."
             )
-        return True
+        return False
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(
             f"{run_dir} is not empty and holds no {RECIPE_FILE}: it is not a xiaophi run folder; "
@@ -80,7 +115,8 @@ def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
 
 
 def claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
-    """Create `run_dir` for `recipe`, or check that it already holds a run of the same recipe."""
+    """Create `run_dir` for `recipe`, check that it already holds a run of the same recipe, or
+    record `recipe` for a run it may take over (see `check_run_dir`)."""
     if check_run_dir(run_dir, recipe):
         return
     run_dir = Path(run_dir)

@@ -3,6 +3,8 @@ stages, and refuses bad input before any long work starts."""
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,8 +94,42 @@ def test_second_run_skips_finished_stages_and_changes_nothing(finished_run):
 def test_a_different_recipe_is_refused_in_an_existing_run(finished_run, tiny_data):
     _, run, _ = finished_run
     other = load_recipe("tiny", tiny_overrides(tiny_data, **{"pretrain.max_steps": 99}))
-    with pytest.raises(ValueError, match=r"pretrain\.max_steps"):
+    # pretrain and every stage after it were trained with the old value: each is named.
+    folders = ", ".join(str(run / s) for s in ("pretrain", "sft", "dpo-data", "dpo"))
+    with pytest.raises(ValueError, match=rf"pretrain\.max_steps.*delete {re.escape(folders)} to"):
         run_pipeline(other, run, log=lambda *_: None)
+
+
+def test_a_recipe_change_for_stages_not_finished_takes_the_run_over(
+    finished_run, tiny_data, tmp_path
+):
+    """A new setting of a stage that has not run (here the disabled embedder), or of a stage
+    whose folder was deleted to redo it, is taken: the run's recipe.json records the new recipe
+    and the finished stages stay as they are."""
+    recipe, run, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert recipe.embedder.enabled is False
+    other = load_recipe(
+        "tiny", tiny_overrides(tiny_data, **{"embedder.sif_weight": 0.5, "dpo.max_steps": 5})
+    )
+    folders = f"{copy / 'dpo-data'}, {copy / 'dpo'}"
+    with pytest.raises(
+        ValueError, match=rf"dpo\.max_steps.*delete {re.escape(folders)} to redo them"
+    ):
+        run_pipeline(other, copy, log=lambda *_: None)
+    stored = json.loads((copy / "recipe.json").read_text())
+    assert stored["fingerprint"] == recipe.fingerprint()  # nothing written on refusal
+
+    shutil.rmtree(copy / "dpo-data")
+    shutil.rmtree(copy / "dpo")
+    summary = run_pipeline(other, copy, log=lambda *_: None)
+    assert summary["ran_this_time"] == ["dpo-data", "dpo"]
+    stored = json.loads((copy / "recipe.json").read_text())
+    assert stored["fingerprint"] == other.fingerprint()
+    assert stored["recipe"]["embedder"]["sif_weight"] == 0.5
+    assert summary["stages"]["dpo"]["steps"] == 5
+    assert run_pipeline(other, copy, log=lambda *_: None)["ran_this_time"] == []
 
 
 def test_tokenizer_and_model_vocabulary_mismatch_is_refused(finished_run, tmp_path):
