@@ -59,6 +59,7 @@ class BM25Index:
         self.vocab: dict[str, int] = {}
         self.counts = sparse.csr_matrix((0, 0), dtype=np.float32)
         self._weights: sparse.csc_matrix | None = None
+        self._rows: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,12 +83,14 @@ class BM25Index:
         self.counts = sparse.vstack([old, new], format="csr")
         self.ids.extend(ids)
         self._weights = None
+        self._rows = None
 
     def remove(self, ids: set[str]) -> None:
         keep = [i for i, chunk_id in enumerate(self.ids) if chunk_id not in ids]
         self.counts = self.counts[keep]
         self.ids = [self.ids[i] for i in keep]
         self._weights = None
+        self._rows = None
 
     def _weight_matrix(self) -> sparse.csc_matrix:
         if self._weights is None:
@@ -103,20 +106,35 @@ class BM25Index:
             self._weights = tf.tocsc()
         return self._weights
 
+    def _query_terms(self, query: str) -> tuple[list[int], np.ndarray]:
+        """Vocabulary columns of the query's known terms and how often each occurs in it."""
+        query_counts = Counter(t for t in self.tokenize(query) if t in self.vocab)
+        cols = [self.vocab[t] for t in query_counts]
+        return cols, np.array(list(query_counts.values()), dtype=np.float32)
+
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """The `k` best (chunk id, BM25 score) pairs with a positive score, best first."""
         if not self.ids:
             return []
-        query_counts = Counter(t for t in self.tokenize(query) if t in self.vocab)
-        if not query_counts:
+        cols, mult = self._query_terms(query)
+        if not cols:
             return []
-        cols = [self.vocab[t] for t in query_counts]
-        mult = np.array(list(query_counts.values()), dtype=np.float32)
         scores = np.asarray(self._weight_matrix()[:, cols] @ mult).ravel()
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(self.ids[i], float(scores[i])) for i in top if scores[i] > 0]
+
+    def scores(self, query: str, ids: Sequence[str]) -> list[float]:
+        """The BM25 score of each chunk in `ids` for `query` (0.0 when it shares no term)."""
+        cols, mult = self._query_terms(query)
+        if not cols or not ids:
+            return [0.0] * len(ids)
+        if self._rows is None:
+            self._rows = {chunk_id: row for row, chunk_id in enumerate(self.ids)}
+        rows = [self._rows[chunk_id] for chunk_id in ids]
+        weights = self._weight_matrix()[:, cols].tocsr()[rows]
+        return [float(v) for v in np.asarray(weights @ mult).ravel()]
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Hybrid retrieval as a LangChain retriever: BM25 and FAISS rankings fused into one.
 
 Two fusions, both weighted by `bm25_weight` / `dense_weight`:
-- `convex` (default): each retriever's scores over its own `fetch_k` candidates are min-max
-  normalised to [0, 1] (a chunk it did not return counts 0) and the weighted sum ranks. It uses
-  how confident each retriever is, so a clear BM25 winner is not pulled down by a weak dense
-  vote, while near ties are broken by the other retriever.
+- `convex` (default): the candidates are both retrievers' `fetch_k` hits together, and each
+  retriever scores every one of them (`score_union`: a chunk one retriever did not return gets
+  its real score there, not a guess); each retriever's scores are min-max normalised to [0, 1]
+  over the candidates and the weighted sum ranks. It uses how confident each retriever is, so a
+  clear BM25 winner is not pulled down by a weak dense vote, while near ties are broken by the
+  other retriever.
 - `rrf`: reciprocal-rank fusion, score = Σ weight / (rrf_k + rank); only ranks count.
 """
 
@@ -54,6 +56,26 @@ def convex_fusion(runs: list[tuple[list[tuple[str, float]], float]]) -> list[tup
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)
 
 
+def score_union(
+    index: KBIndex,
+    query: str,
+    query_vector: list[float],
+    bm25: list[tuple[str, float]],
+    dense: list[tuple[str, float]],
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """(bm25, dense) hits extended so both cover every chunk either returned: a chunk only
+    the other retriever found is appended with its exact score (BM25 0.0 when no term matches).
+    """
+    in_bm25, in_dense = {i for i, _ in bm25}, {i for i, _ in dense}
+    only_dense = [i for i, _ in dense if i not in in_bm25]
+    only_bm25 = [i for i, _ in bm25 if i not in in_dense]
+    bm25_all = bm25 + list(zip(only_dense, index.bm25_scores(query, only_dense), strict=True))
+    dense_all = dense + list(
+        zip(only_bm25, index.dense_scores(query_vector, only_bm25), strict=True)
+    )
+    return bm25_all, dense_all
+
+
 def fuse(
     bm25: list[tuple[str, float]],
     dense: list[tuple[str, float]],
@@ -99,15 +121,21 @@ class HybridRetriever(BaseRetriever):
         bm25 = []
         if self.mode == "bm25" or (self.mode == "hybrid" and self.bm25_weight > 0):
             bm25 = self.index.bm25_search(query, fetch)
-        dense = []
+        dense, query_vector = [], None
         if self.mode == "dense" or (self.mode == "hybrid" and self.dense_weight > 0):
-            dense = self.index.dense_search(self.embeddings.embed_query(query), fetch)
+            query_vector = self.embeddings.embed_query(query)
+            dense = self.index.dense_search(query_vector, fetch)
         if self.mode == "bm25":
             ranked = bm25
         elif self.mode == "dense":
             ranked = dense
         else:
-            ranked = fuse(bm25, dense, self.fusion, self.bm25_weight, self.dense_weight, self.rrf_k)
+            bm25_run, dense_run = bm25, dense
+            if self.fusion == "convex" and bm25 and dense:
+                bm25_run, dense_run = score_union(self.index, query, query_vector, bm25, dense)
+            ranked = fuse(
+                bm25_run, dense_run, self.fusion, self.bm25_weight, self.dense_weight, self.rrf_k
+            )
         bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
         dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
         out = []

@@ -36,6 +36,7 @@ class KBIndex:
     bm25: BM25Index
     version: str = ""
     _chunks_by_doc: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _faiss_rows: dict[str, int] | None = field(default=None, repr=False)
 
     @property
     def documents(self) -> list[dict]:
@@ -59,14 +60,30 @@ class KBIndex:
             ids=ids,
         )
         self.bm25.add(ids, [c.page_content for c in chunks])
+        self._faiss_rows = None
 
     def remove_chunks(self, chunk_ids: list[str]) -> None:
         if chunk_ids and self.vectors is not None:
             self.vectors.delete(chunk_ids)
         self.bm25.remove(set(chunk_ids))
+        self._faiss_rows = None
 
     def bm25_search(self, query: str, k: int) -> list[tuple[str, float]]:
         return self.bm25.search(query, k)
+
+    def bm25_scores(self, query: str, chunk_ids: list[str]) -> list[float]:
+        return self.bm25.scores(query, chunk_ids)
+
+    def dense_scores(self, query_vector: list[float], chunk_ids: list[str]) -> list[float]:
+        """Inner product of the query with each chunk's stored vector (cosine: both normalised)."""
+        if not chunk_ids:
+            return []
+        if self._faiss_rows is None:
+            mapping = self.vectors.index_to_docstore_id
+            self._faiss_rows = {chunk_id: row for row, chunk_id in mapping.items()}
+        rows = np.asarray([self._faiss_rows[c] for c in chunk_ids], dtype=np.int64)
+        vectors = self.vectors.index.reconstruct_batch(rows)
+        return [float(v) for v in vectors @ np.asarray(query_vector, dtype=np.float32)]
 
     def dense_search(self, query_vector: list[float], k: int) -> list[tuple[str, float]]:
         if self.vectors is None or self.vectors.index.ntotal == 0:

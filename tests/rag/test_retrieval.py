@@ -103,3 +103,77 @@ def test_fusion_dev_rule_picks_the_best_mrr_among_hybrids_no_worse_than_either_m
     assert choose({"idioms": idioms, "titles": titles}) == "c"
     only_a = {k: {m: t[m] for m in ("bm25", "dense", "a")} for k, t in (("i", idioms),)}
     assert choose(only_a) is None
+
+
+def test_bm25_scores_of_given_chunks_match_search_and_follow_edits():
+    index = BM25Index("chargram")
+    index.add(list(DOCS), list(DOCS.values()))
+    found = dict(index.search("守株待兔 画蛇", 3))
+    assert index.scores("守株待兔 画蛇", ["b", "c", "a"]) == pytest.approx(
+        [found["b"], 0.0, found["a"]]
+    )
+    assert index.scores("龘", ["a"]) == [0.0]
+    index.remove({"a"})
+    index.add(["d"], ["守株待兔的农夫"])
+    found = dict(index.search("守株待兔", 3))
+    assert index.scores("守株待兔", ["d", "b"]) == pytest.approx([found["d"], found["b"]])
+
+
+def _kb_index(texts: dict[str, str]):
+    from langchain_core.documents import Document
+
+    from rag.embeddings import HashingEmbeddings
+    from rag.kb_index import KBIndex
+
+    embeddings = HashingEmbeddings(64)
+    index = KBIndex(manifest={"documents": []}, vectors=None, bm25=BM25Index("chargram"))
+    chunks = [Document(page_content=t, metadata={"chunk_id": i}) for i, t in texts.items()]
+    index.add_chunks(chunks, embeddings.embed_documents(list(texts.values())), embeddings)
+    return index, embeddings
+
+
+def test_dense_scores_of_given_chunks_are_their_stored_cosines_after_edits_too():
+    index, embeddings = _kb_index(DOCS)
+    query = embeddings.embed_query("守株待兔")
+    searched = dict(index.dense_search(query, 3))
+    assert index.dense_scores(query, ["c", "a", "b"]) == pytest.approx(
+        [searched["c"], searched["a"], searched["b"]], abs=1e-6
+    )
+    index.remove_chunks(["a"])  # FAISS rows shift: the id → row map must follow
+    searched = dict(index.dense_search(query, 3))
+    assert set(searched) == {"b", "c"}
+    assert index.dense_scores(query, ["c", "b"]) == pytest.approx(
+        [searched["c"], searched["b"]], abs=1e-6
+    )
+
+
+def test_hybrid_candidates_get_their_real_score_from_the_retriever_that_missed_them():
+    from rag.hybrid_retriever import HybridRetriever, score_union
+
+    texts = {
+        "long": "守株待兔。" + "农夫每天坐在树桩旁边等待，田地荒芜，庄稼都枯死了。" * 3,
+        "both": "守株待兔比喻死守狭隘经验",
+        "short": "待兔",
+        "neither": "今天天气很好",
+    }
+    index, embeddings = _kb_index(texts)
+    query = "守株待兔"
+    vector = embeddings.embed_query(query)
+    bm25, dense = index.bm25_search(query, 2), index.dense_search(vector, 2)
+    assert {i for i, _ in bm25} == {"both", "long"} and {i for i, _ in dense} == {"both", "short"}
+    bm25_all, dense_all = score_union(index, query, vector, bm25, dense)
+    assert bm25_all[:2] == bm25 and dense_all[:2] == dense
+    assert {i for i, _ in bm25_all} == {i for i, _ in dense_all} == {"both", "long", "short"}
+    assert dict(bm25_all)["short"] > 0 and dict(dense_all)["long"] > 0  # real, not a guessed 0
+    for chunk_id, score in bm25_all:
+        assert score == pytest.approx(index.bm25_scores(query, [chunk_id])[0])
+    for chunk_id, score in dense_all:
+        assert score == pytest.approx(index.dense_scores(vector, [chunk_id])[0], abs=1e-6)
+
+    retriever = HybridRetriever(index=index, embeddings=embeddings, k=2, fetch_k=2)
+    got = retriever.invoke(query)
+    want = fuse(bm25_all, dense_all, "convex", 1.0, 1.0)[:2]
+    assert [d.id for d in got] == [i for i, _ in want]
+    assert [d.metadata["score"] for d in got] == pytest.approx([s for _, s in want])
+    # ranks still say what each retriever itself returned
+    assert [(d.id, d.metadata["bm25_rank"]) for d in got] == [("both", 1), ("short", None)]
