@@ -52,7 +52,8 @@ class KBSettings(BaseSettings):
         "convex",
         description=(
             "How hybrid search fuses BM25 and dense: `convex` = weighted sum of each retriever's "
-            "min-max normalised scores over its fetch_k candidates; `rrf` = reciprocal-rank fusion."
+            "min-max normalised scores over both retrievers' fetch_k candidates (each scores "
+            "every candidate); `rrf` = reciprocal-rank fusion."
         ),
     )
     rrf_k: int = Field(
