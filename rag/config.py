@@ -24,8 +24,17 @@ class KBSettings(BaseSettings):
         validation_alias=AliasChoices("kb_dir", "XIAOPHI_KB_DIR"),
         description="Folder holding one sub-folder per knowledge base.",
     )
-    chunk_size: int = Field(300, ge=20, description="Largest chunk, in characters.")
-    chunk_overlap: int = Field(50, ge=0, description="Characters shared by neighbouring chunks.")
+    chunk_size: int = Field(300, ge=20, description="Largest chunk, in `chunk_unit`s.")
+    chunk_overlap: int = Field(
+        50, ge=0, description="How much neighbouring chunks share, in `chunk_unit`s."
+    )
+    chunk_unit: Literal["chars", "tokens"] = Field(
+        "chars",
+        description=(
+            "What chunk_size and chunk_overlap count: characters, or tokens of the embedding "
+            "model's tokenizer (keeps chunks within what the embedder reads)."
+        ),
+    )
     max_upload_bytes: int = Field(
         20 * 1024 * 1024, ge=1, description="Largest accepted file (bytes)."
     )

@@ -7,6 +7,7 @@ Vectors are L2-normalised so the FAISS inner product is the cosine similarity.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,23 @@ class Embedder:
     @property
     def dim(self) -> int:
         return len(self.embeddings.embed_query("维度"))
+
+    def token_counter(self) -> Callable[[str], int]:
+        """Counts a text's tokens with the model's own tokenizer (special tokens left out)."""
+        model = getattr(self.embeddings, "_client", None)  # HuggingFaceEmbeddings' model
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise EmbedderUnavailable(
+                f"chunk_unit=tokens counts tokens with the embedding model's tokenizer, and "
+                f"{self.model_id!r} has none; set XIAOPHI_KB_CHUNK_UNIT=chars or use a "
+                "sentence-transformers embedder."
+            )
+
+        def count(text: str) -> int:
+            encoded = tokenizer.encode(text, add_special_tokens=False)
+            return len(getattr(encoded, "ids", encoded))  # tokenizers.Encoding or a list of ids
+
+        return count
 
 
 def embedder_id(spec: str) -> str:

@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -143,6 +143,7 @@ class KnowledgeBaseService:
                 "bm25_tokenizer": self.settings.bm25_tokenizer,
                 "chunk_size": self.settings.chunk_size,
                 "chunk_overlap": self.settings.chunk_overlap,
+                "chunk_unit": self.settings.chunk_unit,
                 "documents": [],
             }
             KBStore(tmp).commit(
@@ -207,7 +208,11 @@ class KnowledgeBaseService:
         extension = PurePath(filename).suffix.lower()
         base = {"doc_id": doc_id, "filename": filename}
         chunks = split_pages(
-            loaded.pages, self.settings.chunk_size, self.settings.chunk_overlap, base
+            loaded.pages,
+            self.settings.chunk_size,
+            self.settings.chunk_overlap,
+            base,
+            self._chunk_length(),
         )
         for chunk in chunks:
             chunk.metadata["chunk_id"] = f"{doc_id}:{chunk.metadata['chunk_index']}"
@@ -224,6 +229,10 @@ class KnowledgeBaseService:
         )
         doc_id_taken[doc_id] = filename
         return _Prepared(info, extension, upload.data, chunks, [])
+
+    def _chunk_length(self) -> Callable[[str], int]:
+        """What chunk sizes count (`chunk_unit`): characters, or the embedder's tokens."""
+        return self.embedder.token_counter() if self.settings.chunk_unit == "tokens" else len
 
     def _embed(self, chunks: list[Document]) -> list[list[float]]:
         if not chunks:
@@ -322,6 +331,7 @@ class KnowledgeBaseService:
                 "bm25_tokenizer": self.settings.bm25_tokenizer,
                 "chunk_size": self.settings.chunk_size,
                 "chunk_overlap": self.settings.chunk_overlap,
+                "chunk_unit": self.settings.chunk_unit,
             }
             index = KBIndex(
                 manifest=manifest, vectors=None, bm25=BM25Index(self.settings.bm25_tokenizer)
@@ -334,6 +344,7 @@ class KnowledgeBaseService:
                     self.settings.chunk_size,
                     self.settings.chunk_overlap,
                     {"doc_id": doc["id"], "filename": doc["filename"]},
+                    self._chunk_length(),
                 )
                 for chunk in chunks:
                     chunk.metadata["chunk_id"] = f"{doc['id']}:{chunk.metadata['chunk_index']}"

@@ -1,6 +1,12 @@
-"""Chinese-aware chunking with LangChain's RecursiveCharacterTextSplitter, offsets kept."""
+"""Chinese-aware chunking with LangChain's RecursiveCharacterTextSplitter, offsets kept.
+
+Sizes are measured by a length function: characters by default, or the embedding model's tokens
+(`KBSettings.chunk_unit`), so a chunk never outgrows what the embedder reads.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from langchain_core.documents import Document
 from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -25,10 +31,13 @@ CHINESE_SEPARATORS = [
 ]
 
 
-def build_splitter(chunk_size: int, chunk_overlap: int) -> RecursiveCharacterTextSplitter:
+def build_splitter(
+    chunk_size: int, chunk_overlap: int, length: Callable[[str], int] = len
+) -> RecursiveCharacterTextSplitter:
     return RecursiveCharacterTextSplitter(
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
+        length_function=length,
         separators=CHINESE_SEPARATORS,
         keep_separator="end",
         add_start_index=True,
@@ -37,11 +46,16 @@ def build_splitter(chunk_size: int, chunk_overlap: int) -> RecursiveCharacterTex
 
 
 def split_pages(
-    pages: list[Document], chunk_size: int, chunk_overlap: int, base: dict
+    pages: list[Document],
+    chunk_size: int,
+    chunk_overlap: int,
+    base: dict,
+    length: Callable[[str], int] = len,
 ) -> list[Document]:
     """Chunks of `pages` numbered across the document, each with `base` metadata plus
-    `chunk_index`, `start` and `end` (character offsets into its page's text) and `page` if any."""
-    splitter = build_splitter(chunk_size, chunk_overlap)
+    `chunk_index`, `start` and `end` (character offsets into its page's text) and `page` if any.
+    `chunk_size` and `chunk_overlap` are in the units `length` counts (characters by default)."""
+    splitter = build_splitter(chunk_size, chunk_overlap, length)
     chunks: list[Document] = []
     for page in pages:
         for piece in splitter.split_documents([page]):
