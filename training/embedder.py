@@ -327,6 +327,8 @@ def train_embedder(
 def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random, texts) -> dict:
     from sentence_transformers import losses
 
+    from training.stage_dirs import write_json
+
     start = time.time()
     pairs, counts = training_pairs(pairs, cfg, rng, texts)
     if len(pairs) < 2:
@@ -391,9 +393,8 @@ def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random, texts) -> 
         "heldout": evaluate_pairs(model, eval_pairs or []),
         "wall_time_s": round(wall, 2),
     }
-    (out_dir / "embedder_report.json").write_text(
-        json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
-    )
+    # Named like every stage's report, so a pipeline that skips the finished stage still shows it.
+    write_json(out_dir / "stage_report.json", report)
     return report
 
 

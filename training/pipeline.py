@@ -155,4 +155,7 @@ def run_single_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
             f"the {stage} stage needs the {previous} stage of {run_dir}, which has not finished; "
             f"run `xiaophi-train {previous} --out {run_dir}` (or `pipeline`) first."
         )
-    return run_stage(recipe, run_dir, stage)
+    report = run_stage(recipe, run_dir, stage)
+    # The run's summary no longer describes it; the next `pipeline` call writes a fresh one.
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    return report

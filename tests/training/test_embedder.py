@@ -121,6 +121,9 @@ def test_main_trains_into_the_run_dir_from_pairs_files(tmp_path):
     assert (tmp_path / "run" / "embedder" / "modules.json").exists()
     assert not (tmp_path / "run" / "embedder.partial").exists()
     assert report["pairs"] == 10 and report["heldout"]["candidates"] == 2
+    from training.pipeline import read_stage_report
+
+    assert read_stage_report(tmp_path / "run", "embedder") == report
 
 
 def test_pairs_file_with_a_missing_field_names_the_row(tmp_path):

@@ -131,6 +131,18 @@ def test_a_recipe_change_for_stages_not_finished_takes_the_run_over(
     assert summary["stages"]["dpo"]["steps"] == 5
     assert run_pipeline(other, copy, log=lambda *_: None)["ran_this_time"] == []
 
+    # Redoing one stage on its own: the next pipeline call rebuilds the summary from the stages'
+    # reports instead of returning the stale one.
+    shutil.rmtree(copy / "dpo-data")
+    shutil.rmtree(copy / "dpo")
+    third = load_recipe("tiny", tiny_overrides(tiny_data, **{"dpo.max_steps": 6}))
+    run_single_stage(third, copy, "dpo-data")
+    assert run_single_stage(third, copy, "dpo")["steps"] == 6
+    assert not (copy / "training_summary.json").exists()
+    summary = run_pipeline(third, copy, log=lambda *_: None)
+    assert summary["ran_this_time"] == [] and summary["stages"]["dpo"]["steps"] == 6
+    assert json.loads((copy / "training_summary.json").read_text())["stages"]["dpo"]["steps"] == 6
+
 
 def test_tokenizer_and_model_vocabulary_mismatch_is_refused(finished_run, tmp_path):
     _, run, _ = finished_run
