@@ -346,7 +346,11 @@ def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random, texts) -> 
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1 - step / cfg.max_steps)
     )
     before = evaluate_pairs(model, eval_pairs or [])
-    batcher = _static_batcher(model, pairs) if cfg.arch == "static" else _batcher(model, pairs)
+    if cfg.arch == "static":
+        token_ids = pretokenise(model, pairs)
+        batcher = _static_batcher(token_ids)
+    else:
+        batcher = _batcher(model, pairs)
     model.train()
     order: list[int] = []
     losses_seen = []
@@ -368,7 +372,7 @@ def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random, texts) -> 
     unweighted = None
     if cfg.arch == "static" and cfg.sif_weight > 0:
         unweighted = evaluate_pairs(model, eval_pairs or [])
-        apply_sif_weights(model, [t for pair in pairs for t in pair], cfg.sif_weight)
+        apply_sif_weights(model, token_ids[0] + token_ids[1], cfg.sif_weight)
     wall = time.time() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
@@ -398,19 +402,10 @@ def _train(pairs, out_dir: Path, cfg, eval_pairs, rng: random.Random, texts) -> 
     return report
 
 
-def token_shares(tokenizer, texts: list[str], vocab_size: int) -> torch.Tensor:
-    """Each token id's share of all tokens in `texts` (a `tokenizers.Tokenizer`)."""
-    import numpy as np
-
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64)
-    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size]
-    return torch.from_numpy(counts / max(1, counts.sum()))
-
-
 @torch.no_grad()
-def apply_sif_weights(model, texts: list[str], a: float) -> torch.Tensor:
-    """Scale every token vector of a StaticEmbedding model by a / (a + p(token)).
+def apply_sif_weights(model, token_ids: list, a: float) -> torch.Tensor:
+    """Scale every token vector of a StaticEmbedding model by a / (a + p(token)), p = the
+    token's share of all ids in `token_ids` (one id array per training text).
 
     Smooth inverse frequency (Arora, Liang and Ma, ICLR 2017): a mean of token vectors is
     dominated by frequent tokens (的, 之, 曰 …) that say little about a text; weighting them
@@ -418,9 +413,11 @@ def apply_sif_weights(model, texts: list[str], a: float) -> torch.Tensor:
     partly learns this through vector norms; on the dev queries of `rag.benchmarks.fusion_dev`
     the weighting lifts dense MRR@10 on both query kinds. Returns the weights applied.
     """
-    static = model[0]
-    table = static.embedding.weight
-    shares = token_shares(static.tokenizer, texts, table.shape[0])
+    import numpy as np
+
+    table = model[0].embedding.weight
+    counts = np.bincount(np.concatenate(token_ids), minlength=table.shape[0])[: table.shape[0]]
+    shares = torch.from_numpy(counts / max(1, counts.sum()))
     weights = (a / (a + shares)).to(table.dtype)
     table.mul_(weights.unsqueeze(1))
     return weights
@@ -438,10 +435,8 @@ def _batcher(model, pairs):
     return features
 
 
-def _static_batcher(model, pairs):
-    """Like `_batcher` for a StaticEmbedding model, but every text is tokenised once up front
-    (half of a step's time otherwise) and a batch is only concatenated ids plus bag offsets —
-    the features `StaticEmbedding.preprocess` would have built."""
+def pretokenise(model, pairs) -> list[list]:
+    """(anchor id arrays, positive id arrays) of `pairs` for a StaticEmbedding model."""
     import numpy as np
 
     tokenizer = model[0].tokenizer
@@ -449,6 +444,14 @@ def _static_batcher(model, pairs):
     for side in (0, 1):
         encodings = tokenizer.encode_batch([p[side] for p in pairs], add_special_tokens=False)
         sides.append([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+    return sides
+
+
+def _static_batcher(sides: list[list]):
+    """Like `_batcher` for a StaticEmbedding model, but on texts tokenised once up front
+    (`pretokenise`; half of a step's time otherwise): a batch is only concatenated ids plus bag
+    offsets — the features `StaticEmbedding.preprocess` would have built."""
+    import numpy as np
 
     def features(batch: list[int]) -> list[dict]:
         out = []

@@ -194,7 +194,7 @@ def test_inverse_cloze_pairs_take_one_sentence_out_of_its_context():
 def test_sif_weights_scale_each_token_vector_by_its_smoothed_inverse_share(tmp_path):
     import torch
 
-    from training.embedder import apply_sif_weights, build_model, build_tokenizer
+    from training.embedder import apply_sif_weights, build_model, build_tokenizer, pretokenise
 
     texts = ["的的的的的的猫", "的的的的的的狗"] * 2  # 的: 24 of 28 tokens
     cfg = EmbedderConfig(hidden_size=16)
@@ -202,7 +202,8 @@ def test_sif_weights_scale_each_token_vector_by_its_smoothed_inverse_share(tmp_p
     model = build_model(build_tokenizer(texts, cfg), cfg, tmp_path)
     vocab = model[0].tokenizer.get_vocab()
     before = model[0].embedding.weight.detach().clone()
-    weights = apply_sif_weights(model, texts, a=0.01)
+    anchors, positives = pretokenise(model, [(t, t) for t in texts])
+    weights = apply_sif_weights(model, anchors, a=0.01)
     after = model[0].embedding.weight.detach()
     for ch, share in (("的", 24 / 28), ("猫", 2 / 28)):
         i = vocab[ch]
@@ -244,12 +245,19 @@ def test_default_embedder_generalises_to_held_out_demo_pairs(demo_data, tmp_path
 
 
 def test_pretokenised_static_batches_match_what_the_model_would_build(tmp_path):
-    from training.embedder import _batcher, _static_batcher, build_model, build_tokenizer
+    from training.embedder import (
+        _batcher,
+        _static_batcher,
+        build_model,
+        build_tokenizer,
+        pretokenise,
+    )
 
     cfg = EmbedderConfig(hidden_size=16)
     pairs = IDIOM_PAIRS[:3] + [("龘 abc", "只有生僻字龘。")]
     model = build_model(build_tokenizer([t for p in pairs for t in p], cfg), cfg, tmp_path)
-    fast, slow = _static_batcher(model, pairs)([3, 0, 2]), _batcher(model, pairs)([3, 0, 2])
+    fast = _static_batcher(pretokenise(model, pairs))([3, 0, 2])
+    slow = _batcher(model, pairs)([3, 0, 2])
     for got, want in zip(fast, slow, strict=True):
         assert got["input_ids"].tolist() == want["input_ids"].tolist()
         assert got["offsets"].tolist() == want["offsets"].tolist()
