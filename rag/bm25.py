@@ -106,20 +106,20 @@ class BM25Index:
             self._weights = tf.tocsc()
         return self._weights
 
-    def _query_terms(self, query: str) -> tuple[list[int], np.ndarray]:
-        """Vocabulary columns of the query's known terms and how often each occurs in it."""
+    def _all_scores(self, query: str) -> np.ndarray | None:
+        """Every chunk's BM25 score for `query` (row order of `ids`); None: no known term."""
         query_counts = Counter(t for t in self.tokenize(query) if t in self.vocab)
+        if not self.ids or not query_counts:
+            return None
         cols = [self.vocab[t] for t in query_counts]
-        return cols, np.array(list(query_counts.values()), dtype=np.float32)
+        mult = np.array(list(query_counts.values()), dtype=np.float32)
+        return np.asarray(self._weight_matrix()[:, cols] @ mult).ravel()
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """The `k` best (chunk id, BM25 score) pairs with a positive score, best first."""
-        if not self.ids:
+        scores = self._all_scores(query)
+        if scores is None:
             return []
-        cols, mult = self._query_terms(query)
-        if not cols:
-            return []
-        scores = np.asarray(self._weight_matrix()[:, cols] @ mult).ravel()
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -127,14 +127,12 @@ class BM25Index:
 
     def scores(self, query: str, ids: Sequence[str]) -> list[float]:
         """The BM25 score of each chunk in `ids` for `query` (0.0 when it shares no term)."""
-        cols, mult = self._query_terms(query)
-        if not cols or not ids:
+        scores = self._all_scores(query) if ids else None
+        if scores is None:
             return [0.0] * len(ids)
         if self._rows is None:
             self._rows = {chunk_id: row for row, chunk_id in enumerate(self.ids)}
-        rows = [self._rows[chunk_id] for chunk_id in ids]
-        weights = self._weight_matrix()[:, cols].tocsr()[rows]
-        return [float(v) for v in np.asarray(weights @ mult).ravel()]
+        return [float(scores[self._rows[chunk_id]]) for chunk_id in ids]
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
