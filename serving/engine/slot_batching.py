@@ -86,6 +86,9 @@ class SlotKVCache:
         window = (slice(self._start, self._stop), slice(None), slice(0, self._kv_len))
         return keys[window], values[window]
 
+    # The buffers are created inside the forward pass, so they are inference tensors: a row
+    # moved between steps (an abort) must be written in inference mode too.
+    @torch.inference_mode()
     def move_row(self, source: int, target: int, length: int) -> None:
         for keys, values in zip(self.keys, self.values, strict=True):
             keys[target, :, :length] = keys[source, :, :length]

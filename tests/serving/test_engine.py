@@ -190,3 +190,104 @@ def test_generation_ends_at_the_context_length(engine_class, model_and_tokenizer
     )
     assert prompt_length + len(tokens) <= context
     assert reason == "stop" or prompt_length + len(tokens) == context
+
+
+def test_rows_leaving_early_in_every_order_keep_the_others_exact(model_and_tokenizer, reference):
+    """Aborting a row that is not the last one moves the last row into its place (outside the
+    batcher's forward pass): every order of three rows leaving early, while a fourth runs on,
+    leaves each survivor's tokens equal to `generate`'s."""
+    import itertools
+
+    from serving.engine.slot_batching import Job, SlotBatcher
+
+    model, tokenizer = model_and_tokenizer
+    prompts = [f"春眠不觉晓{i}" * (1 + i) for i in range(4)]
+    budget = 24
+    expected = [reference.greedy_ids(prompt_ids(tokenizer, p), budget) for p in prompts]
+    for order in itertools.permutations(range(3)):
+        batcher = SlotBatcher(model, max_running=4)
+        for i, p in enumerate(prompts):
+            params = SamplingParams(max_new_tokens=budget, temperature=0)
+            batcher.add(Job(f"r{i}", prompt_ids(tokenizer, p), params, seed=0))
+        produced: dict[str, list[int]] = {f"r{i}": [] for i in range(4)}
+        leaving = list(order)
+        steps = 0
+        while batcher.busy:
+            for engine_id, token, _ in batcher.step():
+                produced[engine_id].append(token)
+            steps += 1
+            if leaving and steps % 3 == 0:
+                batcher.abort({f"r{leaving.pop(0)}"})
+        for i in range(4):
+            tokens = produced[f"r{i}"]
+            if i == 3:
+                assert tokens == expected[i], f"order {order}: the row that stayed"
+            else:
+                assert tokens == expected[i][: len(tokens)], f"order {order}: row {i}"
+
+
+def test_cancelled_and_stop_string_ends_while_others_run(
+    engine_class, model_and_tokenizer, reference
+):
+    """Requests that end early (cancelled, or cut at a stop string) leave in every position of
+    the batch while the others keep generating: the engine stays up and the others are exact."""
+    prompts = [f"床前明月光{i}" * (1 + i % 3) for i in range(6)]
+    budget = 30
+    expected = [reference.greedy_ids(reference.chat_ids(p), budget) for p in prompts]
+    texts = [reference.tokenizer.decode(e, skip_special_tokens=True) for e in expected]
+    # a stop string a few characters into request 1's and request 4's answers
+    stops = {i: texts[i][3:5] for i in (1, 4) if len(texts[i]) >= 5}
+    assert stops, "the random model answers too briefly for a stop string: change the prompts"
+
+    async def body(engine, tokenizer):
+        streams = {}
+        for i, p in enumerate(prompts):
+            params = SamplingParams(
+                max_new_tokens=budget, temperature=0, stop=[stops[i]] if i in stops else []
+            )
+            streams[i] = engine.submit(EngineRequest(f"r{i}", prompt_ids(tokenizer, p), params))
+
+        async def cancel_after(i, tokens_before_cancel):
+            tokens = []
+            async for delta in streams[i]:
+                tokens += delta.token_ids
+                if len(tokens) >= tokens_before_cancel:
+                    await engine.cancel(f"r{i}")
+                if delta.finish_reason:
+                    return tokens, delta.finish_reason
+            return tokens, None
+
+        results = await asyncio.gather(
+            cancel_after(0, 2),
+            drain(streams[1]),
+            drain(streams[2]),
+            cancel_after(3, 5),
+            drain(streams[4]),
+            drain(streams[5]),
+        )
+        assert engine.is_ready
+        assert engine.stats().running == 0
+        # the engine still serves
+        after = await drain(
+            engine.submit(
+                EngineRequest(
+                    "after",
+                    prompt_ids(tokenizer, prompts[2]),
+                    SamplingParams(max_new_tokens=budget, temperature=0),
+                )
+            )
+        )
+        return results, after
+
+    results, after = run_with_engine(engine_class, model_and_tokenizer, body, max_running=6)
+    for i in (0, 3):
+        tokens, reason = results[i]
+        assert reason in ("cancelled", "stop", "length"), reason
+        assert tokens == expected[i][: len(tokens)]
+    for i in (2, 5):
+        tokens, _, reason = results[i]
+        assert tokens == expected[i]
+    for i in stops:
+        _, text, reason = results[i]
+        assert reason == "stop" and text == texts[i][: texts[i].find(stops[i])]
+    assert after[0] == expected[2]
