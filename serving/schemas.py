@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from rag.models import DocumentInfo, KnowledgeBaseInfo, SearchHit
+from rag.names import MAX_KB_NAME
 
 # ------------------------------------------------------------------ requests
 
@@ -40,6 +41,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions (OpenAI names, plus `top_k`/`repetition_penalty`)."""
 
@@ -47,19 +51,30 @@ class SamplingFields(BaseModel):
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    # OpenAI's seed is a 64-bit signed integer; the checked message names the range
+    seed: int | None = Field(None, json_schema_extra={"minimum": SEED_MIN, "maximum": SEED_MAX})
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
     user: str | None = None
     # extra_body
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_range(cls, value):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and not SEED_MIN <= value <= SEED_MAX:
+            raise ValueError(
+                f"seed must be an integer from {SEED_MIN} to {SEED_MAX} (64-bit signed)"
+            )
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -69,8 +84,8 @@ class SamplingFields(BaseModel):
         stops = [value] if isinstance(value, str) else value
         if len(stops) > 4:
             raise ValueError("at most 4 stop strings")
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
+        if not stops or any(not s for s in stops):
+            raise ValueError("stop strings must not be empty (leave `stop` out for none)")
         return stops
 
 
@@ -81,12 +96,13 @@ class ChatRequest(SamplingFields):
     tools: list[Any] | None = None
     # extra_body: answer from a knowledge base (RAG). `top_k` stays the sampling filter, so the
     # number of passages has its own name.
-    knowledge_base: str | None = None
+    knowledge_base: str | None = Field(None, min_length=1, max_length=MAX_KB_NAME)
     retrieval_top_k: int | None = Field(None, ge=1, le=100)
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # token ids are strict: `true`/`1.5` are not token ids
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None

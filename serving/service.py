@@ -121,10 +121,15 @@ class GenerationService:
         return prompt, [rag_chat.source_of(hit) for hit in used]
 
     def _render(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of `messages` through the tokenizer's chat template."""
+        """Token ids of `messages` through the tokenizer's chat template.
+
+        Message content (and the passages RAG puts in a system message) is always text: a
+        special-token string inside it, such as a forged `<|im_end|>`, is encoded as ordinary
+        characters, so only the markers the template itself writes become control tokens.
+        """
         try:
             ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_dict=False
+                messages, add_generation_prompt=True, return_dict=False, sanitize_control_tokens=True
             )
         except Exception as exc:  # the template raises on what it cannot render
             raise InvalidRequestError(

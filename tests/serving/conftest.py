@@ -137,3 +137,18 @@ def kb_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
     settings = tiny_settings(tiny_checkpoint, kb_dir=kb_dir, max_upload_files=2)
     with run_server(settings, kb_settings=kb_test_settings(kb_dir)) as running:
         yield running
+
+
+@pytest.fixture
+def engine_requests(kb_server):
+    """Every `EngineRequest` the knowledge-base server's engine receives (the engine seam)."""
+    engine, seen = kb_server.app.state.service.engine, []
+    submit = engine.submit
+
+    def recording(request):
+        seen.append(request)
+        return submit(request)
+
+    engine.submit = recording
+    yield seen
+    del engine.submit

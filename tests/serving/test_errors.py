@@ -77,6 +77,91 @@ def test_invalid_parameters_are_400(server, body, param):
     assert_error(post_chat(server, **body), 400, "invalid_request_error", param=param)
 
 
+INT64 = 2**63
+
+
+def post_json(server, route: str, raw: str) -> httpx.Response:
+    """A body as raw JSON text (Python's json module would not write NaN or huge ints as asked)."""
+    return httpx.post(
+        f"{server.base_url}/{route}",
+        content=raw.encode(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+
+
+CHAT = '"model": "tiny", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4'
+PROMPT = '"model": "tiny", "max_tokens": 4'
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [
+        ("chat/completions", f'{CHAT}, "temperature": 0.7, "seed": {2**64}', "seed"),
+        ("chat/completions", f'{CHAT}, "temperature": 0.7, "seed": {-INT64 - 1}', "seed"),
+        ("chat/completions", f'{CHAT}, "temperature": 0.7, "seed": {INT64}', "seed"),
+        ("chat/completions", f'{CHAT}, "seed": 1e30', "seed"),
+        ("chat/completions", f'{CHAT}, "max_tokens": -1', "max_tokens"),
+        ("chat/completions", f'{CHAT}, "max_completion_tokens": 0', "max_completion_tokens"),
+        ("chat/completions", f'{CHAT}, "temperature": -1', "temperature"),
+        ("chat/completions", f'{CHAT}, "temperature": 1e9', "temperature"),
+        ("chat/completions", f'{CHAT}, "temperature": NaN', "temperature"),
+        ("chat/completions", f'{CHAT}, "top_p": 1.5', "top_p"),
+        ("chat/completions", f'{CHAT}, "top_p": NaN', "top_p"),
+        ("chat/completions", f'{CHAT}, "repetition_penalty": Infinity', "repetition_penalty"),
+        ("chat/completions", f'{CHAT}, "n": 0', "n"),
+        ("chat/completions", f'{CHAT}, "n": {2**70}', "n"),
+        ("chat/completions", f'{CHAT}, "stop": [""]', "stop"),
+        ("chat/completions", f'{CHAT}, "stop": ""', "stop"),
+        ("chat/completions", f'{CHAT}, "stop": [1]', "stop"),
+        ("chat/completions", f'{CHAT}, "stop": []', "stop"),
+        ("chat/completions", f'{CHAT}, "retrieval_top_k": 0', "retrieval_top_k"),
+        ("chat/completions", f'{CHAT}, "knowledge_base": ""', "knowledge_base"),
+        ("chat/completions", '"model": "", "messages": [{"role": "user", "content": "hi"}]', None),
+        ("completions", f'{PROMPT}, "prompt": [false]', None),
+        ("completions", f'{PROMPT}, "prompt": [true, 5]', None),
+        ("completions", f'{PROMPT}, "prompt": [1.5]', None),
+        ("completions", f'{PROMPT}, "prompt": [[]]', "prompt"),
+        ("completions", f'{PROMPT}, "prompt": []', "prompt"),
+        ("completions", f'{PROMPT}, "prompt": ""', "prompt"),
+        ("completions", f'{PROMPT}, "prompt": [""]', "prompt"),
+        ("completions", f'{PROMPT}, "prompt": [-1]', "prompt"),
+        ("completions", f'{PROMPT}, "prompt": [{2**64}]', None),
+        ("completions", f'{PROMPT}, "prompt": "hi", "echo": true', "echo"),
+        ("completions", f'{PROMPT}, "prompt": "hi", "best_of": 3', "best_of"),
+    ],
+)
+def test_parameter_edges_are_4xx_never_500(server, route, fields, param):
+    response = post_json(server, route, "{" + fields + "}")
+    assert response.status_code in (400, 404), response.text
+    error = response.json()["error"]
+    if param is not None:
+        assert (error["param"] or "").split(".")[0] == param, error
+    if error["param"] == "seed":
+        assert str(-INT64) in error["message"] and str(INT64 - 1) in error["message"]
+
+
+@pytest.mark.parametrize("seed", [INT64 - 1, -INT64, 0, -1])
+def test_seeds_at_the_ends_of_the_range_work_with_n(server, seed):
+    body = f'{CHAT}, "temperature": 0.7, "seed": {seed}, "n": 3'
+    first = post_json(server, "chat/completions", "{" + body + "}")
+    assert first.status_code == 200, first.text
+    again = post_json(server, "chat/completions", "{" + body + "}")
+    assert first.json()["choices"] == again.json()["choices"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    ['"max_tokens": 1000000000', f'"top_k": {2**70}', '"repetition_penalty": 1e300', '"n": 8'],
+)
+def test_extreme_but_valid_values_are_answered(server, fields):
+    """A huge max_tokens is capped by the context, a top_k past the vocabulary keeps every token,
+    a huge repetition penalty is applied as it is."""
+    body = "{" + CHAT + ", " + fields + ', "temperature": 0.9}'
+    response = post_json(server, "chat/completions", body)
+    assert response.status_code == 200, response.text
+
+
 def test_malformed_json_is_400(server):
     response = httpx.post(
         f"{server.base_url}/chat/completions",

@@ -34,19 +34,15 @@ def client(kb_server) -> OpenAI:
 
 
 @pytest.fixture
-def prompts(kb_server):
-    """The prompt text of every request the engine receives (the engine seam)."""
-    service = kb_server.app.state.service
-    engine, seen = service.engine, []
-    submit = engine.submit
+def prompts(kb_server, engine_requests):
+    """The prompt text of every request the engine receives."""
+    tokenizer = kb_server.app.state.service.tokenizer
 
-    def recording(request):
-        seen.append(service.tokenizer.decode(request.prompt_ids))
-        return submit(request)
+    class Decoded:
+        def __getitem__(self, index: int) -> str:
+            return tokenizer.decode(engine_requests[index].prompt_ids)
 
-    engine.submit = recording
-    yield seen
-    del engine.submit
+    return Decoded()
 
 
 def ask(client, kb: str | None, messages=None, max_tokens: int = 8, **kwargs):
