@@ -129,7 +129,10 @@ class GenerationService:
         """
         try:
             ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_dict=False, sanitize_control_tokens=True
+                messages,
+                add_generation_prompt=True,
+                return_dict=False,
+                sanitize_control_tokens=True,
             )
         except Exception as exc:  # the template raises on what it cannot render
             raise InvalidRequestError(
