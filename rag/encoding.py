@@ -1,7 +1,8 @@
 """Decode uploaded text: UTF-8 (with or without BOM), GB18030/GBK, UTF-16, else a careful guess.
 
 Binary junk is refused rather than decoded into mojibake: a decoding is accepted only when the
-text it gives is mostly printable.
+text it gives is mostly printable. BOM-less UTF-16 that is mostly Chinese (no NUL bytes to go
+by) is checked last and strictly, in rag.utf16_cjk.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from rag.errors import InvalidInput
+from rag.utf16_cjk import utf16_chinese_without_bom
 
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8-sig"),
@@ -109,7 +111,7 @@ def decode_text(data: bytes, filename: str = "file") -> DecodedText:
         from charset_normalizer import from_bytes
 
         best = from_bytes(data).best()
-        # A guess on a few bytes is noise; UTF-16/32 were handled above and need NULs anyway.
+        # A guess on a few bytes is noise; UTF-16/32 are handled above and below.
         if (
             best is not None
             and len(data) >= 64
@@ -119,6 +121,11 @@ def decode_text(data: bytes, filename: str = "file") -> DecodedText:
             text = _try(data, best.encoding)
             if text is not None:
                 return DecodedText(text, best.encoding)
+    # Last, so that it only ever rescues data every other reading refused: mostly-Chinese UTF-16
+    # has too few NULs for the check above, and GB18030 and the guess reject it as junk.
+    utf16 = utf16_chinese_without_bom(data)
+    if utf16 is not None:
+        return DecodedText(*utf16)
     raise InvalidInput(
         f"{filename}: looks like binary data, not text in UTF-8, UTF-16 or GB18030/GBK; "
         "upload a text file or give it its real extension."

@@ -1,7 +1,8 @@
 """KnowledgeBaseService: the one API the CLI and the HTTP routes call. Knows nothing of HTTP.
 
 Writes to a KB hold its file lock; the slow parts of adding (parsing, embedding) run before the
-lock is taken, so concurrent uploads to one KB overlap and all land.
+lock is taken, so concurrent uploads to one KB overlap and all land. The first time a service
+touches a KB it sweeps away what a writer killed mid-commit left there (KBStore.sweep).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class KnowledgeBaseService:
         self._embedder_lock = threading.Lock()
         self._cache: dict[str, KBIndex] = {}
         self._cache_lock = threading.Lock()
+        self._swept: set[str] = set()
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -80,6 +82,10 @@ class KnowledgeBaseService:
         store = self._store(name)
         if not store.exists():
             raise NotFound(f"knowledge base {name!r} does not exist; create it first.")
+        # Once per service, when it opens the KB; if a writer holds the KB just then, the sweep
+        # is skipped (that writer cleans up when it commits) and tried on the next call.
+        if name not in self._swept and store.sweep():
+            self._swept.add(name)
         return store
 
     def _index(self, name: str) -> KBIndex:
@@ -176,6 +182,7 @@ class KnowledgeBaseService:
         shutil.rmtree(trash, ignore_errors=True)
         with self._cache_lock:
             self._cache.pop(name, None)
+        self._swept.discard(name)
 
     # -- documents -----------------------------------------------------------------------
     def list_documents(self, name: str) -> list[DocumentInfo]:

@@ -7,7 +7,8 @@
         files/<doc_id>.ext the uploaded originals (write-once, content-addressed)
 
 A writer builds the next version in `.tmp-*`, renames it to `vNNNNNN`, then swaps CURRENT. Until
-that swap readers see the old version; leftovers of a crashed writer are removed by the next one.
+that swap readers see the old version; leftovers of a crashed writer are removed by the next
+writer, or sooner by `sweep()` when a service opens the KB and no writer holds it.
 The FAISS pickle is loaded only from a version folder we wrote, after its SHA-256 matches the one
 recorded in that folder's manifest.
 """
@@ -97,6 +98,22 @@ def file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def try_file_lock(path: Path) -> Iterator[bool]:
+    """Exclusive flock on `path` if it is free right now: yields True while holding it, else
+    False at once."""
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 class KBStore:
     """The folder of one knowledge base: versions, the CURRENT pointer, originals, the lock."""
 
@@ -171,6 +188,24 @@ class KBStore:
                 raise NotFound(f"knowledge base {self.name!r} does not exist; create it first.")
             yield
 
+    def sweep(self) -> bool:
+        """Remove what a writer killed mid-commit left (its `.tmp-*` folder, a version it never
+        made current, originals only that version listed), unless a writer holds the KB now:
+        waiting on it would stall the caller, and its own commit cleans up anyway. True if the
+        sweep ran."""
+        try:
+            with try_file_lock(self.root / LOCK) as locked:
+                if not locked or not self.exists():
+                    return False
+                current = self.current_version()
+                if not _VERSION.fullmatch(current):  # not ours to judge; never guess what is live
+                    return False
+                older = [v for v in self._versions() if int(v[1:]) < int(current[1:])]
+                self._clean(current, older[-1] if older else None)
+                return True
+        except OSError:  # deleted meanwhile, or a read-only folder: leave it to the next writer
+            return False
+
     def save_original(self, doc: dict, data: bytes) -> None:
         path = self.original_path(doc)
         path.parent.mkdir(exist_ok=True)
@@ -196,6 +231,7 @@ class KBStore:
                 with path.open("rb") as fh:
                     os.fsync(fh.fileno())
         version = self._next_version()
+        previous = self.current_version() if self.exists() else None
         os.rename(tmp, self.root / version)
         test_pause("before_commit")
         pointer = self.root / f".tmp-{uuid.uuid4().hex}-{CURRENT}"
@@ -206,20 +242,23 @@ class KBStore:
         os.replace(pointer, self.root / CURRENT)
         _fsync_dir(self.root)
         index.manifest, index.version = manifest, version
-        self._clean(keep={version})
+        self._clean(version, previous)
         return version
 
-    def _next_version(self) -> str:
-        numbers = [
-            int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.fullmatch(p.name))
-        ]
-        return f"v{max(numbers, default=0) + 1:06d}"
+    def _versions(self) -> list[str]:
+        """Version folder names, oldest first."""
+        found = [p.name for p in self.root.iterdir() if _VERSION.fullmatch(p.name)]
+        return sorted(found, key=lambda name: int(name[1:]))
 
-    def _clean(self, keep: set[str]) -> None:
-        """Drop crashed writers' leftovers and old versions (the previous one stays for readers
-        that are still loading it), plus originals no live document refers to."""
-        versions = sorted(p.name for p in self.root.iterdir() if _VERSION.fullmatch(p.name))
-        keep = keep | set(versions[-2:])
+    def _next_version(self) -> str:
+        versions = self._versions()
+        return f"v{int(versions[-1][1:]) + 1 if versions else 1:06d}"
+
+    def _clean(self, current: str, previous: str | None) -> None:
+        """Drop crashed writers' leftovers and every version but `current` and `previous` (kept
+        for readers that read CURRENT just before it changed), plus originals neither lists.
+        Only the lock holder may call this: it alone creates the things removed here."""
+        keep = {current} | ({previous} if previous else set())
         for path in self.root.iterdir():
             if path.name.startswith(".tmp-") or (
                 _VERSION.fullmatch(path.name) and path.name not in keep
@@ -233,6 +272,6 @@ class KBStore:
                 live |= {f"{d['id']}{d['extension']}" for d in self.read_manifest(v)["documents"]}
         files = self.root / FILES
         if files.is_dir():
-            for path in files.iterdir():
+            for path in files.iterdir():  # also write_file_atomic's `.tmp-*` of a killed writer
                 if path.name not in live:
                     path.unlink(missing_ok=True)

@@ -1,10 +1,20 @@
-"""Test documents built in-process: PDFs (CJK text through a ToUnicode map), docx, zip bombs."""
+"""Test documents built in-process: PDFs (CJK text through a ToUnicode map), docx, zip bombs,
+and Chinese texts to save as BOM-less UTF-16 (Windows "Unicode" text files)."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 import zlib
+
+# Too little ASCII for NUL bytes to betray UTF-16: pure Chinese, Chinese with ASCII and CRLF
+# lines, Traditional Chinese.
+UTF16_CHINESE = {
+    "pure": "话说天下大势，分久必合。" * 20,
+    "mixed-crlf": "第1回 宴桃园豪杰三结义\r\n话说天下大势，分久必合，合久必分。周末七国分争，并入于秦。\r\n"
+    * 5,
+    "traditional": "話說天下大勢，分久必合，合久必分。周末七國分爭，并入於秦。及秦滅之後，楚、漢分爭，又并入於漢。",
+}
 
 
 def make_pdf(pages: list[str], padding: int = 0) -> bytes:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,3 +117,68 @@ def test_two_processes_adding_at_once_both_land(seeded, tmp_path):
         d.filename for d in KnowledgeBaseService(service.settings).list_documents("demo")
     )
     assert names == ["new_gbk.txt", "old.txt", "other.txt"]
+
+
+def kb_leftovers(kb: Path) -> list[str]:
+    """What a killed writer leaves: temporaries, versions CURRENT never named, unlisted originals."""
+    current = (kb / "CURRENT").read_text()
+    listed = {
+        f"{d['id']}{d['extension']}"
+        for d in json.loads((kb / current / "manifest.json").read_text())["documents"]
+    }
+    return sorted(
+        [
+            p.name
+            for p in kb.iterdir()
+            if p.name.startswith(".tmp-")
+            or (re.fullmatch(r"v\d{6,}", p.name) and int(p.name[1:]) > int(current[1:]))
+        ]
+        + [f"files/{p.name}" for p in (kb / "files").iterdir() if p.name not in listed]
+    )
+
+
+@pytest.mark.parametrize("point", ["mid_write", "before_commit"])
+def test_opening_a_kb_removes_what_a_writer_killed_mid_commit_left(seeded, point):
+    service, new_file = seeded
+    kb = service.settings.kb_dir / "demo"
+    old = service.list_documents("demo")[0]
+    old_bytes = (kb / "files" / f"{old.id}.txt").read_bytes()
+    proc = start_add(service.settings.kb_dir, [new_file], pause=f"{point}:60")
+    try:
+        wait_for_pause(proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = kb_leftovers(kb)
+    # The kill left a version being built (.tmp-*, or renamed but never made current) and the
+    # new file's original, which no manifest CURRENT names lists.
+    assert any(not name.startswith("files/") for name in left), left
+    assert any(name.startswith("files/") for name in left), left
+    fresh = KnowledgeBaseService(service.settings)
+    assert [d.filename for d in fresh.list_documents("demo")] == ["old.txt"]
+    assert kb_leftovers(kb) == []
+    assert fresh.search("demo", "守株待兔", top_k=1)[0].filename == "old.txt"
+    assert (kb / "files" / f"{old.id}.txt").read_bytes() == old_bytes
+    assert hashlib.sha256(old_bytes).hexdigest() == old.sha256
+
+
+def test_opening_a_kb_leaves_a_live_writer_alone(seeded):
+    service, new_file = seeded
+    kb = service.settings.kb_dir / "demo"
+    # This writer holds the KB lock with its half-built version on disk for 3 s.
+    writer = start_add(service.settings.kb_dir, [new_file], pause="mid_write:3")
+    wait_for_pause(writer)
+    building = kb_leftovers(kb)
+    assert building
+    start = time.monotonic()
+    assert [d.filename for d in KnowledgeBaseService(service.settings).list_documents("demo")] == [
+        "old.txt"
+    ]
+    assert time.monotonic() - start < 1.5  # did not wait for the writer's lock
+    assert kb_leftovers(kb) == building
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    names = [d.filename for d in KnowledgeBaseService(service.settings).list_documents("demo")]
+    assert names == ["old.txt", "new_gbk.txt"]
+    assert kb_leftovers(kb) == []

@@ -4,7 +4,7 @@ import pytest
 
 from rag.errors import InvalidInput, TooLarge
 from rag.loaders import load_bytes
-from tests.rag.files import encrypt_pdf, make_docx, make_pdf, make_zip_bomb_docx
+from tests.rag.files import UTF16_CHINESE, encrypt_pdf, make_docx, make_pdf, make_zip_bomb_docx
 
 TEXT = "守株待兔比喻死守狭隘经验，不知变通。"
 
@@ -14,6 +14,14 @@ def test_plain_text_files_keep_their_text(ext):
     loaded = load_bytes(("# 标题\n\n" + TEXT).encode("gbk"), "notes" + ext)
     assert loaded.pages[0].page_content == "# 标题\n\n" + TEXT
     assert loaded.encoding == "gb18030"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_windows_unicode_text_without_bom_is_read(encoding):
+    text = UTF16_CHINESE["pure"]
+    loaded = load_bytes(text.encode(encoding), "三国演义.txt")
+    assert loaded.pages[0].page_content == text
+    assert loaded.encoding == encoding
 
 
 def test_pdf_pages_are_separate_documents_with_page_numbers():

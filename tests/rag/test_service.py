@@ -4,7 +4,13 @@ from rag.errors import Conflict, InvalidInput, NotFound
 from rag.models import Upload
 from rag.service import KnowledgeBaseService
 from tests.rag.conftest import IDIOMS, save_static_embedder, settings
-from tests.rag.files import encrypt_pdf, make_docx, make_pdf, make_zip_bomb_docx
+from tests.rag.files import (
+    UTF16_CHINESE,
+    encrypt_pdf,
+    make_docx,
+    make_pdf,
+    make_zip_bomb_docx,
+)
 
 
 def idiom_uploads() -> list[Upload]:
@@ -78,6 +84,23 @@ def test_add_several_files_of_every_kind_records_encoding_and_chunks(service):
     hits = service.search("demo", "掩耳盗铃", top_k=1)
     assert hits[0].filename == "book.pdf" and hits[0].page == 2
     assert hits[0].text[:4] in hits[0].text and hits[0].end - hits[0].start == len(hits[0].text)
+
+
+def test_bomless_utf16_chinese_upload_is_stored_as_its_text(tmp_path):
+    service = KnowledgeBaseService(settings(tmp_path, chunk_size=1000))  # one chunk per file
+    service.create_kb("demo")
+    uploads = [
+        Upload(filename=f"{name}.txt", data=text.encode("utf-16-le"))
+        for name, text in UTF16_CHINESE.items()
+    ]
+    result = service.add_documents("demo", uploads)
+    assert [(r.status, r.document.encoding) for r in result.results] == [
+        ("added", "utf-16-le")
+    ] * len(uploads)
+    for name, text in UTF16_CHINESE.items():
+        hits = service.search("demo", text[:12], top_k=len(uploads))
+        stored = next(h for h in hits if h.filename == f"{name}.txt")
+        assert stored.text == text.strip() and (stored.start, stored.end) == (0, len(text.strip()))
 
 
 def test_planted_chunk_comes_first_in_every_mode(service):
