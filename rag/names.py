@@ -9,7 +9,10 @@ from rag.errors import InvalidInput
 
 MAX_KB_NAME = 64
 MAX_FILENAME = 255
-_KB_NAME = re.compile(r"[^\W_][\w.\-]*")
+#: A letter or digit (any script), then letters, digits, `_`, `-` and dots, never two dots in a
+#: row. Also the pattern /openapi.json gives for KB names (Python `re` semantics: `\w` is Unicode).
+KB_NAME_PATTERN = r"^[^\W_][\w\-]*(?:\.[\w\-]+)*\.?$"
+_KB_NAME = re.compile(KB_NAME_PATTERN)
 
 
 def validate_kb_name(name: str) -> str:
@@ -20,7 +23,7 @@ def validate_kb_name(name: str) -> str:
         raise InvalidInput(
             f"knowledge base name is {len(name)} characters long; use at most {MAX_KB_NAME}."
         )
-    if ".." in name or not _KB_NAME.fullmatch(name):
+    if not _KB_NAME.fullmatch(name):
         raise InvalidInput(
             f"knowledge base name {name!r} is not allowed: start with a letter or digit and use only "
             "letters, digits, `_`, `-` and single dots (no `/`, no `..`)."

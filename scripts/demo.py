@@ -124,7 +124,11 @@ def main() -> None:
 
     step("starting the server", started)
     url = f"http://{args.host}:{args.port}"
-    env = {**os.environ, "XIAOPHI_KB_EMBEDDING_MODEL": str(run_dir / "embedder")}
+    env = {
+        "XIAOPHI_UI_DEFAULT_KB": "demo",  # the page opens on the knowledge base just filled
+        **os.environ,
+        "XIAOPHI_KB_EMBEDDING_MODEL": str(run_dir / "embedder"),
+    }
     command = [
         str(BIN / "xiaophi-serve"),
         "--model",

@@ -15,12 +15,13 @@ from dataclasses import replace
 from fastapi import FastAPI
 
 from rag.config import KBSettings
-from serving.api.deps import ApiKey
+from serving.api.auth import ApiKeyGuard, key_is_valid
+from serving.api.openapi import document_api
 from serving.api.routes import chat, completions, health, knowledge_bases, metrics, models
 from serving.config import Settings
 from serving.engine.factory import LoadedModel, build_engine
 from serving.errors import BodySizeLimit, install_error_handlers
-from serving.knowledge import KnowledgeBases
+from serving.knowledge import KnowledgeBases, server_kb_settings
 from serving.metrics import ServingMetrics
 from serving.service import GenerationService
 
@@ -34,11 +35,12 @@ def create_app(
 ) -> FastAPI:
     """Build the app. `load` turns settings into an engine (tests and new engines swap it).
 
-    `kb_settings` defaults to the `XIAOPHI_KB_*` variables, with `settings.kb_dir` when given.
+    `kb_settings` defaults to the `XIAOPHI_KB_*` variables, with `settings.kb_dir` when given
+    and the run's own embedder beside the served checkpoint when none is configured.
     """
     settings = settings or Settings()
     if kb_settings is None:
-        kb_settings = KBSettings(**({"kb_dir": settings.kb_dir} if settings.kb_dir else {}))
+        kb_settings = server_kb_settings(settings.model, settings.kb_dir)
     kbs = KnowledgeBases(kb_settings)
 
     @asynccontextmanager
@@ -80,20 +82,36 @@ def create_app(
         path_limits.append(replace(kb_upload_limit, path=re.compile(r"/ui/gradio_api/upload/?")))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, path_limits=path_limits)
 
-    # Every router in one place; all but /health need an API key when keys are configured.
-    app.include_router(health.router)
+    # With API keys configured, nothing but /health answers without one: the guard is the
+    # outermost middleware, so it covers every route, the page and the docs included. A browser
+    # logs in to the page once (ui/login.py); its session stands for the key it typed.
+    logins = None
+    if settings.ui and settings.api_keys:
+        from ui.login import PageLogins
+
+        logins = PageLogins(lambda key: key_is_valid(settings.api_keys, key))
+    app.add_middleware(ApiKeyGuard, keys=settings.api_keys, browser=logins)
+    document_api(app, settings.api_keys)
+
+    # Every router in one place.
     for router in (
+        health.router,
         metrics.router,
         models.router,
         chat.router,
         completions.router,
         knowledge_bases.router,
     ):
-        app.include_router(router, dependencies=[ApiKey])
+        app.include_router(router)
     if settings.ui:
         # Imported here so gradio loads only when the page is served; the page calls this
-        # server over HTTP like any other client.
+        # server over HTTP like any other client, with the key its user logged in with.
         from ui.mount import local_api_url, mount
 
-        mount(app, local_api_url(settings.host, settings.port))
+        mount(
+            app,
+            local_api_url(settings.host, settings.port),
+            default_kb=settings.ui_default_kb,
+            logins=logins,
+        )
     return app

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     ui: bool = Field(
         True, description="Serve the Gradio page at /ui (it calls this server over HTTP)."
     )
+    ui_default_kb: str | None = Field(
+        None,
+        description="Knowledge base the page opens on, if it exists (`make demo` sets `demo`).",
+    )
     log_level: str = Field("info", description="uvicorn log level.")
 
     @field_validator("api_keys", mode="before")

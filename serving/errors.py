@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.errors import Conflict, EmbedderUnavailable, InvalidInput, KBError, NotFound, TooLarge
@@ -42,10 +43,6 @@ _TYPES = {
 }
 
 
-class AuthenticationError(ServiceError):
-    pass
-
-
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict:
@@ -70,7 +67,6 @@ def error_response(
 def status_of(exc: BaseException) -> int:
     """The HTTP status a service exception stands for."""
     for cls, status in (
-        (AuthenticationError, 401),
         (ModelNotFoundError, 404),
         (ContextLengthError, 400),
         (InvalidRequestError, 400),
@@ -116,8 +112,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500 and not isinstance(exc, EngineNotReadyError):
             logger.exception("request failed", exc_info=exc)
         headers = {"Retry-After": "1"} if status in (429, 503) else None
-        if status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,9 +122,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, message, param=param, code="invalid_value")
 
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(
-            exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only; a
+            # path served by several routes (GET and DELETE /v1/knowledge_bases/{kb}) takes all
+            allowed = allowed_methods(request)
+            message = f"{request.method} is not allowed here; use {', '.join(allowed)}."
+            return error_response(405, message, headers={"Allow": ", ".join(allowed)})
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     for cls in (
         ServiceError,
@@ -143,6 +142,21 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(cls, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this request's path (routers nest, so
+    each method is asked of the routes the way Starlette matches them)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 
 from rag.config import KBSettings
 from rag.embeddings import Embedder
@@ -16,6 +17,22 @@ from serving.errors import PathLimit
 
 #: slack per uploaded file for its multipart headers
 _PART_OVERHEAD = 16 * 1024
+
+
+def server_kb_settings(model: Path | None, kb_dir: Path | None) -> KBSettings:
+    """The `XIAOPHI_KB_*` settings of a server for `model`, with its `kb_dir` when given.
+
+    When no embedder is configured, a checkpoint served from a run folder (`<run>/dpo`) uses
+    that run's own embedder (`<run>/embedder`) if the pipeline trained one, wherever the
+    server was started from; otherwise the default path stands.
+    """
+    settings = KBSettings(**({"kb_dir": kb_dir} if kb_dir else {}))
+    if "embedding_model" in settings.model_fields_set or model is None:
+        return settings
+    own = Path(model).resolve().parent / "embedder"
+    if (own / "modules.json").is_file():  # a sentence-transformers folder
+        return settings.model_copy(update={"embedding_model": str(own)})
+    return settings
 
 
 class KnowledgeBases:

@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-from rag.models import DocumentInfo, KnowledgeBaseInfo, SearchHit
-from rag.names import MAX_KB_NAME
+from rag.models import DocumentInfo, FileResult, KnowledgeBaseInfo, SearchHit
+from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
+from rag.service import MAX_QUERY_CHARS
 
 # ------------------------------------------------------------------ requests
 
@@ -225,20 +226,35 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every refusal: OpenAI's error body."""
+
     error: ErrorDetail
+
+
+class UploadRejected(ErrorResponse):
+    """No file of an upload was added: the error, and each file's result when files were read."""
+
+    results: list[FileResult] | None = None
 
 
 # ------------------------------------------------------------------ knowledge bases
 
 
 class CreateKnowledgeBase(BaseModel):
-    name: str = Field(description="Letters (any script), digits, `_`, `-`, `.`; at most 64.")
+    # documented, checked (with a message saying what to change) by rag/names.py
+    name: str = Field(
+        description="Letters (any script), digits, `_`, `-` and single dots; at most 64.",
+        json_schema_extra={"pattern": KB_NAME_PATTERN, "minLength": 1, "maxLength": MAX_KB_NAME},
+    )
 
 
 class SearchRequest(BaseModel):
-    query: str
+    # limits documented here, checked (with messages saying what to change) by the KB service
+    query: str = Field(json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS})
     top_k: int | None = Field(
-        None, description="Passages to return (1-100; default from settings)."
+        None,
+        description="Passages to return (default from settings).",
+        json_schema_extra={"minimum": 1, "maximum": 100},
     )
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
 

@@ -7,11 +7,12 @@ Import `ui` (not gradio) first: the package switches gradio's analytics off befo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from ui.client import ChatSettings, Source, UIError, UploadResult, XiaophiClient
 
@@ -131,16 +132,29 @@ def _error_note(text: str) -> dict[str, Any]:
     return {"role": "assistant", "content": text, "metadata": {"title": ERROR_TITLE}}
 
 
-def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
-    """The page, talking to the xiaophi server at `api_url` (with `api_key` unless the page gives one)."""
+def build_ui(
+    api_url: str,
+    api_key: str | None = None,
+    default_kb: str | None = None,
+    request_key: Callable[[gr.Request | None], str | None] | None = None,
+    logout_url: str | None = None,
+) -> gr.Blocks:
+    """The page, talking to the xiaophi server at `api_url`.
 
-    def client_for(page_key: str) -> XiaophiClient:
+    Its key: `request_key(request)` for each event when given (mounted in xiaophi-serve: the key
+    the user logged in with), else the one typed into the page, else `api_key`. The page opens
+    with `default_kb` selected if that knowledge base exists; `logout_url` adds a logout button.
+    """
+
+    def client_for(page_key: str, request: gr.Request | None) -> XiaophiClient:
+        if request_key is not None:
+            return XiaophiClient(api_url, request_key(request))
         return XiaophiClient(api_url, (page_key or "").strip() or api_key)
 
-    def kb_choices(page_key: str, selected: str) -> tuple[Any, str]:
+    def kb_choices(page_key: str, selected: str, request: gr.Request | None) -> tuple[Any, str]:
         """Picker update and a status line; the picker keeps "none" when the API fails."""
         try:
-            with client_for(page_key) as client:
+            with client_for(page_key, request) as client:
                 names = [kb["name"] for kb in client.list_knowledge_bases()]
         except Exception as exc:
             return gr.update(choices=[(NO_KB_LABEL, NO_KB)], value=NO_KB), _readable(exc)
@@ -148,38 +162,46 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
         choices = [(NO_KB_LABEL, NO_KB)] + [(name, name) for name in names]
         return gr.update(choices=choices, value=value), f"已刷新：{len(names)} 个知识库。"
 
-    def documents_of(page_key: str, kb: str) -> str:
+    def documents_of(page_key: str, kb: str, request: gr.Request) -> str:
         if not kb:
             return ""
         try:
-            with client_for(page_key) as client:
+            with client_for(page_key, request) as client:
                 return format_documents(kb, client.list_documents(kb))
         except Exception as exc:
             return _readable(exc)
 
-    def on_refresh(page_key: str, selected: str):
-        picker, status = kb_choices(page_key, selected)
-        return picker, status
+    def on_load(page_key: str, request: gr.Request):
+        return kb_choices(page_key, default_kb or NO_KB, request)
 
-    def on_create(page_key: str, name: str):
+    def on_refresh(page_key: str, selected: str, request: gr.Request):
+        return kb_choices(page_key, selected, request)
+
+    def on_create(page_key: str, name: str, request: gr.Request):
         try:
-            with client_for(page_key) as client:
+            with client_for(page_key, request) as client:
                 created = client.create_knowledge_base(name)
         except Exception as exc:
             return gr.update(), _readable(exc), gr.update()
         created_name = created.get("name", name.strip())
-        picker, _ = kb_choices(page_key, created_name)
+        picker, _ = kb_choices(page_key, created_name, request)
         return picker, f"已创建知识库 **{created_name}**。", ""
 
-    def on_upload(page_key: str, kb: str, files: list[str] | None, progress=gr.Progress()):  # noqa: B008
+    def on_upload(
+        page_key: str,
+        kb: str,
+        files: list[str] | None,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008
+    ):
         paths = [Path(f) for f in files or []]
         if not kb:
-            return "请先在上方选择一个知识库（不能是「无」）。", gr.update()
+            return "请先在上方选择一个知识库（不能是「无」）。", gr.update(), gr.update()
         if not paths:
-            return "请先选择要上传的文件。", gr.update()
+            return "请先选择要上传的文件。", gr.update(), gr.update()
         results: list[UploadResult] = []
         try:
-            with client_for(page_key) as client:
+            with client_for(page_key, request) as client:
                 # One file per request, so the progress bar moves as each is parsed and embedded.
                 for i, path in enumerate(paths):
                     progress((i, len(paths)), desc=f"正在处理 {path.name}（{i + 1}/{len(paths)}）")
@@ -188,10 +210,14 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
                 listing = format_documents(kb, client.list_documents(kb))
         except Exception as exc:
             done = format_upload_results(results)
-            return "\n\n".join(part for part in (done, _readable(exc)) if part), gr.update()
+            text = "\n\n".join(part for part in (done, _readable(exc)) if part)
+            return text, gr.update(), gr.update()
+        # The knowledge base has the files now: gradio's copies go, and the picker empties.
+        for path in paths:
+            _forget_upload(path)
         added = sum(r.status == "added" for r in results)
         summary = f"上传完成：{added}/{len(results)} 个文件已添加到 **{kb}**。"
-        return summary + "\n\n" + format_upload_results(results), listing
+        return summary + "\n\n" + format_upload_results(results), listing, None
 
     def on_chat(
         message: str,
@@ -202,12 +228,13 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
         max_tokens: float,
         kb: str,
         page_key: str,
+        request: gr.Request,
     ) -> Iterator[tuple[list[dict[str, Any]], str, Any]]:
         history = list(history or [])
         if not (message or "").strip():
             yield history, "", gr.update()
             return
-        request = api_messages(history, system_prompt) + [{"role": "user", "content": message}]
+        conversation = api_messages(history, system_prompt) + [{"role": "user", "content": message}]
         history.append({"role": "user", "content": message})
         answer = {"role": "assistant", "content": ""}
         history.append(answer)
@@ -219,8 +246,8 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
             knowledge_base=kb or None,
         )
         try:
-            with client_for(page_key) as client:
-                for event in client.stream_chat(request, settings):
+            with client_for(page_key, request) as client:
+                for event in client.stream_chat(conversation, settings):
                     if isinstance(event, str):
                         answer["content"] += event
                     else:
@@ -240,7 +267,11 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
             history.append(_error_note(_readable(exc)))
         yield history, "", gr.update(interactive=True)
 
-    with gr.Blocks(title="小Phi · xiaophi", analytics_enabled=False) as demo:
+    # Files the page receives are gradio's copies on their way to a knowledge base: sent ones
+    # are deleted at once (on_upload), any left behind after an hour.
+    with gr.Blocks(
+        title="小Phi · xiaophi", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as demo:
         gr.Markdown(
             "## 小Phi · xiaophi\n从零训练的中文小模型。可直接聊天，也可以选择知识库，"
             "让回答依据你上传的文档（RAG），并在回答下方列出来源。"
@@ -311,12 +342,17 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
                     )
                 with gr.Accordion("连接", open=False):
                     gr.Markdown(f"API 地址：`{api_url}`")
-                    page_key = gr.Textbox(
-                        label="API key（服务器要求时填写）",
-                        type="password",
-                        placeholder="留空则使用启动时给的 key",
-                        elem_id="api-key",
-                    )
+                    if request_key is None:
+                        page_key = gr.Textbox(
+                            label="API key（服务器要求时填写）",
+                            type="password",
+                            placeholder="留空则使用启动时给的 key",
+                            elem_id="api-key",
+                        )
+                    else:  # the key is the one the user logged in with
+                        page_key = gr.State("")
+                    if logout_url:
+                        gr.Button("退出登录", link=logout_url, size="sm", elem_id="logout")
                 status = gr.Markdown(elem_id="status")
 
         chat_inputs = [
@@ -347,7 +383,24 @@ def build_ui(api_url: str, api_key: str | None = None) -> gr.Blocks:
         create.click(on_create, [page_key, new_kb_name], [kb_picker, status, new_kb_name])
         kb_picker.change(documents_of, [page_key, kb_picker], documents)
         upload.click(
-            on_upload, [page_key, kb_picker, files], [upload_result, documents], concurrency_limit=4
+            on_upload,
+            [page_key, kb_picker, files],
+            [upload_result, documents, files],
+            concurrency_limit=4,
         )
-        demo.load(on_refresh, [page_key, kb_picker], [kb_picker, status])
+        demo.load(on_load, [page_key], [kb_picker, status])
     return demo
+
+
+def _forget_upload(path: Path) -> None:
+    """Delete gradio's copy of an uploaded file (and its folder, when empty); only in its cache."""
+    try:
+        cache = Path(get_upload_folder()).resolve()
+        path = path.resolve()
+        if cache not in path.parents:
+            return
+        path.unlink(missing_ok=True)
+        if path.parent != cache and not any(path.parent.iterdir()):
+            path.parent.rmdir()
+    except OSError:
+        logger.warning("could not remove the uploaded copy %s", path, exc_info=True)

@@ -18,6 +18,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("XIAOPHI_UI_API_KEY"),
         help="key the page sends when the user gives none (XIAOPHI_UI_API_KEY)",
     )
+    parser.add_argument(
+        "--default-kb",
+        default=os.environ.get("XIAOPHI_UI_DEFAULT_KB"),
+        help="knowledge base selected when the page opens, if it exists (XIAOPHI_UI_DEFAULT_KB)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     return parser.parse_args(argv)
@@ -27,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from ui.app import build_ui  # imports gradio, after `ui` switched its analytics off
 
-    demo = build_ui(args.api, args.api_key)
+    demo = build_ui(args.api, args.api_key, default_kb=args.default_kb)
     demo.queue().launch(
         server_name=args.host, server_port=args.port, share=False, ssr_mode=False, run_history=False
     )

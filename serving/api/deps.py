@@ -1,21 +1,18 @@
-"""Dependencies of the routes: the generation and knowledge-base services, the API-key check."""
+"""Dependencies of the routes: settings, metrics, the generation and knowledge-base services.
+
+API keys are not a dependency: `serving/api/auth.py` checks them for every route at once."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rag.service import KnowledgeBaseService
 from serving.config import Settings
-from serving.errors import AuthenticationError
 from serving.exceptions import EngineNotReadyError
 from serving.metrics import ServingMetrics
 from serving.service import GenerationService
-
-_bearer = HTTPBearer(auto_error=False)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -39,22 +36,7 @@ async def get_kb_service(request: Request) -> KnowledgeBaseService:
     return request.app.state.knowledge_bases.get()
 
 
-async def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    if credentials is None:
-        raise AuthenticationError(
-            "Missing API key: send `Authorization: Bearer <key>`.", code="missing_api_key"
-        )
-    if not any(secrets.compare_digest(credentials.credentials, key) for key in keys):
-        raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 ServiceDep = Annotated[GenerationService, Depends(get_service)]
 KBServiceDep = Annotated[KnowledgeBaseService, Depends(get_kb_service)]
-ApiKey = Depends(require_api_key)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+#: Temperatures below this decode greedily (as vLLM does below 1e-5).
+GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass
@@ -28,7 +30,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        # below GREEDY_TEMPERATURE, logits / temperature overflows float32: argmax is the limit
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
 
 @dataclass

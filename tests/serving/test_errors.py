@@ -296,3 +296,18 @@ def test_failure_after_stream_started_ends_with_error_event(server, monkeypatch)
     assert_error(response, 500, "internal_error", "generation_failed")
     monkeypatch.undo()
     assert engine.stats().running == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/v1/knowledge_bases/demo", "DELETE, GET"),
+        ("PUT", "/v1/knowledge_bases", "GET, POST"),
+        ("GET", "/v1/chat/completions", "POST"),
+        ("DELETE", "/v1/knowledge_bases/demo/documents", "GET, POST"),
+    ],
+)
+def test_method_not_allowed_names_every_method_of_the_path(server, method, path, allowed):
+    response = httpx.request(method, f"{server.url}{path}")
+    assert_error(response, 405, "invalid_request_error")
+    assert response.headers["allow"] == allowed

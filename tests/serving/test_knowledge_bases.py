@@ -12,7 +12,7 @@ from rag.cli import main as kb_cli
 from serving.config import Settings
 from tests.rag.conftest import IDIOMS
 from tests.rag.files import encrypt_pdf, make_pdf, make_zip_bomb_docx
-from tests.serving.conftest import kb_test_settings, run_server
+from tests.serving.conftest import kb_test_settings, run_server, tiny_settings
 from tests.serving.kb_helpers import FILLER, kb_state, new_kb, search, upload
 from tests.serving.test_errors import assert_error
 
@@ -312,3 +312,28 @@ def test_upload_route_has_its_own_body_limit(bare_server):
     # other routes keep the global limit
     response = httpx.post(url, json={"name": "x" * 3000}, headers=AUTH)
     assert_error(response, 413, "invalid_request_error", "request_too_large")
+
+
+def test_a_run_folder_checkpoint_uses_its_own_embedder(tiny_checkpoint, tmp_path, monkeypatch):
+    """`xiaophi-serve --model /elsewhere/runs/x/dpo` started from any folder: uploads embed
+    with `/elsewhere/runs/x/embedder`, not a `runs/tiny/embedder` relative to the cwd."""
+    import shutil
+
+    from rag.embeddings import embedder_id
+    from tests.rag.conftest import save_static_embedder
+
+    monkeypatch.delenv("XIAOPHI_KB_EMBEDDING_MODEL", raising=False)
+    run = tmp_path / "elsewhere" / "runs" / "x"
+    shutil.copytree(tiny_checkpoint, run / "dpo")
+    save_static_embedder(run / "embedder")
+    cwd = tmp_path / "somewhere-else"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    settings = tiny_settings(run / "dpo", kb_dir=tmp_path / "kb", ui=False)
+    with run_server(settings) as server:
+        kb = new_kb(server)
+        assert (
+            upload(server, kb, ("a.txt", "守株待兔比喻死守狭隘经验。".encode())).status_code == 200
+        )
+        info = httpx.get(f"{server.base_url}/knowledge_bases/{kb}").json()
+    assert info["embedding_model"] == embedder_id(str(run / "embedder"))

@@ -143,6 +143,16 @@ def test_sampling_seed_n_and_extra_body(client):
     assert other.choices[0].message.content != first.choices[0].message.content
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-300, 5e-324])
+def test_a_vanishing_temperature_decodes_greedily(client, reference, temperature):
+    """logits / 1e-30 overflows to inf (softmax NaN): such temperatures mean greedy."""
+    prompt = "学而时习之"
+    expected = reference.greedy_text(reference.chat_ids(prompt), 16)
+    for _ in range(2):
+        answer = chat(client, prompt, temperature=temperature, max_tokens=16)
+        assert answer.choices[0].message.content == expected
+
+
 def test_n_choices_usage(client, reference):
     ids = reference.chat_ids("你好")
     expected = reference.greedy_ids(ids, 10)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 
 from rag.config import KBSettings
 from tests.conftest import TINY_TEXTS
@@ -68,6 +75,79 @@ def keyed_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
     settings = tiny_settings(tiny_checkpoint, kb_dir=kb_dir, api_keys=["secret"], ui=False)
     with run_server(settings, kb_settings=kb_settings(kb_dir)) as running:
         yield running
+
+
+class KeyRecorder:
+    """ASGI wrapper: the `Authorization` header of every API call (/v1/...) that arrives."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.calls: list[tuple[str, str]] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+            self.calls.append((scope["path"], auth))
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class KeyedPage:
+    server: RunningServer
+    keys: list[str]
+    default_kb: str
+    recorder: KeyRecorder
+
+
+@pytest.fixture(scope="session")
+def keyed_ui_server(rag_checkpoint, tmp_path_factory) -> Iterator[KeyedPage]:
+    """The page mounted on a server with two API keys, opening on knowledge base `demo`
+    (which exists); every API call's key is recorded."""
+    kb_dir = tmp_path_factory.mktemp("ui_kb_keys") / "kb"
+    keys = ["alpha-key", "beta-key"]
+    settings = tiny_settings(
+        rag_checkpoint, kb_dir=kb_dir, api_keys=keys, ui_default_kb="demo", ui=True
+    )
+    with run_server(settings, kb_settings=kb_settings(kb_dir)) as running:
+        created = httpx.post(
+            f"{running.base_url}/knowledge_bases",
+            json={"name": "demo"},
+            headers={"Authorization": f"Bearer {keys[0]}"},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        # the app's middleware was built when it started: record in front of it from now on
+        recorder = KeyRecorder(running.app.middleware_stack)
+        running.app.middleware_stack = recorder
+        yield KeyedPage(running, keys, "demo", recorder)
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """Any ASGI app (e.g. the stand-alone page) on a free port, in a thread; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def call_page(client: httpx.Client, name: str, data: list) -> list:
+    """Run the page's event `name` through gradio's API (as the browser does); its outputs."""
+    event = client.post(f"/ui/gradio_api/call/{name}", json={"data": data})
+    assert event.status_code == 200, event.text
+    stream = client.get(f"/ui/gradio_api/call/{name}/{event.json()['event_id']}").text
+    assert "event: complete" in stream, stream
+    return json.loads(stream.split("event: complete", 1)[1].split("data:", 1)[1].strip())
 
 
 @pytest.fixture

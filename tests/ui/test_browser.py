@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from gradio.utils import get_upload_folder
 
-from tests.serving.conftest import free_port
+from tests.ui.conftest import serve
 from ui import screenshot
 
 CHROMIUM = os.environ.get("XIAOPHI_CHROMIUM", screenshot.CHROMIUM)
@@ -84,6 +85,7 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
     assert page.input_value("#kb-picker input") == "成语库"
 
     # 3. upload a GBK text file and see it listed
+    started = time.time() - 1
     page.set_input_files("#files input[type=file]", str(gbk_file))
     page.locator("#files").get_by_text(gbk_file.stem).first.wait_for()  # name, suffix may split
     page.click("#upload")
@@ -91,6 +93,9 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
     assert gbk_file.name in page.inner_text("#upload-result")
     listing = page.inner_text("#documents")
     assert gbk_file.name in listing and "gb" in listing.lower()
+    # the knowledge base has it: gradio's copy of the upload is gone from the server's disk
+    copies = Path(get_upload_folder()).rglob(gbk_file.name)
+    assert not [p for p in copies if p.stat().st_mtime >= started], "gradio kept the upload"
 
     # 4. ask about it: the answer comes with its sources underneath
     screenshot.ask(page, "守株待兔是什么意思？")
@@ -113,17 +118,8 @@ def page_without_api(dead_url) -> Iterator[str]:
     """The stand-alone page pointed at an address where no API listens."""
     from ui.mount import mount
 
-    port = free_port()
-    app = mount(FastAPI(), dead_url)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/ui/"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve(mount(FastAPI(), dead_url)) as url:
+        yield f"{url}/ui/"
 
 
 def test_api_down_shows_a_readable_message(page_without_api, page):
@@ -134,3 +130,63 @@ def test_api_down_shows_a_readable_message(page_without_api, page):
     assert "Traceback" not in page.inner_text("body")
     page.click("#upload")
     page.locator("#upload-result").get_by_text("请先在上方选择一个知识库").wait_for()
+
+
+def log_in(page, url: str, key: str) -> None:
+    """Open the page, meet the login form (a 401), give `key`."""
+    response = page.goto(f"{url}/ui/")
+    assert response.status == 401
+    page.fill("#login-key", key)
+    page.click("#login")
+
+
+def calls_since(recorder, start: int, timeout: float = 30) -> list[tuple[str, str]]:
+    """The API calls recorded after the first `start`, once there are some."""
+    deadline = time.monotonic() + timeout
+    while len(recorder.calls) <= start and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return recorder.calls[start:]
+
+
+def test_login_once_and_the_page_calls_the_api_with_that_key(keyed_ui_server, page):
+    url, recorder = keyed_ui_server.server.url, keyed_ui_server.recorder
+    alpha, beta = keyed_ui_server.keys
+
+    # a wrong key is refused on the form, and nothing reaches the API
+    start = len(recorder.calls)
+    log_in(page, url, "not-a-key")
+    page.locator("#login-note").get_by_text("不正确").wait_for()
+    assert recorder.calls[start:] == []
+
+    # the right one opens the page, on the default knowledge base
+    log_in(page, url, alpha)
+    page.wait_for_selector("#chat-input textarea")
+    page.locator("#status").get_by_text("已刷新：1 个知识库").wait_for()
+    assert page.input_value("#kb-picker input") == keyed_ui_server.default_kb
+    page.locator("#documents").get_by_text("还没有文档").wait_for()
+    assert not page.locator("#api-key").count()  # no key field: the login is the key
+    screenshot.ask(page, "你好")
+    calls = recorder.calls[start:]
+    paths = {path for path, _ in calls}
+    assert {"/v1/knowledge_bases", "/v1/models", "/v1/chat/completions"} <= paths
+    assert "/v1/knowledge_bases/demo/documents" in paths
+    assert {auth for _, auth in calls} == {f"Bearer {alpha}"}
+
+    # meanwhile another user logs in with the other key (over HTTP, through gradio's own API
+    # as a second browser would): each session's events send its own user's key
+    with httpx.Client(base_url=url, timeout=60) as other:
+        assert other.post("/ui/login", data={"key": beta}).status_code == 303
+        start = len(recorder.calls)
+        event = other.post("/ui/gradio_api/call/on_refresh", json={"data": [""]})
+        result = other.get(f"/ui/gradio_api/call/on_refresh/{event.json()['event_id']}")
+        assert "event: complete" in result.text and "demo" in result.text
+        assert {auth for _, auth in recorder.calls[start:]} == {f"Bearer {beta}"}
+    start = len(recorder.calls)
+    page.click("#refresh")
+    assert {auth for _, auth in calls_since(recorder, start)} == {f"Bearer {alpha}"}
+
+    # logging out ends the session: the login form again
+    page.get_by_text("连接", exact=True).click()
+    page.click("#logout")
+    page.wait_for_selector("#login-key")
+    assert page.url.rstrip("/").endswith("/ui")

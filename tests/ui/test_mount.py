@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+from fastapi import FastAPI
 
+from serving.config import Settings
+from tests.ui.conftest import call_page, serve
 from ui.cli import parse_args
-from ui.mount import local_api_url
+from ui.mount import local_api_url, mount
 
 
 def test_page_is_served_at_ui(ui_server):
@@ -18,7 +21,10 @@ def test_page_is_served_at_ui(ui_server):
 
 
 def test_page_can_be_switched_off(keyed_server):
-    assert httpx.get(f"{keyed_server.url}/ui/", timeout=30).status_code == 404
+    key = {"Authorization": "Bearer secret"}
+    assert httpx.get(f"{keyed_server.url}/ui/", headers=key, timeout=30).status_code == 404
+    # and without the key, nothing tells whether it is there
+    assert httpx.get(f"{keyed_server.url}/ui/", timeout=30).status_code == 401
 
 
 def test_local_api_url():
@@ -36,3 +42,23 @@ def test_cli_flags():
         7861,
         "127.0.0.1",
     )
+
+
+def test_the_page_opens_on_the_default_knowledge_base_when_it_exists(
+    keyed_ui_server, ui_server, monkeypatch
+):
+    monkeypatch.setenv("XIAOPHI_UI_DEFAULT_KB", "demo")  # what `make demo` sets
+    assert Settings(_env_file=None).ui_default_kb == "demo"
+
+    # xiaophi-serve's page, with `ui_default_kb="demo"` and a `demo` knowledge base
+    key = {"Authorization": f"Bearer {keyed_ui_server.keys[0]}"}
+    with httpx.Client(base_url=keyed_ui_server.server.url, headers=key, timeout=60) as client:
+        picker, status = call_page(client, "on_load", [])
+    assert picker["value"] == "demo" and ["demo", "demo"] in picker["choices"]
+    assert "1 个知识库" in status
+
+    # a default that does not exist: the page opens on "none"
+    page = mount(FastAPI(), ui_server.url, default_kb="no-such-kb")
+    with serve(page) as url, httpx.Client(base_url=url, timeout=60) as client:
+        picker, _ = call_page(client, "on_load", [])
+    assert picker["value"] == ""

@@ -7,13 +7,14 @@ from fastapi.responses import JSONResponse
 
 from serving.api.deps import ServiceDep
 from serving.api.disconnect import unless_disconnected
+from serving.api.openapi import STREAMED_OK, error_responses
 from serving.api.sse import EventStreamResponse
 from serving.schemas import ChatCompletion, ChatRequest
 
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], responses=error_responses(400, 404, 413, 429, 503))
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post("/chat/completions", response_model=ChatCompletion, responses=STREAMED_OK)
 async def chat_completions(body: ChatRequest, service: ServiceDep, request: Request):
     if body.stream:
         # every choice is queued before the 200 goes out, so a refusal is still a real status

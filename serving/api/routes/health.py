@@ -5,12 +5,35 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from serving.api.openapi import error_responses
 from serving.errors import error_response
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        200: {
+            "description": "The model is loaded and its engine runs.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "status": {"const": "ok"},
+                            "model": {"type": "string"},
+                            "running": {"type": "integer"},
+                            "waiting": {"type": "integer"},
+                        },
+                        "required": ["status", "model", "running", "waiting"],
+                    }
+                }
+            },
+        },
+        **error_responses(503),
+    },
+)
 async def health(request: Request) -> JSONResponse:
     service = request.app.state.service
     if service is None or not service.engine.is_ready:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from rag.models import AddResult, FileResult, KnowledgeBaseInfo, Upload
+from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
 from serving.api.deps import KBServiceDep, SettingsDep
+from serving.api.openapi import error_responses
 from serving.errors import error_body
 from serving.exceptions import InvalidRequestError
 from serving.schemas import (
@@ -24,9 +26,20 @@ from serving.schemas import (
     KnowledgeBaseList,
     SearchHitList,
     SearchRequest,
+    UploadRejected,
 )
 
 router = APIRouter(prefix="/v1/knowledge_bases", tags=["knowledge bases"])
+
+#: A KB name in a path: the rule rag/names.py applies, documented (the service checks it and
+#: says what to change, so the route does not validate it a second time).
+KBName = Annotated[
+    str,
+    Path(
+        description="Knowledge-base name.",
+        json_schema_extra={"pattern": KB_NAME_PATTERN, "minLength": 1, "maxLength": MAX_KB_NAME},
+    ),
+]
 
 
 @router.get("")
@@ -34,24 +47,24 @@ async def list_knowledge_bases(kbs: KBServiceDep) -> KnowledgeBaseList:
     return KnowledgeBaseList(data=await run_in_threadpool(kbs.list_kbs))
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(400, 409))
 async def create_knowledge_base(body: CreateKnowledgeBase, kbs: KBServiceDep) -> KnowledgeBaseInfo:
     return await run_in_threadpool(kbs.create_kb, body.name)
 
 
-@router.get("/{kb}")
-async def get_knowledge_base(kb: str, kbs: KBServiceDep) -> KnowledgeBaseInfo:
+@router.get("/{kb}", responses=error_responses(400, 404))
+async def get_knowledge_base(kb: KBName, kbs: KBServiceDep) -> KnowledgeBaseInfo:
     return await run_in_threadpool(kbs.get_kb, kb)
 
 
-@router.delete("/{kb}")
-async def delete_knowledge_base(kb: str, kbs: KBServiceDep) -> DeletedKnowledgeBase:
+@router.delete("/{kb}", responses=error_responses(400, 404, 409))
+async def delete_knowledge_base(kb: KBName, kbs: KBServiceDep) -> DeletedKnowledgeBase:
     await run_in_threadpool(kbs.delete_kb, kb)
     return DeletedKnowledgeBase(name=kb)
 
 
-@router.get("/{kb}/documents")
-async def list_documents(kb: str, kbs: KBServiceDep) -> DocumentList:
+@router.get("/{kb}/documents", responses=error_responses(400, 404))
+async def list_documents(kb: KBName, kbs: KBServiceDep) -> DocumentList:
     return DocumentList(data=await run_in_threadpool(kbs.list_documents, kb))
 
 
@@ -59,13 +72,25 @@ async def list_documents(kb: str, kbs: KBServiceDep) -> DocumentList:
     "/{kb}/documents",
     response_model=AddResult,
     responses={
-        400: {"description": "every file was rejected (the body also carries `results`)"},
-        413: {"description": "every file was too large (the body also carries `results`)"},
+        **error_responses(404, 409, 503),
+        400: {
+            "model": UploadRejected,
+            "description": "Every file was rejected (`results` says why, file by file), or "
+            "the request itself is invalid (then without `results`).",
+        },
+        413: {
+            "model": UploadRejected,
+            "description": "Every file was too large (`results` names them), or the whole "
+            "body is (then without `results`).",
+        },
     },
 )
 async def upload_documents(
-    kb: str,
-    files: Annotated[list[UploadFile], File(description="One or more files (field `files`).")],
+    kb: KBName,
+    files: Annotated[
+        list[UploadFile],
+        File(description="One or more files (field `files`).", json_schema_extra={"minItems": 1}),
+    ],
     kbs: KBServiceDep,
     settings: SettingsDep,
 ):
@@ -107,13 +132,13 @@ def _names_file(reason: str, filename: str) -> bool:
     return bool(filename) and (reason.startswith(filename) or repr(filename) in reason)
 
 
-@router.delete("/{kb}/documents/{doc_id}")
-async def delete_document(kb: str, doc_id: str, kbs: KBServiceDep) -> DeletedDocument:
+@router.delete("/{kb}/documents/{doc_id}", responses=error_responses(400, 404, 409))
+async def delete_document(kb: KBName, doc_id: str, kbs: KBServiceDep) -> DeletedDocument:
     info = await run_in_threadpool(kbs.delete_document, kb, doc_id)
     return DeletedDocument(**info.model_dump())
 
 
-@router.post("/{kb}/search")
-async def search(kb: str, body: SearchRequest, kbs: KBServiceDep) -> SearchHitList:
+@router.post("/{kb}/search", responses=error_responses(400, 404, 503))
+async def search(kb: KBName, body: SearchRequest, kbs: KBServiceDep) -> SearchHitList:
     hits = await run_in_threadpool(kbs.search, kb, body.query, body.top_k, body.mode)
     return SearchHitList(data=hits)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from serving.api.deps import ServiceDep
+from serving.api.openapi import error_responses
 from serving.exceptions import ModelNotFoundError
 from serving.schemas import ModelCard, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(503))
 
 
 @router.get("/models")
@@ -18,7 +19,7 @@ async def list_models(service: ServiceDep) -> ModelList:
     )
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", responses=error_responses(404))
 async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
     if model_id != service.model_name:
         raise ModelNotFoundError(
