@@ -113,6 +113,7 @@ def test_compose_config_validates(tool, files, tmp_path):
     assert env_of(api)["XIAOPHI_MODEL"] == "/models/tiny/dpo"
     assert env_of(api)["XIAOPHI_KB_EMBEDDING_MODEL"] == "/models/tiny/embedder"
     assert "XIAOPHI_API_KEYS" in env_of(api)
+    assert env_of(api)["XIAOPHI_UI_DEFAULT_KB"] == "demo"  # the trainer fills the demo KB
     assert env_of(trainer)["XIAOPHI_MODEL"] == env_of(api)["XIAOPHI_MODEL"]
 
     for service in (trainer, api):
