@@ -74,9 +74,8 @@ def seeded(tmp_path):
     return service, new_file
 
 
-@pytest.mark.parametrize("point", ["after_embed", "mid_write", "before_commit"])
-def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded, point):
-    service, new_file = seeded
+def kill_9_while_adding(service, new_file, point: str) -> None:
+    """A writer process adding `new_file`, killed with SIGKILL while paused at `point`."""
     proc = start_add(service.settings.kb_dir, [new_file], pause=f"{point}:60")
     try:
         wait_for_pause(proc)
@@ -85,6 +84,12 @@ def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded, point):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("point", ["after_embed", "mid_write", "before_commit"])
+def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded, point):
+    service, new_file = seeded
+    kill_9_while_adding(service, new_file, point)
     fresh = KnowledgeBaseService(service.settings)
     assert [d.filename for d in fresh.list_documents("demo")] == ["old.txt"]
     hits = fresh.search("demo", "守株待兔", top_k=5)
@@ -143,14 +148,7 @@ def test_opening_a_kb_removes_what_a_writer_killed_mid_commit_left(seeded, point
     kb = service.settings.kb_dir / "demo"
     old = service.list_documents("demo")[0]
     old_bytes = (kb / "files" / f"{old.id}.txt").read_bytes()
-    proc = start_add(service.settings.kb_dir, [new_file], pause=f"{point}:60")
-    try:
-        wait_for_pause(proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_9_while_adding(service, new_file, point)
     left = kb_leftovers(kb)
     # The kill left a version being built (.tmp-*, or renamed but never made current) and the
     # new file's original, which no manifest CURRENT names lists.

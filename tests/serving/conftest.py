@@ -34,9 +34,15 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def run_server(settings: Settings, **app_kwargs) -> Iterator[RunningServer]:
+def serve(app) -> Iterator[str]:
+    """Any ASGI app on a free port under a real uvicorn, in a thread; yields its URL."""
     port = free_port()
-    app = create_app(settings.model_copy(update={"port": port}), **app_kwargs)
+    with serve_on(app, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serve_on(app, port: int) -> Iterator[None]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -46,10 +52,19 @@ def run_server(settings: Settings, **app_kwargs) -> Iterator[RunningServer]:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def run_server(settings: Settings, **app_kwargs) -> Iterator[RunningServer]:
+    """The xiaophi app for `settings` (the page, if on, calls back to the port it is served on)."""
+    port = free_port()
+    app = create_app(settings.model_copy(update={"port": port}), **app_kwargs)
+    with serve_on(app, port):
+        yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
 
 
 def tiny_settings(checkpoint, **overrides) -> Settings:

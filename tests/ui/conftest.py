@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from rag.config import KBSettings
 from tests.conftest import TINY_TEXTS
@@ -120,25 +116,6 @@ def keyed_ui_server(rag_checkpoint, tmp_path_factory) -> Iterator[KeyedPage]:
         recorder = KeyRecorder(running.app.middleware_stack)
         running.app.middleware_stack = recorder
         yield KeyedPage(running, keys, "demo", recorder)
-
-
-@contextlib.contextmanager
-def serve(app) -> Iterator[str]:
-    """Any ASGI app (e.g. the stand-alone page) on a free port, in a thread; yields its URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def call_page(client: httpx.Client, name: str, data: list) -> list:

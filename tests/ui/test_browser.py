@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from gradio.utils import get_upload_folder
 
-from tests.ui.conftest import serve
+from tests.serving.conftest import serve
 from ui import screenshot
 
 CHROMIUM = os.environ.get("XIAOPHI_CHROMIUM", screenshot.CHROMIUM)

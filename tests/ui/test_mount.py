@@ -6,7 +6,8 @@ import httpx
 from fastapi import FastAPI
 
 from serving.config import Settings
-from tests.ui.conftest import call_page, serve
+from tests.serving.conftest import serve
+from tests.ui.conftest import call_page
 from ui.cli import parse_args
 from ui.mount import local_api_url, mount
 
