@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "runs/tiny/embedder"
@@ -46,10 +46,37 @@ class KBSettings(BaseSettings):
         description=(
             "sentence-transformers model name or path (e.g. a bge-small-zh folder), or "
             "`hashing` for the built-in character n-gram hashing embedder. The default is the "
-            "embedder `xiaophi-train embedder` trains."
+            "embedder `xiaophi-train embedder` trains. With embedding_url set: the model id that "
+            "server serves (required then), e.g. `BAAI/bge-small-zh-v1.5`."
         ),
     )
-    embedding_batch_size: int = Field(64, ge=1, description="Chunks per embedding batch.")
+    embedding_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of an OpenAI-compatible embeddings API (vLLM, TEI, Xinference, OpenAI, "
+            "another xiaophi), e.g. `http://host:8000/v1`. When set, chunks and queries are "
+            "embedded by its `POST /embeddings` with embedding_model as the model id, instead "
+            "of by a model loaded here; KBs record `remote:<url>#<model>`, so switching "
+            "between embedders needs `xiaophi-kb reindex`."
+        ),
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, description="Bearer key for embedding_url (leave unset for a server without keys)."
+    )
+    embedding_max_retries: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Retries of a remote embedding request that failed to connect, timed out or got "
+            "408/409/429/5xx (exponential back-off, honouring Retry-After)."
+        ),
+    )
+    embedding_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait for one remote embedding request (seconds)."
+    )
+    embedding_batch_size: int = Field(
+        64, ge=1, description="Chunks per embedding batch (per request with embedding_url)."
+    )
     bm25_tokenizer: Literal["chargram", "jieba"] = Field(
         "chargram", description="BM25 tokens: character 1-2-grams (default) or jieba words."
     )
@@ -81,8 +108,30 @@ class KBSettings(BaseSettings):
         300.0, gt=0, description="Longest wait for another writer of a KB."
     )
 
+    @field_validator("embedding_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        # "" is unset: compose files pass `${XIAOPHI_KB_EMBEDDING_URL:-}`
+        value = (value or "").strip().rstrip("/")
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"XIAOPHI_KB_EMBEDDING_URL={value!r} is not an http(s) URL; use the API's base "
+                "URL, e.g. http://host:8000/v1."
+            )
+        # the full endpoint is a common paste; the client adds `/embeddings` itself
+        return value.removesuffix("/embeddings")
+
     @model_validator(mode="after")
     def _check(self) -> KBSettings:
+        if self.embedding_url and "embedding_model" not in self.model_fields_set:
+            raise ValueError(
+                f"XIAOPHI_KB_EMBEDDING_URL is set ({self.embedding_url}) but not "
+                "XIAOPHI_KB_EMBEDDING_MODEL: set it to the model id that server serves "
+                "(its GET /models lists it; another xiaophi serves its KB embedder under the "
+                "embedder folder's name, e.g. `embedder`)."
+            )
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(
                 f"chunk_overlap={self.chunk_overlap} must be smaller than chunk_size={self.chunk_size}; "

@@ -1,5 +1,6 @@
-"""Embedding models: any sentence-transformers model through `HuggingFaceEmbeddings`, or the
-built-in `hashing` embedder (character n-grams hashed into a fixed vector; no model files).
+"""Embedding models: any sentence-transformers model through `HuggingFaceEmbeddings`, the
+built-in `hashing` embedder (character n-grams hashed into a fixed vector; no model files), or
+any OpenAI-compatible embeddings server (`RemoteEmbeddings`, through LangChain's OpenAIEmbeddings).
 
 Vectors are L2-normalised so the FAISS inner product is the cosine similarity.
 """
@@ -9,13 +10,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from rag.bm25 import chargram_tokens
 from rag.errors import EmbedderUnavailable
+
+if TYPE_CHECKING:
+    from rag.config import KBSettings
 
 HASHING = "hashing"
 
@@ -46,15 +52,126 @@ class HashingEmbeddings(Embeddings):
         return self._vector(text)
 
 
+class RemoteEmbeddings(Embeddings):
+    """An OpenAI-compatible `POST <url>/embeddings`, through LangChain's `OpenAIEmbeddings`.
+
+    Texts go as strings (no tiktoken ids: other servers have other tokenizers), `batch_size`
+    per request; the openai client retries connection errors, timeouts and 408/409/429/5xx.
+    Whatever still fails is `EmbedderUnavailable` naming the URL and the setting to check.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str | None = None,
+        batch_size: int = 64,
+        max_retries: int = 2,
+        timeout_s: float = 60.0,
+    ) -> None:
+        try:
+            from langchain_openai import OpenAIEmbeddings
+        except ImportError:  # an optional extra in spirit: only remote embedding needs it
+            raise EmbedderUnavailable(
+                "XIAOPHI_KB_EMBEDDING_URL needs the `langchain-openai` package: "
+                "pip install langchain-openai."
+            ) from None
+        self.url, self.model, self.max_retries = url, model, max_retries
+        self._openai = OpenAIEmbeddings(
+            model=model,
+            base_url=url,
+            # the client insists on a key; a server without keys ignores the header
+            api_key=api_key or "unused",
+            chunk_size=batch_size,
+            max_retries=max_retries,
+            timeout=timeout_s,
+            check_embedding_ctx_length=False,
+            tiktoken_enabled=False,
+            # asked for explicitly: the client would ask for base64, which not every server speaks
+            model_kwargs={"encoding_format": "float"},
+        )
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        import openai
+
+        try:
+            vectors = self._openai.embed_documents(list(texts))
+        except openai.APIStatusError as exc:
+            raise EmbedderUnavailable(self._status_message(exc)) from None
+        except openai.APIConnectionError as exc:  # timeouts included
+            raise EmbedderUnavailable(
+                f"cannot reach the embedding server at {self.url} ({exc.message.rstrip('.')} "
+                f"after {self.max_retries} retries): is it running? Check "
+                "XIAOPHI_KB_EMBEDDING_URL."
+            ) from None
+        except (openai.OpenAIError, KeyError, TypeError, ValueError) as exc:
+            raise EmbedderUnavailable(
+                f"the embedding server at {self.url} gave an answer that is not an OpenAI "
+                f"embeddings response ({type(exc).__name__}: {exc}); check "
+                "XIAOPHI_KB_EMBEDDING_URL."
+            ) from None
+        return self._normalised(vectors, len(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+    def _normalised(self, vectors: list[list[float]], expected: int) -> list[list[float]]:
+        try:
+            array = np.asarray(vectors, dtype=np.float32)
+        except ValueError:  # ragged: vectors of several lengths
+            array = np.empty((0,))
+        if array.ndim != 2 or len(array) != expected or not np.isfinite(array).all():
+            raise EmbedderUnavailable(
+                f"the embedding server at {self.url} answered {len(vectors)} vectors for "
+                f"{expected} texts, or vectors of different lengths or not finite; check that "
+                f"XIAOPHI_KB_EMBEDDING_MODEL={self.model!r} is an embedding model."
+            )
+        # the KB scores by inner product: unit vectors make it the cosine, whatever the server does
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        return (array / np.where(norms > 0, norms, 1.0)).tolist()
+
+    def _status_message(self, exc) -> str:
+        status = exc.status_code
+        body = exc.body if isinstance(exc.body, dict) else {}
+        detail = str(body.get("message") or exc.message).rstrip(".")
+        said = f"the embedding server at {self.url} answered {status}: {detail}"
+        if status in (401, 403):
+            return f"{said}; check XIAOPHI_KB_EMBEDDING_API_KEY."
+        if status == 404:
+            return (
+                f"{said}; check XIAOPHI_KB_EMBEDDING_MODEL={self.model!r} (the model id it "
+                "serves) and that XIAOPHI_KB_EMBEDDING_URL is the API's base URL (it usually "
+                "ends in /v1)."
+            )
+        if status in (408, 409, 429) or status >= 500:
+            return (
+                f"{said} (after {self.max_retries} retries); try again later, or raise "
+                "XIAOPHI_KB_EMBEDDING_MAX_RETRIES."
+            )
+        return (
+            f"{said}; check XIAOPHI_KB_EMBEDDING_MODEL, and lower XIAOPHI_KB_CHUNK_SIZE if it "
+            "refuses long texts."
+        )
+
+
 @dataclass
 class Embedder:
-    """An Embeddings object and the identity recorded in each KB it indexes."""
+    """An Embeddings object, the identity recorded in each KB it indexes, and the short name
+    `POST /v1/embeddings` serves it under (the identity when not given)."""
 
     embeddings: Embeddings
     model_id: str
+    name: str | None = None
 
     @property
+    def served_name(self) -> str:
+        return self.name or self.model_id
+
+    @cached_property
     def dim(self) -> int:
+        # cached: for a remote embedder every probe is a request
         return len(self.embeddings.embed_query("维度"))
 
     def token_counter(self) -> Callable[[str], int]:
@@ -101,10 +218,35 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def remote_embedder_id(url: str, model: str) -> str:
+    """How a KB records a remote embedder: `remote:<url>#<model>`."""
+    return f"remote:{url}#{model}"
+
+
+def embedder_for(settings: KBSettings) -> Embedder:
+    """The embedder `settings` configure: remote when `embedding_url` is set, else loaded here."""
+    if settings.embedding_url is None:
+        return load_embedder(settings.embedding_model, settings.embedding_batch_size)
+    key = settings.embedding_api_key
+    remote = RemoteEmbeddings(
+        settings.embedding_url,
+        settings.embedding_model,
+        api_key=key.get_secret_value() if key is not None else None,
+        batch_size=settings.embedding_batch_size,
+        max_retries=settings.embedding_max_retries,
+        timeout_s=settings.embedding_timeout_s,
+    )
+    return Embedder(
+        remote,
+        remote_embedder_id(settings.embedding_url, settings.embedding_model),
+        name=settings.embedding_model,
+    )
+
+
 def load_embedder(spec: str, batch_size: int = 64) -> Embedder:
     """Load `spec`: `hashing`, or a sentence-transformers model name or folder."""
     if spec == HASHING:
-        return Embedder(HashingEmbeddings(), HASHING)
+        return Embedder(HashingEmbeddings(), HASHING, name=HASHING)
     path = Path(spec).expanduser()
     # Hub names are `name` or `org/name`; anything else is a folder.
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
@@ -127,4 +269,7 @@ def load_embedder(spec: str, batch_size: int = 64) -> Embedder:
             f"could not load embedding model {spec!r} ({type(exc).__name__}: {exc}); check "
             "XIAOPHI_KB_EMBEDDING_MODEL (offline, a name only works if the model is in the local cache)."
         ) from None
-    return Embedder(embeddings, embedder_id(spec))
+    # served under the folder's own name (no server paths in API answers), a hub name as is
+    return Embedder(
+        embeddings, embedder_id(spec), name=path.resolve().name if path.exists() else spec
+    )

@@ -20,7 +20,7 @@ from langchain_core.documents import Document
 
 from rag.bm25 import BM25Index
 from rag.config import KBSettings
-from rag.embeddings import Embedder, load_embedder
+from rag.embeddings import Embedder, embedder_for
 from rag.errors import Conflict, InvalidInput, KBError, NotFound, TooLarge
 from rag.hybrid_retriever import HybridRetriever, Mode
 from rag.kb_index import KBIndex
@@ -70,9 +70,7 @@ class KnowledgeBaseService:
         """The configured embedder, loaded on first use."""
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = load_embedder(
-                    self.settings.embedding_model, self.settings.embedding_batch_size
-                )
+                self._embedder = embedder_for(self.settings)
             return self._embedder
 
     def _store(self, name: str) -> KBStore:
@@ -126,7 +124,7 @@ class KnowledgeBaseService:
             raise Conflict(
                 f"knowledge base {name!r} was indexed with embedder {built_with!r} but this service "
                 f"uses {self.embedder.model_id!r}; run `xiaophi-kb reindex {name}` (or set "
-                "XIAOPHI_KB_EMBEDDING_MODEL back)."
+                "XIAOPHI_KB_EMBEDDING_MODEL / XIAOPHI_KB_EMBEDDING_URL back)."
             )
 
     # -- knowledge bases -----------------------------------------------------------------

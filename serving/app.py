@@ -17,7 +17,15 @@ from fastapi import FastAPI
 from rag.config import KBSettings
 from serving.api.auth import ApiKeyGuard, key_is_valid
 from serving.api.openapi import document_api
-from serving.api.routes import chat, completions, health, knowledge_bases, metrics, models
+from serving.api.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    knowledge_bases,
+    metrics,
+    models,
+)
 from serving.config import Settings
 from serving.engine.factory import LoadedModel, build_engine
 from serving.errors import BodySizeLimit, install_error_handlers
@@ -101,6 +109,7 @@ def create_app(
         chat.router,
         completions.router,
         knowledge_bases.router,
+        embeddings.router,
     ):
         app.include_router(router)
     if settings.ui:

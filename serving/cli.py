@@ -29,8 +29,19 @@ def parse_args(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--engine",
-        choices=["slots", "hf-continuous"],
-        help="slots (in-house, default) or hf-continuous (transformers' continuous batching)",
+        choices=["slots", "hf-continuous", "remote"],
+        help="slots (in-house, default), hf-continuous (transformers' continuous batching) or "
+        "remote (an OpenAI-compatible server generates; see --remote-base-url)",
+    )
+    parser.add_argument(
+        "--remote-base-url", help="remote engine: upstream base URL, e.g. http://vllm:8000/v1"
+    )
+    parser.add_argument("--remote-api-key", help="remote engine: the upstream's API key")
+    parser.add_argument("--remote-model", help="remote engine: the upstream's model id")
+    parser.add_argument(
+        "--remote-prompt-format",
+        choices=["auto", "ids", "text"],
+        help="remote engine: prompts as token ids or text (default auto)",
     )
     parser.add_argument(
         "--engine-process",

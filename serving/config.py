@@ -30,12 +30,35 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU."
     )
-    engine: Literal["slots", "hf-continuous"] = Field(
+    engine: Literal["slots", "hf-continuous", "remote"] = Field(
         "slots",
         description=(
             "Which engine runs the model: `slots` (in-house: a KV-cache row per request, one "
-            "batched decode step for all) or `hf-continuous` (transformers' continuous batching)."
+            "batched decode step for all), `hf-continuous` (transformers' continuous batching) "
+            "or `remote` (an OpenAI-compatible server at `remote_base_url` generates; `model` "
+            "still renders prompts and counts tokens)."
         ),
+    )
+    remote_base_url: str | None = Field(
+        None,
+        description="`remote` engine: the upstream's OpenAI-compatible base URL, e.g. "
+        "http://vllm:8000/v1.",
+    )
+    remote_api_key: str | None = Field(None, description="`remote` engine: the upstream's key.")
+    remote_model: str | None = Field(
+        None,
+        description="`remote` engine: the upstream's model id (default: the one it lists).",
+    )
+    remote_prompt_format: Literal["auto", "ids", "text"] = Field(
+        "auto",
+        description="`remote` engine: send prompts as token ids or text (auto: ids when the "
+        "upstream takes them).",
+    )
+    remote_connect_timeout_s: float = Field(
+        5.0, gt=0, description="`remote` engine: seconds to connect to the upstream."
+    )
+    remote_read_timeout_s: float = Field(
+        60.0, gt=0, description="`remote` engine: longest wait for the upstream's next bytes."
     )
     engine_process: bool = Field(
         True,

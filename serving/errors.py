@@ -66,6 +66,8 @@ def error_response(
 
 def status_of(exc: BaseException) -> int:
     """The HTTP status a service exception stands for."""
+    if isinstance(exc, GenerationFailedError) and exc.status is not None:
+        return exc.status
     for cls, status in (
         (ModelNotFoundError, 404),
         (ContextLengthError, 400),
@@ -98,7 +100,8 @@ def body_for(exc: BaseException) -> tuple[int, dict]:
             status, f"The model is not loaded: {exc}", code="model_not_loaded"
         )
     if isinstance(exc, GenerationFailedError):
-        return status, error_body(status, f"Generation failed: {exc}", code="generation_failed")
+        code = "upstream_error" if exc.status is not None else "generation_failed"
+        return status, error_body(status, f"Generation failed: {exc}", code=code)
     return status, error_body(status, "Internal server error", code="internal_error")
 
 

@@ -94,6 +94,7 @@ class TrackedStream:
         self._stream = stream
         self._arrived = arrived
         self._last_token_at: float | None = None
+        self._tokens = 0  # generated so far, as the deltas count them
         self._reason: str | None = None
 
     def __aiter__(self) -> TrackedStream:
@@ -104,14 +105,18 @@ class TrackedStream:
             raise StopAsyncIteration
         delta = await self._stream.__anext__()
         m = self._metrics
-        if delta.token_ids:
+        # counted from `completion_tokens`: engines that get text from an upstream server
+        # know the count, not the ids
+        new = delta.completion_tokens - self._tokens
+        if new > 0:
+            self._tokens = delta.completion_tokens
             now = time.perf_counter()
             if self._last_token_at is None:
                 m.ttft.observe(now - self._arrived)
             else:
-                m.itl.observe((now - self._last_token_at) / len(delta.token_ids))
+                m.itl.observe((now - self._last_token_at) / new)
             self._last_token_at = now
-            m.generation_tokens.inc(len(delta.token_ids))
+            m.generation_tokens.inc(new)
         if delta.finish_reason is not None:
             self._end(delta.finish_reason)
         return delta

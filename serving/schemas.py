@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
 
 from rag.models import DocumentInfo, FileResult, KnowledgeBaseInfo, SearchHit
 from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
@@ -110,6 +110,49 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = None
 
 
+#: OpenAI's limits on one embeddings request: 2048 inputs; 8192 (here: characters) each.
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_INPUT_CHARS = 8192
+
+_EMBEDDING_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_EMBEDDING_INPUT_CHARS}
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's `POST /v1/embeddings` body. Token-id inputs are part of OpenAI's schema and
+    refused with a 400 that says to send text (ids of another tokenizer mean nothing here)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # limits documented here, checked (with messages saying what to change) by the route
+    input: (
+        Annotated[str, WithJsonSchema(_EMBEDDING_TEXT)]
+        | Annotated[
+            list[str],
+            WithJsonSchema(
+                {
+                    "type": "array",
+                    "items": _EMBEDDING_TEXT,
+                    "minItems": 1,
+                    "maxItems": MAX_EMBEDDING_INPUTS,
+                }
+            ),
+        ]
+        | list[StrictInt]
+        | list[list[StrictInt]]
+    ) = Field(description="A text or a list of texts (token ids are refused).")
+    model: str = Field(
+        description="The KB embedder's name (a model folder's name, a hub name, `hashing`, or "
+        "a remote model id), as answers name it; the id KBs record is accepted too."
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`base64`: each vector as little-endian float32 bytes, base64."
+    )
+    dimensions: StrictInt | None = Field(
+        None, ge=1, description="Must equal the embedder's dimension when given (no shortening)."
+    )
+    user: str | None = None
+
+
 # ------------------------------------------------------------------ responses
 
 
@@ -203,6 +246,26 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(
+        description="The vector; a base64 string of little-endian float32 with `base64`."
+    )
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

@@ -361,12 +361,19 @@ class ChunkStream:
 
 
 class GenerationFailedError(RuntimeError):
-    """The engine failed a request after it started (reported to the client, in-stream if streaming)."""
+    """The engine failed a request after it started (reported to the client, in-stream if streaming).
+
+    `status`: the HTTP status it stands for when the engine knows one (an upstream server's
+    refusal, or its being unreachable); else it is a 500."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _public_reason(delta: GenerationDelta) -> str:
     if delta.finish_reason == "error":
-        raise GenerationFailedError(delta.error or "generation failed")
+        raise GenerationFailedError(delta.error or "generation failed", delta.status)
     if delta.finish_reason == "cancelled":
         raise GenerationFailedError("generation was cancelled by the server")
     return delta.finish_reason

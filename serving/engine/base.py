@@ -53,6 +53,8 @@ class GenerationDelta:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     error: str | None = None
+    #: with an error: the HTTP status it stands for, when an upstream server said (remote engine)
+    status: int | None = None
     completion_tokens: int = 0  # total generated so far (not just this delta)
 
 
@@ -114,3 +116,8 @@ class Engine(ABC):
     @abstractmethod
     def is_ready(self) -> bool:
         """True while the engine accepts requests."""
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why the engine is not ready, for `/health` and 503 bodies."""
+        return "the model engine stopped"

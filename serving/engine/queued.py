@@ -86,7 +86,7 @@ class QueuedEngine(Engine):
 
     def submit(self, request: EngineRequest) -> SlotStream:
         if not self.is_ready:
-            raise EngineNotReadyError("the model engine is not running")
+            raise EngineNotReadyError(self.unavailable_reason)
         if len(self._running) >= self.max_running and len(self._waiting) >= self.max_waiting:
             raise QueueFullError(
                 f"{len(self._running)} requests running and {len(self._waiting)} waiting; retry later"
@@ -151,6 +151,26 @@ class QueuedEngine(Engine):
                 )
             )
 
+    def _deliver_text(
+        self, slot: RequestSlot, text: str, completion_tokens: int, finish: str | None
+    ) -> None:
+        """New text of `slot` from a backend that sends text (`finish`: its finish reason, if
+        it is done); the same stop-string cut and finish reasons as for token ids."""
+        if slot.done:
+            return
+        slot.tokens_seen = completion_tokens
+        result = slot.text.push_text(text)
+        if result.stopped:
+            self._finish(slot, "stop", text=result.text, abort=finish is None)
+        elif finish is not None:
+            tail = slot.text.finish()
+            reason: FinishReason = "stop" if finish == "stop" or tail.stopped else "length"
+            self._finish(slot, reason, text=result.text + tail.text)
+        elif result.text:
+            slot.queue.put_nowait(
+                GenerationDelta(text=result.text, completion_tokens=slot.tokens_seen)
+            )
+
     def _dispatch(self, outputs: list[tuple[str, int, bool]]) -> None:
         """One step's new tokens, `(engine_id, token, finished)` each (token backends)."""
         for engine_id, token, finished in outputs:
@@ -170,6 +190,7 @@ class QueuedEngine(Engine):
         text: str = "",
         token_ids: list[int] | None = None,
         error: str | None = None,
+        status: int | None = None,
         abort: bool = False,
     ) -> None:
         slot.done = True
@@ -185,6 +206,7 @@ class QueuedEngine(Engine):
                 token_ids=token_ids or [],
                 finish_reason=reason,
                 error=error,
+                status=status,
                 completion_tokens=slot.tokens_seen,
             )
         )
@@ -232,5 +254,6 @@ def join_deltas(first: GenerationDelta, second: GenerationDelta) -> GenerationDe
         token_ids=first.token_ids + second.token_ids,
         finish_reason=second.finish_reason,
         error=second.error,
+        status=second.status,
         completion_tokens=second.completion_tokens,
     )

@@ -96,6 +96,10 @@ class TextStream:
     def push(self, token_ids: list[int]) -> StopResult:
         return self._stops.push(self._detok.push(token_ids))
 
+    def push_text(self, text: str) -> StopResult:
+        """Text that arrives decoded already (an upstream server's deltas): stop strings only."""
+        return self._stops.push(text)
+
     def finish(self) -> StopResult:
         """Flush at the natural end; a stop string can still complete in the last characters."""
         result = self._stops.push(self._detok.flush())

@@ -135,6 +135,27 @@ def test_compose_config_validates(tool, files, tmp_path):
 
 
 @needs_compose
+@pytest.mark.parametrize("tool", TOOLS)
+def test_compose_vllm_override(tool, tmp_path):
+    """compose.vllm.yaml: vLLM on a GPU serves the checkpoint, the api generates through it."""
+    cfg = config(tool, [*CPU, "-f", "compose.vllm.yaml"], tmp_path)
+    vllm, api = cfg["services"]["vllm"], cfg["services"]["api"]
+    env = env_of(api)
+    assert env["XIAOPHI_ENGINE"] == "remote"
+    assert env["XIAOPHI_REMOTE_BASE_URL"] == "http://vllm:8000/v1"
+    assert env["XIAOPHI_MODEL"] == env_of(vllm)["XIAOPHI_MODEL"] == "/models/tiny/dpo"
+    assert "--served-model-name xiaophi-upstream" in " ".join(vllm["command"])
+    assert env["XIAOPHI_REMOTE_MODEL"] == "xiaophi-upstream"
+    assert api["depends_on"]["vllm"]["condition"] == "service_healthy"
+    assert vllm["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert "/health" in " ".join(vllm["healthcheck"]["test"])
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert volume_targets(vllm)["/models"] == "models"
+    assert "ports" not in vllm  # reached by the api inside the compose network only
+
+
+@needs_compose
 @pytest.mark.parametrize("tool", TOOLS[:1])
 def test_compose_own_model_and_settings(tool, tmp_path):
     """A host folder instead of the models volume, another bind address/port, API keys."""

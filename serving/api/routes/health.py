@@ -38,6 +38,8 @@ async def health(request: Request) -> JSONResponse:
     service = request.app.state.service
     if service is None or not service.engine.is_ready:
         reason = request.app.state.load_error or "the model is not loaded"
+        if service is not None:
+            reason = service.engine.unavailable_reason
         return error_response(503, reason, code="model_not_loaded")
     stats = service.engine.stats()
     return JSONResponse(

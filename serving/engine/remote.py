@@ -1,0 +1,328 @@
+"""The `remote` engine: generation on any OpenAI-compatible server (vLLM, SGLang, TGI,
+`transformers serve`, another xiaophi), everything else here.
+
+xiaophi still renders every prompt with the local checkpoint's tokenizer and chat template
+(so RAG passage fitting, `max_tokens` caps and usage stay exact) and sends the result to the
+upstream's `/v1/completions`: as token ids when the upstream takes them, else as text — and
+then only when that text tokenises back to the same ids, so a forged control token inside a
+message never reaches the upstream as one. Each choice is one streamed upstream request;
+closing it closes that HTTP stream, which is how the upstream learns to stop. Admission (at
+most `max_running` upstream requests, `max_waiting` queued, 429 beyond), stop strings and
+finish reasons are `QueuedEngine`'s, as for the local engines.
+
+Upstream refusals keep their status (its 4xx → the same 4xx); an upstream that cannot be
+reached, times out or fails (5xx) gives 503 / 502 naming its address. A background probe of
+`GET {base}/models` keeps `is_ready` (and `/health`) current, so the server turns 503 while
+the upstream is down and recovers when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Literal
+
+import httpx
+
+from serving.engine.base import EngineRequest
+from serving.engine.queued import QueuedEngine, RequestSlot
+
+logger = logging.getLogger(__name__)
+
+PromptFormat = Literal["auto", "ids", "text"]
+
+
+#: How a kept-alive connection that the upstream closed in the meantime fails.
+_STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+class UpstreamError(Exception):
+    """The upstream refused or failed a request: `status` is what the client gets."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RemoteEngine(QueuedEngine):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        base_url: str,
+        context_length: int,
+        api_key: str | None = None,
+        model: str | None = None,
+        prompt_format: PromptFormat = "auto",
+        max_running: int = 32,
+        max_waiting: int = 128,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        health_interval_s: float = 2.0,
+    ) -> None:
+        super().__init__(
+            tokenizer,
+            context_length=context_length,
+            eos_token_ids=(),  # the upstream ends at EOS and says so; its text carries no ids
+            max_running=max_running,
+            max_waiting=max_waiting,
+        )
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.prompt_format: PromptFormat = prompt_format
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._health_interval_s = health_interval_s
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._prober: asyncio.Task | None = None
+        self._reachable = False
+        self._reason = f"the upstream at {self.base_url} has not answered yet"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        # idle connections are dropped before uvicorn's 5 s keep-alive ends them under us
+        limits = httpx.Limits(max_connections=self.max_running + 4, keepalive_expiry=2.0)
+        self._client = httpx.AsyncClient(
+            headers=self._headers, timeout=self._timeout, limits=limits
+        )
+        await self._probe()  # not fatal: the server starts and says 503 until it answers
+        self._prober = asyncio.create_task(self._probe_forever())
+
+    async def stop(self) -> None:
+        self._fail_all("server is shutting down")
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._client is not None and self._reachable
+
+    @property
+    def unavailable_reason(self) -> str:
+        return self._reason
+
+    # ------------------------------------------------------------------ upstream state
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            await self._probe()
+
+    async def _probe(self) -> None:
+        """Is the upstream there, which model does it serve, does it take token-id prompts?"""
+        try:
+            response = await self._call("GET", f"{self.base_url}/models")
+            if response.status_code >= 400:
+                raise UpstreamError(503, self._refusal(response, await response.aread()))
+            listed = [m.get("id") for m in response.json().get("data", [])]
+            if self.model is None:
+                if len(listed) != 1:
+                    raise UpstreamError(
+                        503,
+                        f"the upstream at {self.base_url} lists {len(listed)} models "
+                        f"({', '.join(map(str, listed)) or 'none'}); set XIAOPHI_REMOTE_MODEL",
+                    )
+                self.model = listed[0]
+            if self.prompt_format == "auto":
+                self.prompt_format = await self._detect_prompt_format()
+        except (httpx.HTTPError, ValueError, UpstreamError) as exc:
+            if self._reachable:
+                logger.warning("upstream %s unavailable: %s", self.base_url, exc)
+            self._reachable = False
+            self._reason = _describe(exc, self.base_url)
+            return
+        if not self._reachable:
+            logger.info(
+                "upstream %s ready (model %s, %s prompts)",
+                self.base_url,
+                self.model,
+                self.prompt_format,
+            )
+        self._reachable = True
+        self._admit_waiting()
+
+    async def _detect_prompt_format(self) -> PromptFormat:
+        """`ids` if a one-token completion of a token-id prompt works, else `text`."""
+        ids = self.tokenizer("你好")["input_ids"] or [0]
+        body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0}
+        response = await self._call("POST", f"{self.base_url}/completions", json=body)
+        if response.status_code >= 500:
+            raise UpstreamError(502, self._refusal(response, response.content))
+        return "ids" if response.status_code < 400 else "text"
+
+    async def _call(self, method: str, url: str, **kwargs) -> httpx.Response:
+        """A short request, sent again once on a connection the upstream had closed."""
+        try:
+            return await self._client.request(method, url, **kwargs)
+        except _STALE_CONNECTION:
+            return await self._client.request(method, url, **kwargs)
+
+    # ------------------------------------------------------------------ requests
+    def _launch(self, slot: RequestSlot) -> None:
+        task = asyncio.get_running_loop().create_task(self._generate(slot))
+        self._tasks[slot.engine_id] = task
+        task.add_done_callback(lambda _, key=slot.engine_id: self._tasks.pop(key, None))
+
+    def _abort(self, slot: RequestSlot) -> None:
+        task = self._tasks.pop(slot.engine_id, None)
+        # leaving the `stream` block closes the upstream connection: the upstream stops; a
+        # request cut at a stop string leaves it by itself
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _generate(self, slot: RequestSlot) -> None:
+        try:
+            await self._stream(slot)
+        except asyncio.CancelledError:
+            raise
+        except UpstreamError as exc:
+            self._fail(slot, exc.status, exc.message)
+        except httpx.HTTPError as exc:
+            self._reachable = False
+            self._reason = _describe(exc, self.base_url)
+            self._fail(slot, 503, self._reason)
+        except Exception as exc:  # a malformed event: this request fails, not the engine
+            logger.exception("bad answer from upstream %s", self.base_url)
+            self._fail(slot, 502, f"the upstream at {self.base_url} sent a bad answer: {exc}")
+
+    async def _stream(self, slot: RequestSlot) -> None:
+        """One upstream completion, streamed into `slot`. Sent again once if the connection
+        failed before anything arrived: a kept-alive connection the upstream had just closed
+        fails that way, and nothing was generated for it."""
+        body = self._body(slot.request)
+        for attempt in range(2):
+            try:
+                async with self._client.stream(
+                    "POST", f"{self.base_url}/completions", json=body
+                ) as response:
+                    await self._read(slot, response)
+                return
+            except _STALE_CONNECTION:
+                if attempt or slot.tokens_seen or slot.done:
+                    raise
+
+    async def _read(self, slot: RequestSlot, response: httpx.Response) -> None:
+        """The upstream's answer into `slot`; its usage (when the upstream sends one) counts
+        the tokens, else the local tokenizer does."""
+        text, finish, counted = "", None, None
+        if response.status_code >= 400:
+            raise UpstreamError(
+                _client_status(response.status_code),
+                self._refusal(response, await response.aread()),
+            )
+        async for event in _events(response):
+            if "error" in event:
+                raise UpstreamError(502, self._refusal(response, event))
+            usage = event.get("usage") or {}
+            counted = usage.get("completion_tokens", counted)
+            for choice in (event.get("choices") or [])[:1]:
+                delta = choice.get("text") or ""
+                if delta:
+                    text += delta
+                    self._deliver_text(slot, delta, self._count(text), None)
+                    if slot.done:  # cut at a stop string: stop the upstream too
+                        return
+                finish = choice.get("finish_reason") or finish
+        if finish is None:
+            raise UpstreamError(502, f"the upstream at {self.base_url} ended the stream early")
+        self._deliver_text(slot, "", counted if counted else self._count(text), finish)
+
+    def _body(self, request: EngineRequest) -> dict:
+        params = request.params
+        body: dict = {
+            "model": self.model,
+            "prompt": self._prompt(request.prompt_ids),
+            "max_tokens": params.max_new_tokens,
+            "temperature": 0.0 if params.greedy else params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.stop:
+            body["stop"] = params.stop  # cut here too, for upstreams that ignore or keep them
+        if params.seed is not None and not params.greedy:
+            body["seed"] = params.seed
+        if params.top_k:
+            body["top_k"] = params.top_k
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
+        return body
+
+    def _prompt(self, ids: list[int]) -> list[int] | str:
+        if self.prompt_format == "ids":
+            return ids
+        text = self.tokenizer.decode(
+            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        if self.tokenizer(text, add_special_tokens=False)["input_ids"] != ids:
+            raise UpstreamError(
+                400,
+                f"the upstream at {self.base_url} takes prompts as text only, and this prompt "
+                "would not read back as the same tokens there (its messages contain "
+                "special-token strings such as <|im_end|>); remove them, or use an upstream "
+                "that takes token ids (vLLM, another xiaophi)",
+            )
+        return text
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _fail(self, slot: RequestSlot, status: int, message: str) -> None:
+        if not slot.done:
+            self._finish(slot, "error", error=message, status=status)
+
+    def _refusal(self, response: httpx.Response, body) -> str:
+        return f"the upstream at {self.base_url} answered {response.status_code}: {_detail(body)}"
+
+
+async def _events(response: httpx.Response):
+    """The JSON events of an SSE stream; `data: [DONE]` (or the stream's end) ends it."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _client_status(upstream_status: int) -> int:
+    """An upstream 4xx is the client's to fix (same status); its 5xx is a bad gateway."""
+    return upstream_status if upstream_status < 500 else 502
+
+
+def _detail(body) -> str:
+    """The message inside an OpenAI error body, FastAPI's `detail`, or the text itself."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return body.decode("utf-8", "replace")[:500]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if body.get("detail"):
+            return str(body["detail"])[:500]
+    return str(body)[:500]
+
+
+def _describe(exc: BaseException, base_url: str) -> str:
+    if isinstance(exc, UpstreamError):
+        return exc.message
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the upstream at {base_url} timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.TransportError):
+        return f"the upstream at {base_url} is unreachable ({type(exc).__name__}: {exc})"
+    return f"the upstream at {base_url} failed: {exc}"
