@@ -69,13 +69,7 @@ class RemoteEmbeddings(Embeddings):
         max_retries: int = 2,
         timeout_s: float = 60.0,
     ) -> None:
-        try:
-            from langchain_openai import OpenAIEmbeddings
-        except ImportError:  # an optional extra in spirit: only remote embedding needs it
-            raise EmbedderUnavailable(
-                "XIAOPHI_KB_EMBEDDING_URL needs the `langchain-openai` package: "
-                "pip install langchain-openai."
-            ) from None
+        from langchain_openai import OpenAIEmbeddings  # imported only when a URL is set
         self.url, self.model, self.max_retries = url, model, max_retries
         self._openai = OpenAIEmbeddings(
             model=model,
