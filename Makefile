@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag clean docker-smoke
+.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag clean docker-smoke gpu-check
 
 install: $(STAMP)
 
@@ -46,6 +46,14 @@ bench-serve: install
 
 bench-rag: install
 	$(PY) -m rag.benchmarks.rag_bench
+
+# Every GPU figure and check in one run of at most 8 minutes (see training/benchmarks/gpu_check.py).
+# Meant for a bare CUDA machine with torch + transformers + accelerate and no network, so it does
+# not go through `install`: it uses the venv's Python when there is one, else python3.
+# Extra flags: make gpu-check GPU_CHECK_ARGS="--smoke" (or "--out DIR/gpu_check.json").
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m training.benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # The compose stack for real (root; installs docker.io/docker-compose/debootstrap when missing,
 # starts and stops its own dockerd, builds a local base image): see docker/smoke.sh.

@@ -70,6 +70,7 @@ class RemoteEmbeddings(Embeddings):
         timeout_s: float = 60.0,
     ) -> None:
         from langchain_openai import OpenAIEmbeddings  # imported only when a URL is set
+
         self.url, self.model, self.max_retries = url, model, max_retries
         self._openai = OpenAIEmbeddings(
             model=model,

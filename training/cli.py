@@ -1,6 +1,7 @@
 """`xiaophi-train`: build data, run one stage or the whole pipeline, chat with a checkpoint.
 
 Every recipe field is a flag: `--<section>.<field> VALUE`, e.g. `--pretrain.max_steps 50`.
+Runs unchanged under `torchrun` and `accelerate launch` (configs in training/launch/).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from training.config import field_flags, load_recipe, parse_flag_value
+from training.distributed import is_main_process
 from training.pipeline import STAGES
 
 DEFAULT_CHAT_PROMPTS = [
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
             from training.pipeline import SUMMARY_FILE, run_pipeline
 
             summary = run_pipeline(recipe_from_args(args), Path(args.out))
+            if not is_main_process():  # one launch, one printed summary
+                return
             print(
                 json.dumps(
                     {
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             from training.pipeline import run_single_stage
 
             report = run_single_stage(recipe_from_args(args), Path(args.out), args.command)
+            if not is_main_process():
+                return
             print(
                 json.dumps(
                     {k: v for k, v in report.items() if k != "loss_curve"},

@@ -12,7 +12,13 @@ from training.config import Recipe
 from training.model_factory import load_model_and_tokenizer
 from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
-from training.trainer_args import last_logged, loss_history, train_resumably, trainer_kwargs
+from training.trainer_args import (
+    last_logged,
+    loss_history,
+    parallelism,
+    train_resumably,
+    trainer_kwargs,
+)
 
 STAGE = "dpo"
 
@@ -60,6 +66,7 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         "eval_pairs": len(eval_data) if eval_data is not None else 0,
         "steps": trainer.state.global_step,
         "resumed": run.resumed,
+        **parallelism(trainer),
         "beta": cfg.beta,
         "train_loss_first": loss_history(history)[0][1],
         "train_loss_last": last_logged(history, "loss"),

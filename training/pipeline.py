@@ -1,5 +1,8 @@
 """Run every stage of a recipe into one run folder, skipping finished stages, and write
 `training_summary.json` (recipe, data, steps, losses, eval figures, wall time, tokens/s).
+
+Under a multi-process launch every process runs this same code: the Trainer stages run in all of
+them, the rest in the main process only (see `training.distributed`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,15 @@ import time
 from pathlib import Path
 
 from training.config import Recipe
-from training.stage_dirs import check_run_dir, claim_run_dir, is_finished, stage_dir, write_json
+from training.distributed import check_launch_fits_device, is_main_process, wait_for, world_size
+from training.stage_dirs import (
+    RECIPE_FILE,
+    check_run_dir,
+    claim_run_dir,
+    is_finished,
+    stage_dir,
+    write_json,
+)
 
 # Stage name → module with `main(recipe, run_dir) -> report`, in pipeline order.
 STAGE_MODULES = {
@@ -22,6 +33,9 @@ STAGE_MODULES = {
     "embedder": "training.embedder",
 }
 STAGES = list(STAGE_MODULES)
+# Stages whose Trainer spreads the work over the processes of a launch; the others run in the
+# main process only, the rest waiting for the published stage folder.
+TRAINER_STAGES = ("pretrain", "sft", "dpo")
 FINAL_STAGE = "dpo"
 SUMMARY_FILE = "training_summary.json"
 
@@ -53,6 +67,12 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
     from training.data.formats import check_files
 
     recipe.validate()
+    check_launch_fits_device()
+    if not is_main_process():
+        # The main process checks and claims the folder; reading it while that happens could
+        # catch it half-claimed. Its failure stops this process through the launcher.
+        wait_for(lambda: _claimed_for(run_dir, recipe), f"the main process to claim {run_dir}")
+        return
     check_run_dir(run_dir, recipe)
     for stage in stages:
         if is_finished(run_dir, stage):
@@ -71,18 +91,33 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
     claim_run_dir(run_dir, recipe)
 
 
+def _claimed_for(run_dir: Path, recipe: Recipe) -> bool:
+    marker = Path(run_dir) / RECIPE_FILE
+    if not marker.exists():
+        return False
+    stored = json.loads(marker.read_text(encoding="utf-8"))
+    return stored.get("fingerprint") == recipe.fingerprint()
+
+
 def read_stage_report(run_dir: Path, stage: str) -> dict:
     path = stage_dir(run_dir, stage) / "stage_report.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"stage": stage}
 
 
 def run_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
+    if stage not in TRAINER_STAGES and not is_main_process():
+        wait_for(lambda: is_finished(run_dir, stage), f"the main process to finish {stage}")
+        return read_stage_report(run_dir, stage)
     module = importlib.import_module(STAGE_MODULES[stage])
     return module.main(recipe, run_dir)
 
 
 def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
+    """Every stage not finished yet, then the summary. Under a multi-process launch only the main
+    process logs and writes the summary; the others return what they ran."""
     run_dir = Path(run_dir)
+    if not is_main_process():
+        log = _silent
     stages = wanted_stages(recipe)
     preflight(recipe, run_dir, stages)
     started = time.time()
@@ -98,6 +133,8 @@ def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
         reports[stage].setdefault("wall_time_s", round(time.time() - t0, 2))
         ran.append(stage)
         log(f"[{stage}] done in {time.time() - t0:.1f}s")
+    if not is_main_process():
+        return {"ran_this_time": ran, "world_size": world_size()}
     summary_path = run_dir / SUMMARY_FILE
     if not ran and summary_path.exists():  # nothing new: the summary (and its probe) still holds
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -141,6 +178,11 @@ def data_summary(recipe: Recipe) -> dict:
 def run_single_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
     """One stage on its own (the `xiaophi-train <stage>` commands), with the same checks."""
     run_dir = Path(run_dir)
+    if not is_main_process():
+        # The checks below are the main process's: a main-only stage it has just published would
+        # look "already finished" to a process that gets here late.
+        preflight(recipe, run_dir, [stage])
+        return run_stage(recipe, run_dir, stage)
     if is_finished(run_dir, stage):
         raise FileExistsError(
             f"the {stage} stage already finished in {stage_dir(run_dir, stage)}; it is never overwritten. "
@@ -156,6 +198,11 @@ def run_single_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
             f"run `xiaophi-train {previous} --out {run_dir}` (or `pipeline`) first."
         )
     report = run_stage(recipe, run_dir, stage)
-    # The run's summary no longer describes it; the next `pipeline` call writes a fresh one.
-    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    if is_main_process():
+        # The run's summary no longer describes it; the next `pipeline` call writes a fresh one.
+        (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     return report
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass

@@ -18,14 +18,16 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from training.config import Recipe
+from training.distributed import is_main_process, wait_for
 from training.model_factory import build_model, check_vocab_fits, count_parameters
 from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
 from training.tokenizer import load_tokenizer
 from training.trainer_args import (
-    baseline_eval_loss,
     last_logged,
     loss_history,
+    parallelism,
+    rounded,
     train_resumably,
     trainer_kwargs,
 )
@@ -57,7 +59,11 @@ def tokenize_documents(tokenizer, dataset, num_proc: int):
 
 
 def build_token_array(tokenizer, paths: list[str], num_proc: int, cache_path: Path) -> np.ndarray:
-    """All documents of `paths` as one flat token array, cached at `cache_path` (.npy)."""
+    """All documents of `paths` as one flat token array, cached at `cache_path` (.npy). Under a
+    multi-process launch the main process tokenizes and the others load its cache."""
+    if not is_main_process():
+        # N processes tokenizing the same corpus at once would only multiply the CPU work.
+        wait_for(cache_path.exists, f"the main process to tokenize into {cache_path}")
     if cache_path.exists():
         return np.load(cache_path, mmap_mode="r")
     from training.data.formats import load_text_dataset
@@ -133,8 +139,7 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
 
-    untrained_loss = baseline_eval_loss(trainer)
-    run = train_resumably(trainer, run_dir, STAGE)
+    run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
     report = {
         "stage": STAGE,
@@ -145,12 +150,13 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         "seq_len": cfg.seq_len,
         "steps": trainer.state.global_step,
         "resumed": run.resumed,
+        **parallelism(trainer),
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "train_loss_first": loss_history(trainer.state.log_history)[0][1],
         "train_loss_last": last_logged(trainer.state.log_history, "loss"),
         "train_loss_mean": round(run.result.training_loss, 4),
-        "eval_loss_untrained": round(untrained_loss, 4),
-        "perplexity_untrained": perplexity(untrained_loss),
+        "eval_loss_untrained": rounded(run.baseline_eval_loss),
+        "perplexity_untrained": perplexity(run.baseline_eval_loss),
         "eval_loss": round(run.final_eval["eval_loss"], 4),
         "perplexity": perplexity(run.final_eval["eval_loss"]),
         "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),

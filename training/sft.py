@@ -15,9 +15,10 @@ from training.model_factory import load_model_and_tokenizer
 from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
 from training.trainer_args import (
-    baseline_eval_loss,
     last_logged,
     loss_history,
+    parallelism,
+    rounded,
     train_resumably,
     trainer_kwargs,
 )
@@ -55,8 +56,7 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         processing_class=tokenizer,
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
-    loss_before = baseline_eval_loss(trainer)
-    run = train_resumably(trainer, run_dir, STAGE)
+    run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
     report = {
         "stage": STAGE,
@@ -64,9 +64,10 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         "eval_conversations": len(eval_data),
         "steps": trainer.state.global_step,
         "resumed": run.resumed,
+        **parallelism(trainer),
         "train_loss_first": loss_history(trainer.state.log_history)[0][1],
         "train_loss_last": last_logged(trainer.state.log_history, "loss"),
-        "eval_loss_before": round(loss_before, 4),
+        "eval_loss_before": rounded(run.baseline_eval_loss),
         "eval_loss": round(run.final_eval["eval_loss"], 4),
         "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
         "wall_time_s": run.wall_time_s,

@@ -69,10 +69,17 @@ class ThroughputCallback(TrainerCallback):
         self._tokens0 = 0
         self.train_start: float | None = None
         self.tokens_at_start = 0
+        self._step_at_start = -1
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self.train_start = time.perf_counter()
         self._tokens0 = self.tokens_at_start = int(state.num_input_tokens_seen or 0)
+        self._step_at_start = state.global_step
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # The evaluation before the first step (eval_on_start) is not training time.
+        if state.global_step == self._step_at_start:
+            self._t0 = self.train_start = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs or self._t0 is None:

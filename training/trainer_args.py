@@ -5,6 +5,7 @@ CUDA: bf16 and fused AdamW. CPU: fp32, plain AdamW, and gloo when launched distr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -12,14 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from training.config import TrainConfig
-from training.stage_dirs import checkpoints_dir, write_json
+from training.distributed import world_size
+from training.stage_dirs import checkpoints_dir
+
+# transformers renamed `gradient_checkpointing` to `activation_checkpointing` after 5.17; both
+# releases are in the project's range (the GPU machine has 5.17)
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+    else "gradient_checkpointing"
+)
 
 
 def is_distributed_launch() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
 def resolve_optim(name: str) -> str:
@@ -64,7 +75,7 @@ def trainer_kwargs(
         report_to=["tensorboard"],
         include_num_input_tokens_seen="non_padding" if padded else "all",
         torch_compile=cfg.torch_compile,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **{_CHECKPOINTING: cfg.gradient_checkpointing},
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -73,16 +84,17 @@ def trainer_kwargs(
     return kwargs
 
 
-def baseline_eval_loss(trainer) -> float:
-    """Held-out loss before any training, measured once per stage and kept across resumes."""
+def baseline_eval_loss(trainer) -> float | None:
+    """The held-out loss before any training: the step-0 evaluation `train_resumably(...,
+    baseline=True)` asks for, which the log history keeps across resumes."""
+    # Run folders from before the step-0 evaluation kept the figure in a file of their own.
     record = Path(trainer.args.output_dir) / "baseline_eval.json"
     if record.exists():
         return json.loads(record.read_text())["eval_loss"]
-    loss = trainer.evaluate()["eval_loss"]
-    if trainer.is_world_process_zero():
-        record.parent.mkdir(parents=True, exist_ok=True)
-        write_json(record, {"eval_loss": loss})
-    return loss
+    for entry in trainer.state.log_history:
+        if entry.get("step") == 0 and "eval_loss" in entry:
+            return entry["eval_loss"]
+    return None
 
 
 @dataclass
@@ -94,15 +106,31 @@ class TrainingRun:
     result: TrainOutput
     wall_time_s: float
     final_eval: dict
+    baseline_eval_loss: float | None = None
 
 
-def train_resumably(trainer, run_dir: Path, stage: str, evaluate: bool = True) -> TrainingRun:
-    """Train, resuming from the stage's last checkpoint when one exists, then evaluate."""
+def train_resumably(
+    trainer, run_dir: Path, stage: str, evaluate: bool = True, baseline: bool = False
+) -> TrainingRun:
+    """Train, resuming from the stage's last checkpoint when one exists, then evaluate; with
+    `baseline`, the held-out loss before any training is measured too (once per stage)."""
     resumed = has_checkpoint(run_dir, stage)
+    if baseline and not resumed:
+        # The Trainer evaluates at step 0 inside train(), after accelerate has wrapped the model.
+        # A trainer.evaluate() before train() would prepare the bare model for evaluation and
+        # mark it prepared, and train() would then never wrap it in DistributedDataParallel:
+        # every process would train its own replica on unsynchronised gradients.
+        trainer.args.eval_on_start = True
     start = time.time()
     result = trainer.train(resume_from_checkpoint=True if resumed else None)
     wall = time.time() - start
-    return TrainingRun(resumed, result, round(wall, 2), trainer.evaluate() if evaluate else {})
+    return TrainingRun(
+        resumed,
+        result,
+        round(wall, 2),
+        trainer.evaluate() if evaluate else {},
+        baseline_eval_loss(trainer) if baseline else None,
+    )
 
 
 def has_checkpoint(run_dir: Path, stage: str) -> bool:
@@ -110,9 +138,22 @@ def has_checkpoint(run_dir: Path, stage: str) -> bool:
     return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
 
 
+def parallelism(trainer) -> dict:
+    """How the stage was spread out, for its report: processes and accelerate's distributed type
+    (NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED)."""
+    return {
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),
+    }
+
+
 def loss_history(log_history: list[dict]) -> list[tuple[int, float]]:
     """(step, training loss) pairs from a Trainer's log history."""
     return [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def last_logged(log_history: list[dict], key: str):

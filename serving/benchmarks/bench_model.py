@@ -74,7 +74,10 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     return hf
 
 
-def build_checkpoint(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
+def build_model(
+    preset: str = "tiny", seed: int = 0
+) -> tuple[PhiForCausalLM, PreTrainedTokenizerFast]:
+    """The preset's random-weight model (fp32, CPU) and its tokenizer, in memory."""
     tokenizer = build_tokenizer()
     config = PhiConfig(
         vocab_size=len(tokenizer),
@@ -91,6 +94,11 @@ def build_checkpoint(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
         pad_token_id=ids("<|pad|>"),
         do_sample=False,
     )
+    return model, tokenizer
+
+
+def build_checkpoint(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
+    model, tokenizer = build_model(preset, seed)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))

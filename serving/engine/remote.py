@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 PromptFormat = Literal["auto", "ids", "text"]
 
 
-#: How a kept-alive connection that the upstream closed in the meantime fails.
-_STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
-
-
 class UpstreamError(Exception):
     """The upstream refused or failed a request: `status` is what the client gets."""
 
@@ -84,8 +80,10 @@ class RemoteEngine(QueuedEngine):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        # idle connections are dropped before uvicorn's 5 s keep-alive ends them under us
-        limits = httpx.Limits(max_connections=self.max_running + 4, keepalive_expiry=2.0)
+        # No idle connections are kept: one the upstream closed meanwhile (uvicorn ends idle
+        # ones after 5 s) would fail the next request sent on it. A connect per request costs
+        # nothing beside a generation.
+        limits = httpx.Limits(max_connections=self.max_running + 4, max_keepalive_connections=0)
         self._client = httpx.AsyncClient(
             headers=self._headers, timeout=self._timeout, limits=limits
         )
@@ -122,7 +120,7 @@ class RemoteEngine(QueuedEngine):
     async def _probe(self) -> None:
         """Is the upstream there, which model does it serve, does it take token-id prompts?"""
         try:
-            response = await self._call("GET", f"{self.base_url}/models")
+            response = await self._client.get(f"{self.base_url}/models")
             if response.status_code >= 400:
                 raise UpstreamError(503, self._refusal(response, await response.aread()))
             listed = [m.get("id") for m in response.json().get("data", [])]
@@ -136,7 +134,7 @@ class RemoteEngine(QueuedEngine):
                 self.model = listed[0]
             if self.prompt_format == "auto":
                 self.prompt_format = await self._detect_prompt_format()
-        except (httpx.HTTPError, ValueError, UpstreamError) as exc:
+        except Exception as exc:  # whatever failed, it is not ready; the prober lives on
             if self._reachable:
                 logger.warning("upstream %s unavailable: %s", self.base_url, exc)
             self._reachable = False
@@ -156,17 +154,10 @@ class RemoteEngine(QueuedEngine):
         """`ids` if a one-token completion of a token-id prompt works, else `text`."""
         ids = self.tokenizer("你好")["input_ids"] or [0]
         body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0}
-        response = await self._call("POST", f"{self.base_url}/completions", json=body)
+        response = await self._client.post(f"{self.base_url}/completions", json=body)
         if response.status_code >= 500:
             raise UpstreamError(502, self._refusal(response, response.content))
         return "ids" if response.status_code < 400 else "text"
-
-    async def _call(self, method: str, url: str, **kwargs) -> httpx.Response:
-        """A short request, sent again once on a connection the upstream had closed."""
-        try:
-            return await self._client.request(method, url, **kwargs)
-        except _STALE_CONNECTION:
-            return await self._client.request(method, url, **kwargs)
 
     # ------------------------------------------------------------------ requests
     def _launch(self, slot: RequestSlot) -> None:
@@ -197,20 +188,20 @@ class RemoteEngine(QueuedEngine):
             self._fail(slot, 502, f"the upstream at {self.base_url} sent a bad answer: {exc}")
 
     async def _stream(self, slot: RequestSlot) -> None:
-        """One upstream completion, streamed into `slot`. Sent again once if the connection
-        failed before anything arrived: a kept-alive connection the upstream had just closed
-        fails that way, and nothing was generated for it."""
-        body = self._body(slot.request)
-        for attempt in range(2):
-            try:
-                async with self._client.stream(
-                    "POST", f"{self.base_url}/completions", json=body
-                ) as response:
-                    await self._read(slot, response)
-                return
-            except _STALE_CONNECTION:
-                if attempt or slot.tokens_seen or slot.done:
-                    raise
+        """One upstream completion, streamed into `slot`."""
+        request = self._client.build_request(
+            "POST", f"{self.base_url}/completions", json=self._body(slot.request)
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError:
+            raise
+        except Exception as exc:  # the transport failed under us (seen: a reset socket)
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            await self._read(slot, response)
+        finally:
+            await response.aclose()
 
     async def _read(self, slot: RequestSlot, response: httpx.Response) -> None:
         """The upstream's answer into `slot`; its usage (when the upstream sends one) counts

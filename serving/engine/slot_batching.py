@@ -20,6 +20,7 @@ explicit position ids and its own mask, so per-row positions need no padding tri
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import queue
 import threading
@@ -134,6 +135,10 @@ class SlotBatcher:
         if model.config._attn_implementation not in ("sdpa", "eager"):
             model.set_attn_implementation("sdpa")  # the batcher passes its own dense 4D masks
         self._bool_mask = model.config._attn_implementation == "sdpa"
+        # transformers renamed the forward's `past_key_values` to `cache` (after 5.17; both
+        # are in the project's range): hand the cache over under the model's own name
+        forward = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._cache = SlotKVCache(max_running, self.context_length)
         self._pending: deque[Job] = deque()  # added, not yet prefilled
         self._rows: list[_Row] = []
@@ -196,7 +201,7 @@ class SlotBatcher:
             input_ids=ids.to(self._device),
             position_ids=steps.expand(len(batch), width),
             attention_mask=self._mask(visible.unsqueeze(1)),
-            cache=self._cache,
+            **{self._cache_arg: self._cache},
             use_cache=True,
             logits_to_keep=keep,
         ).logits
@@ -221,7 +226,7 @@ class SlotBatcher:
             input_ids=torch.tensor([[r.last] for r in rows], device=self._device),
             position_ids=positions[:, None],
             attention_mask=self._mask(visible[:, None, None, :]),
-            cache=self._cache,
+            **{self._cache_arg: self._cache},
             use_cache=True,
         ).logits[:, -1]
         for row in rows:

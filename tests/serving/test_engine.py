@@ -291,3 +291,39 @@ def test_cancelled_and_stop_string_ends_while_others_run(
         _, text, reason = results[i]
         assert reason == "stop" and text == texts[i][: texts[i].find(stops[i])]
     assert after[0] == expected[2]
+
+
+class PastKeyValuesForward:
+    """The model as transformers 5.17 and earlier shape its forward: the cache argument is
+    called `past_key_values` (a `cache=` keyword would reach the model twice and fail)."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def forward(self, *, past_key_values=None, **kwargs):
+        return self._model(cache=past_key_values, **kwargs)
+
+    __call__ = forward
+
+
+def test_the_batcher_hands_the_cache_over_under_the_forwards_own_name(
+    model_and_tokenizer, reference
+):
+    from serving.engine.slot_batching import Job, SlotBatcher
+
+    model, tokenizer = model_and_tokenizer
+    prompts = ["你好", "学而时习之，不亦说乎。"]
+    batcher = SlotBatcher(PastKeyValuesForward(model), max_running=2)
+    produced: dict[str, list[int]] = {"a": [], "b": []}
+    for engine_id, p in zip(produced, prompts, strict=True):
+        params = SamplingParams(max_new_tokens=12, temperature=0)
+        batcher.add(Job(engine_id, prompt_ids(tokenizer, p), params, seed=0))
+    while batcher.busy:
+        for engine_id, token, _ in batcher.step():
+            produced[engine_id].append(token)
+    assert list(produced.values()) == [
+        reference.greedy_ids(prompt_ids(tokenizer, p), 12) for p in prompts
+    ]

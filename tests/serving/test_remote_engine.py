@@ -282,8 +282,9 @@ def test_killing_the_upstream_mid_stream_ends_it_with_an_error_and_health_recove
         with httpx.stream("POST", url, json=body, timeout=30) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
-                if line:
-                    events.append(line)
+                if not line:
+                    continue
+                events.append(line)
                 if len(events) == 1:  # the stream is open (its first chunk)
                     refused = httpx.post(url, json=body, timeout=30)
                     assert_error(refused, 429, "rate_limit_error")

@@ -8,6 +8,11 @@ transformers brings), so it runs on a bare CUDA machine with this repository che
 (a) the seed article's settings: eager attention, Adafactor, micro-batch 4 x accumulation 32;
 (b) the project's defaults: sdpa, fused AdamW, bf16, torch.compile, micro-batch 64.
 `--smoke` runs a tiny model for two steps on CPU, to check the script itself.
+
+It avoids `training.pretrain` (which imports pyarrow, a `datasets` dependency that a bare CUDA
+machine lacks) and adapts the Trainer arguments to the installed transformers, so it also runs
+where transformers is older than the project's own venv. `training.benchmarks.gpu_check` reuses
+`run_setting` and `make_trainer`.
 """
 
 from __future__ import annotations
@@ -22,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from training.config import load_recipe
 from training.model_factory import build_model, count_parameters
-from training.pretrain import PackedBlocks
 from training.throughput import attach_throughput
 from training.tokenizer import train_tokenizer
 from training.trainer_args import trainer_kwargs
@@ -41,7 +45,63 @@ SETTINGS = {
 }
 
 
-def run_setting(name: str, setting: dict, steps: int, smoke: bool, workdir: Path) -> dict:
+class TokenBlocks(torch.utils.data.Dataset):
+    """Fixed-length blocks of a flat token array, labels = inputs (the model shifts them); the
+    same items as `training.pretrain.PackedBlocks`, without importing that module's pyarrow."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.seq_len
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        block = torch.from_numpy(
+            self.tokens[i * self.seq_len : (i + 1) * self.seq_len].astype(np.int64)
+        )
+        return {"input_ids": block, "labels": block.clone()}
+
+
+class DeadlineCallback(TrainerCallback):
+    """Stops training after the step that passes `deadline` (time.time()), so a slow setting
+    reports the steps it managed instead of overrunning its time budget."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.stopped = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.deadline is not None and time.time() > self.deadline:
+            control.should_training_stop = self.stopped = True
+
+
+def make_trainer(model, cfg, data, workdir: Path, name: str, deadline: float | None = None):
+    """A Trainer over `data` with the project's stage arguments (no saving, no reporting), its
+    throughput callback and a deadline."""
+    kwargs = trainer_kwargs(cfg, workdir / name, "pretrain", has_eval=False, padded=False)
+    kwargs.update(save_strategy="no", report_to=[])
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**kwargs, remove_unused_columns=False),
+        train_dataset=data,
+        data_collator=default_data_collator,
+    )
+    throughput = attach_throughput(trainer, model, cfg.seq_len)
+    stopper = DeadlineCallback(deadline)
+    trainer.add_callback(stopper)
+    return trainer, throughput, stopper
+
+
+def run_setting(
+    name: str,
+    setting: dict,
+    steps: int,
+    smoke: bool,
+    workdir: Path,
+    deadline: float | None = None,
+) -> dict:
     recipe = load_recipe("seed")
     model_cfg = dataclasses.replace(recipe.model, attn_implementation=setting["attn"])
     cfg = dataclasses.replace(
@@ -69,19 +129,11 @@ def run_setting(name: str, setting: dict, steps: int, smoke: bool, workdir: Path
     model = build_model(model_cfg, tokenizer, seed=0, min_vocab_size=vocab)
     n_tokens = (steps + 1) * cfg.micro_batch * cfg.grad_accum * cfg.seq_len
     rng = np.random.default_rng(0)
-    data = PackedBlocks(
+    data = TokenBlocks(
         rng.integers(0, vocab, size=n_tokens, dtype=np.int64).astype(np.uint16), cfg.seq_len
     )
 
-    kwargs = trainer_kwargs(cfg, workdir / name, "pretrain", has_eval=False, padded=False)
-    kwargs.update(save_strategy="no", report_to=[])
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(**kwargs, remove_unused_columns=False),
-        train_dataset=data,
-        data_collator=default_data_collator,
-    )
-    throughput = attach_throughput(trainer, model, cfg.seq_len)
+    trainer, throughput, stopper = make_trainer(model, cfg, data, workdir, name, deadline)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -90,7 +142,10 @@ def run_setting(name: str, setting: dict, steps: int, smoke: bool, workdir: Path
 
     logs = [e for e in trainer.state.log_history if "tokens_per_s" in e]
     steady = logs[len(logs) // 3 :] or logs  # skip warm-up (compilation, allocator)
+    if not steady:
+        raise RuntimeError(f"{name}: no step finished within the time budget")
     tokens_per_s = statistics.median(e["tokens_per_s"] for e in steady)
+    tokens_per_step = cfg.micro_batch * cfg.grad_accum * cfg.seq_len
     result = {
         "setting": name,
         **setting,
@@ -99,8 +154,13 @@ def run_setting(name: str, setting: dict, steps: int, smoke: bool, workdir: Path
         "compile": cfg.torch_compile,
         "parameters": count_parameters(model),
         "steps": trainer.state.global_step,
-        "tokens_per_step": cfg.micro_batch * cfg.grad_accum * cfg.seq_len,
+        "stopped_by_deadline": stopper.stopped,
+        "tokens_per_step": tokens_per_step,
         "tokens_per_s": round(tokens_per_s),
+        # wall time beyond what the steady rate explains: compilation and allocator warm-up
+        "warmup_s": round(
+            max(wall - tokens_per_step * trainer.state.global_step / tokens_per_s, 0), 1
+        ),
         "tflops": round(tokens_per_s * throughput.flops_per_token / 1e12, 1),
         "mfu": round(tokens_per_s * throughput.flops_per_token / throughput.peak_flops, 4)
         if throughput.peak_flops
