@@ -171,6 +171,10 @@ def test_compose_own_model_and_settings(tool, tmp_path):
         XIAOPHI_HOST_PORT="9000",
         XIAOPHI_API_KEYS="k1,k2",
         XIAOPHI_MAX_RUNNING="4",
+        XIAOPHI_ENGINE="remote",
+        XIAOPHI_REMOTE_BASE_URL="http://gpu-box:8001/v1",
+        XIAOPHI_REMOTE_MODEL="xiaophi-upstream",
+        XIAOPHI_KB_EMBEDDING_URL="http://embedder:8000/v1",
     )
     api = cfg["services"]["api"]
     assert volume_targets(api)["/models"] == str(own)
@@ -181,6 +185,10 @@ def test_compose_own_model_and_settings(tool, tmp_path):
     assert env["XIAOPHI_MODEL"] == "/models/mine"
     assert env["XIAOPHI_API_KEYS"] == "k1,k2"
     assert env["XIAOPHI_MAX_RUNNING"] == "4"
+    assert env["XIAOPHI_ENGINE"] == "remote"
+    assert env["XIAOPHI_REMOTE_BASE_URL"] == "http://gpu-box:8001/v1"
+    assert env["XIAOPHI_REMOTE_MODEL"] == "xiaophi-upstream"
+    assert env["XIAOPHI_KB_EMBEDDING_URL"] == "http://embedder:8000/v1"
     assert env_of(cfg["services"]["trainer"])["XIAOPHI_MODEL"] == "/models/mine"
 
 
