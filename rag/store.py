@@ -98,22 +98,6 @@ def file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def try_file_lock(path: Path) -> Iterator[bool]:
-    """Exclusive flock on `path` if it is free right now: yields True while holding it, else
-    False at once."""
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 class KBStore:
     """The folder of one knowledge base: versions, the CURRENT pointer, originals, the lock."""
 
@@ -194,8 +178,9 @@ class KBStore:
         waiting on it would stall the caller, and its own commit cleans up anyway. True if the
         sweep ran."""
         try:
-            with try_file_lock(self.root / LOCK) as locked:
-                if not locked or not self.exists():
+            # a zero wait: a lock held now is a Conflict at once
+            with file_lock(self.root / LOCK, 0, f"knowledge base {self.name!r}"):
+                if not self.exists():
                     return False
                 current = self.current_version()
                 if not _VERSION.fullmatch(current):  # not ours to judge; never guess what is live
@@ -203,6 +188,8 @@ class KBStore:
                 older = [v for v in self._versions() if int(v[1:]) < int(current[1:])]
                 self._clean(current, older[-1] if older else None)
                 return True
+        except Conflict:  # a writer holds it
+            return False
         except OSError:  # deleted meanwhile, or a read-only folder: leave it to the next writer
             return False
 
