@@ -204,9 +204,9 @@ class RemoteEngine(QueuedEngine):
             await response.aclose()
 
     async def _read(self, slot: RequestSlot, response: httpx.Response) -> None:
-        """The upstream's answer into `slot`; its usage (when the upstream sends one) counts
-        the tokens, else the local tokenizer does."""
-        text, finish, counted = "", None, None
+        """The upstream's answer into `slot`. Tokens are counted per delta while it streams
+        (for the metrics) and once at the end: the upstream's usage, else the whole text."""
+        text, finish, counted, tokens = "", None, None, 0
         if response.status_code >= 400:
             raise UpstreamError(
                 _client_status(response.status_code),
@@ -221,12 +221,14 @@ class RemoteEngine(QueuedEngine):
                 delta = choice.get("text") or ""
                 if delta:
                     text += delta
-                    self._deliver_text(slot, delta, self._count(text), None)
+                    tokens += self._count(delta)  # on the way: about right, and cheap
+                    self._deliver_text(slot, delta, tokens, None)
                     if slot.done:  # cut at a stop string: stop the upstream too
                         return
                 finish = choice.get("finish_reason") or finish
         if finish is None:
             raise UpstreamError(502, f"the upstream at {self.base_url} ended the stream early")
+        # at the end: the upstream's own count, else the whole answer's tokens here
         self._deliver_text(slot, "", counted if counted else self._count(text), finish)
 
     def _body(self, request: EngineRequest) -> dict:
