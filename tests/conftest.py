@@ -51,3 +51,13 @@ def build_tiny_checkpoint(path: Path, arch: str = "phi", seed: int = 0) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Session-wide tiny checkpoint directory; treat it as read-only."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "model")
+
+
+@pytest.fixture(scope="session")
+def embedder_folder(tmp_path_factory) -> Path:
+    """A tiny sentence-transformers model folder (random StaticEmbedding); treat it as read-only."""
+    from tests.rag.conftest import save_static_embedder
+
+    folder = tmp_path_factory.mktemp("static") / "embedder"
+    save_static_embedder(folder)
+    return folder

@@ -18,7 +18,7 @@ from rag.models import Upload
 from rag.service import KnowledgeBaseService
 from serving.app import create_app
 from serving.config import Settings
-from tests.rag.conftest import IDIOMS, save_static_embedder
+from tests.rag.conftest import IDIOMS
 from tests.serving.conftest import free_port, serve
 
 KEY = "embed-key"
@@ -54,13 +54,6 @@ class RequestLog:
             return message
 
         await self.app(scope, logged, send)
-
-
-@pytest.fixture(scope="module")
-def embedder_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("static") / "embedder"
-    save_static_embedder(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

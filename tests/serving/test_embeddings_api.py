@@ -15,7 +15,7 @@ from openai import OpenAI
 from rag.config import KBSettings
 from rag.embeddings import load_embedder
 from serving.config import Settings
-from tests.rag.conftest import IDIOMS, save_static_embedder
+from tests.rag.conftest import IDIOMS
 from tests.serving.conftest import free_port, run_server
 from tests.serving.test_errors import assert_error
 
@@ -29,13 +29,6 @@ def embedding_server(kb_dir, embedding_model: str, **kb_overrides):
     settings = Settings(_env_file=None, ui=False, api_keys=[KEY], kb_dir=kb_dir)
     kb_settings = KBSettings(kb_dir=kb_dir, embedding_model=embedding_model, **kb_overrides)
     return run_server(settings, kb_settings=kb_settings)
-
-
-@pytest.fixture(scope="module")
-def embedder_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("static") / "embedder"
-    save_static_embedder(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
