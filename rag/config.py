@@ -107,6 +107,34 @@ class KBSettings(BaseSettings):
     lock_timeout_s: float = Field(
         300.0, gt=0, description="Longest wait for another writer of a KB."
     )
+    backend: Literal["local", "postgres"] = Field(
+        "local",
+        description=(
+            "Where KBs are kept: `local` = one folder per KB under kb_dir, searched in this "
+            "process's memory (one server); `postgres` = a PostgreSQL database with pgvector at "
+            "database_url, shared by every server that points at it."
+        ),
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "PostgreSQL connection URL for the postgres backend, e.g. "
+            "`postgresql://xiaophi:secret@db:5432/xiaophi`. The database needs the pgvector "
+            "extension available (the `pgvector/pgvector` image has it); the schema is created "
+            "and migrated by the application."
+        ),
+    )
+    database_pool_size: int = Field(
+        10, ge=1, description="Most database connections one process keeps open (postgres)."
+    )
+    database_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Longest wait for a database connection (postgres); past it a KB request answers "
+            "503 saying the database is unavailable."
+        ),
+    )
 
     @field_validator("embedding_url")
     @classmethod
@@ -123,8 +151,26 @@ class KBSettings(BaseSettings):
         # the full endpoint is a common paste; the client adds `/embeddings` itself
         return value.removesuffix("/embeddings")
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        url = (value.get_secret_value() if value else "").strip()
+        if not url:  # compose files pass `${XIAOPHI_KB_DATABASE_URL:-}`
+            return None
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "XIAOPHI_KB_DATABASE_URL is not a PostgreSQL URL; use "
+                "postgresql://user:password@host:5432/database."
+            )
+        return SecretStr(url)
+
     @model_validator(mode="after")
     def _check(self) -> KBSettings:
+        if self.backend == "postgres" and self.database_url is None:
+            raise ValueError(
+                "XIAOPHI_KB_BACKEND=postgres needs XIAOPHI_KB_DATABASE_URL, e.g. "
+                "postgresql://xiaophi:secret@db:5432/xiaophi."
+            )
         if self.embedding_url and "embedding_model" not in self.model_fields_set:
             raise ValueError(
                 f"XIAOPHI_KB_EMBEDDING_URL is set ({self.embedding_url}) but not "

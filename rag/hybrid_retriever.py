@@ -20,7 +20,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from rag.kb_index import KBIndex
+from rag.backend import SearchIndex
 
 Mode = Literal["hybrid", "bm25", "dense"]
 Fusion = Literal["convex", "rrf"]
@@ -57,7 +57,7 @@ def convex_fusion(runs: list[tuple[list[tuple[str, float]], float]]) -> list[tup
 
 
 def score_union(
-    index: KBIndex,
+    index: SearchIndex,
     query: str,
     query_vector: list[float],
     bm25: list[tuple[str, float]],
@@ -104,7 +104,7 @@ class HybridRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    index: KBIndex
+    index: SearchIndex
     embeddings: Embeddings
     k: int = 5
     fetch_k: int = 50
@@ -139,9 +139,11 @@ class HybridRetriever(BaseRetriever):
         bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
         dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
         out = []
-        for chunk_id, score in ranked[: self.k]:
-            chunk = self.index.chunk(chunk_id)
-            if chunk is None:
+        top = ranked[: self.k]
+        found = self.index.chunks([chunk_id for chunk_id, _ in top])
+        for chunk_id, score in top:
+            chunk = found.get(chunk_id)
+            if chunk is None:  # removed by a writer since it was ranked
                 continue
             meta = {
                 **chunk.metadata,

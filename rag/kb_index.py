@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,18 @@ class KBIndex:
     @property
     def documents(self) -> list[dict]:
         return self.manifest["documents"]
+
+    @property
+    def embedding_model(self) -> str | None:
+        return self.manifest.get("embedding_model")
+
+    @property
+    def has_documents(self) -> bool:
+        return bool(self.manifest["documents"])
+
+    def chunks(self, chunk_ids: Sequence[str]) -> dict[str, Document]:
+        found = {chunk_id: self.chunk(chunk_id) for chunk_id in chunk_ids}
+        return {chunk_id: doc for chunk_id, doc in found.items() if doc is not None}
 
     def chunk(self, chunk_id: str) -> Document | None:
         if self.vectors is None:

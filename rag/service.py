@@ -1,29 +1,26 @@
 """KnowledgeBaseService: the one API the CLI and the HTTP routes call. Knows nothing of HTTP.
 
-Writes to a KB hold its file lock; the slow parts of adding (parsing, embedding) run before the
-lock is taken, so concurrent uploads to one KB overlap and all land. The first time a service
-touches a KB it sweeps away what a writer killed mid-commit left there (KBStore.sweep).
+The service checks, parses, splits and embeds uploads; a backend (rag/backend.py: a folder per KB,
+or PostgreSQL) stores them. The slow parts of adding run before the backend takes the KB's write
+lock, so concurrent uploads to one KB overlap and all land.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
 from langchain_core.documents import Document
 
-from rag.bm25 import BM25Index
+from rag.backend import KBBackend, KBHeader, NewDocument, SearchIndex, backend_for
 from rag.config import KBSettings
 from rag.embeddings import Embedder, embedder_for
-from rag.errors import Conflict, InvalidInput, KBError, NotFound, TooLarge
+from rag.errors import Conflict, InvalidInput, KBError, TooLarge
 from rag.hybrid_retriever import HybridRetriever, Mode
-from rag.kb_index import KBIndex
 from rag.loaders import load_bytes
 from rag.models import (
     AddResult,
@@ -36,7 +33,7 @@ from rag.models import (
 )
 from rag.names import validate_filename, validate_kb_name
 from rag.splitter import split_pages
-from rag.store import KBStore, file_lock, test_pause
+from rag.store import test_pause
 
 MAX_QUERY_CHARS = 2000
 
@@ -51,18 +48,30 @@ class _Prepared:
     chunks: list[Document]
     vectors: list[list[float]]
 
+    def new_document(self) -> NewDocument:
+        return NewDocument(
+            info={**self.info.model_dump(), "extension": self.extension},
+            data=self.data,
+            chunks=self.chunks,
+            vectors=self.vectors,
+        )
+
 
 class KnowledgeBaseService:
     """Create, list and delete knowledge bases; add, list and delete documents; search."""
 
-    def __init__(self, settings: KBSettings | None = None, embedder: Embedder | None = None):
+    def __init__(
+        self,
+        settings: KBSettings | None = None,
+        embedder: Embedder | None = None,
+        backend: KBBackend | None = None,
+    ):
         self.settings = settings or KBSettings()
-        self.settings.kb_dir.mkdir(parents=True, exist_ok=True)
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
-        self._cache: dict[str, KBIndex] = {}
-        self._cache_lock = threading.Lock()
-        self._swept: set[str] = set()
+        self.backend = backend or backend_for(self.settings)
+        if hasattr(self.backend, "bind_embeddings"):  # FAISS keeps the embedding function
+            self.backend.bind_embeddings(lambda: self.embedder.embeddings)
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -73,54 +82,24 @@ class KnowledgeBaseService:
                 self._embedder = embedder_for(self.settings)
             return self._embedder
 
-    def _store(self, name: str) -> KBStore:
-        return KBStore(self.settings.kb_dir / validate_kb_name(name))
+    def close(self) -> None:
+        self.backend.close()
 
-    def _existing(self, name: str) -> KBStore:
-        store = self._store(name)
-        if not store.exists():
-            raise NotFound(f"knowledge base {name!r} does not exist; create it first.")
-        # Once per service, when it opens the KB; if a writer holds the KB just then, the sweep
-        # is skipped (that writer cleans up when it commits) and tried on the next call.
-        if name not in self._swept and store.sweep():
-            self._swept.add(name)
-        return store
+    def _layout(self) -> dict:
+        """How this service splits and tokenises: recorded with each KB it creates or rebuilds."""
+        s = self.settings
+        return {
+            "bm25_tokenizer": s.bm25_tokenizer,
+            "chunk_size": s.chunk_size,
+            "chunk_overlap": s.chunk_overlap,
+            "chunk_unit": s.chunk_unit,
+        }
 
-    def _index(self, name: str) -> KBIndex:
-        """The current version of a KB, from cache when no writer has replaced it since."""
-        store = self._existing(name)
-        version = store.current_version()
-        with self._cache_lock:
-            cached = self._cache.get(name)
-        if cached is not None and cached.version == version:
-            return cached
-        index = store.load(self.embedder.embeddings)
-        with self._cache_lock:
-            self._cache[name] = index
-        return index
+    def _index(self, name: str) -> SearchIndex:
+        return self.backend.search_index(validate_kb_name(name))
 
-    def _kb_dir_lock(self):
-        return file_lock(
-            self.settings.kb_dir / ".kb_dir.lock",
-            self.settings.lock_timeout_s,
-            "the knowledge-base folder",
-        )
-
-    @staticmethod
-    def _info(manifest: dict) -> KnowledgeBaseInfo:
-        docs = manifest["documents"]
-        return KnowledgeBaseInfo(
-            name=manifest["name"],
-            documents=len(docs),
-            chunks=sum(d["chunks"] for d in docs),
-            embedding_model=manifest.get("embedding_model"),
-            created_at=manifest["created_at"],
-            updated_at=manifest["updated_at"],
-        )
-
-    def _check_embedder(self, manifest: dict, name: str) -> None:
-        built_with = manifest.get("embedding_model")
-        if manifest["documents"] and built_with and built_with != self.embedder.model_id:
+    def _check_embedder(self, built_with: str | None, has_documents: bool, name: str) -> None:
+        if has_documents and built_with and built_with != self.embedder.model_id:
             raise Conflict(
                 f"knowledge base {name!r} was indexed with embedder {built_with!r} but this service "
                 f"uses {self.embedder.model_id!r}; run `xiaophi-kb reindex {name}` (or set "
@@ -129,62 +108,24 @@ class KnowledgeBaseService:
 
     # -- knowledge bases -----------------------------------------------------------------
     def create_kb(self, name: str) -> KnowledgeBaseInfo:
-        store = self._store(name)
-        with self._kb_dir_lock():
-            if store.root.exists():
-                raise Conflict(
-                    f"knowledge base {name!r} already exists; pick another name or delete it first."
-                )
-            tmp = self.settings.kb_dir / f".tmp-create-{uuid.uuid4().hex}"
-            tmp.mkdir()
-            (tmp / "files").mkdir()
-            now = time.time()
-            manifest = {
-                "name": name,
-                "created_at": now,
-                "updated_at": now,
-                "embedding_model": None,
-                "bm25_tokenizer": self.settings.bm25_tokenizer,
-                "chunk_size": self.settings.chunk_size,
-                "chunk_overlap": self.settings.chunk_overlap,
-                "chunk_unit": self.settings.chunk_unit,
-                "documents": [],
-            }
-            KBStore(tmp).commit(
-                KBIndex(
-                    manifest=manifest, vectors=None, bm25=BM25Index(self.settings.bm25_tokenizer)
-                )
-            )
-            tmp.rename(store.root)
-        return self._info(manifest)
+        return self.backend.create(validate_kb_name(name), self._layout())
 
     def list_kbs(self) -> list[KnowledgeBaseInfo]:
-        out = []
-        for path in sorted(self.settings.kb_dir.iterdir()):
-            if path.name.startswith(".") or not KBStore(path).exists():
-                continue
-            try:
-                out.append(self._info(KBStore(path).read_manifest()))
-            except (FileNotFoundError, NotFound):  # deleted while we listed
-                continue
-        return out
+        return self.backend.list()
 
     def get_kb(self, name: str) -> KnowledgeBaseInfo:
-        return self._info(self._existing(name).read_manifest())
+        return self.backend.info(validate_kb_name(name))
 
     def delete_kb(self, name: str) -> None:
-        store = self._existing(name)
-        with self._kb_dir_lock(), store.lock(self.settings.lock_timeout_s):
-            trash = self.settings.kb_dir / f".tmp-delete-{uuid.uuid4().hex}"
-            store.root.rename(trash)  # one step: the KB is gone for every reader at once
-        shutil.rmtree(trash, ignore_errors=True)
-        with self._cache_lock:
-            self._cache.pop(name, None)
-        self._swept.discard(name)
+        self.backend.delete(validate_kb_name(name))
+
+    def counts(self, name: str) -> dict[str, int]:
+        """Documents, chunks, vectors and lexical rows as the backend stores them."""
+        return self.backend.counts(validate_kb_name(name))
 
     # -- documents -----------------------------------------------------------------------
     def list_documents(self, name: str) -> list[DocumentInfo]:
-        return [DocumentInfo(**d) for d in self._existing(name).read_manifest()["documents"]]
+        return [DocumentInfo(**d) for d in self.backend.documents(validate_kb_name(name))]
 
     def _prepare(self, upload: Upload, doc_id_taken: dict[str, str]) -> _Prepared | FileResult:
         filename = upload.filename
@@ -211,16 +152,7 @@ class KnowledgeBaseService:
                 filename=filename, status="rejected", error=exc.kind, reason=exc.message
             )
         extension = PurePath(filename).suffix.lower()
-        base = {"doc_id": doc_id, "filename": filename}
-        chunks = split_pages(
-            loaded.pages,
-            self.settings.chunk_size,
-            self.settings.chunk_overlap,
-            base,
-            self._chunk_length(),
-        )
-        for chunk in chunks:
-            chunk.metadata["chunk_id"] = f"{doc_id}:{chunk.metadata['chunk_index']}"
+        chunks = self._split(loaded.pages, doc_id, filename)
         info = DocumentInfo(
             id=doc_id,
             filename=filename,
@@ -246,10 +178,10 @@ class KnowledgeBaseService:
 
     def add_documents(self, name: str, uploads: Sequence[Upload]) -> AddResult:
         """Add several files; each gets its own result. Bad files never change the KB."""
-        store = self._existing(name)
+        name = validate_kb_name(name)
+        existing = self.backend.header(name).documents
         if not uploads:
             raise InvalidInput("no files given; upload at least one file.")
-        existing = {d["id"]: d["filename"] for d in store.read_manifest()["documents"]}
         taken = dict(existing)
         prepared: list[_Prepared | FileResult] = [self._prepare(u, taken) for u in uploads]
         for item in prepared:
@@ -266,29 +198,18 @@ class KnowledgeBaseService:
             p.vectors = vectors[offset : offset + len(p.chunks)]
             offset += len(p.chunks)
         test_pause("after_embed")
-        results: list[FileResult] = []
-        landed: list[str] = []
+        landed: set[str] = set()
         if new:
-            with store.lock(self.settings.lock_timeout_s):
-                index = store.load(self.embedder.embeddings)
-                self._check_embedder(index.manifest, name)
-                live = {d["id"]: d["filename"] for d in index.documents}
-                for p in new:
-                    if p.info.id in live:  # another writer added the same content meanwhile
-                        continue
-                    store.save_original({"id": p.info.id, "extension": p.extension}, p.data)
-                    index.add_chunks(
-                        p.chunks, p.vectors, self.embedder.embeddings
-                    ) if p.chunks else None
-                    index.manifest["documents"].append(
-                        {**p.info.model_dump(), "extension": p.extension}
-                    )
-                    live[p.info.id] = p.info.filename
-                    landed.append(p.info.id)
-                if landed:
-                    index.manifest["embedding_model"] = self.embedder.model_id
-                    index.manifest["updated_at"] = time.time()
-                    store.commit(index)
+
+            def check(header: KBHeader) -> None:
+                self._check_embedder(header.embedding_model, bool(header.documents), name)
+
+            landed = set(
+                self.backend.add(
+                    name, [p.new_document() for p in new], self.embedder.model_id, check
+                )
+            )
+        results: list[FileResult] = []
         for item in prepared:
             if isinstance(item, FileResult):
                 results.append(item)
@@ -296,7 +217,7 @@ class KnowledgeBaseService:
                 results.append(
                     FileResult(filename=item.info.filename, status="added", document=item.info)
                 )
-            else:
+            else:  # another writer added the same content meanwhile
                 results.append(
                     FileResult(
                         filename=item.info.filename,
@@ -308,60 +229,48 @@ class KnowledgeBaseService:
         return AddResult(knowledge_base=name, results=results)
 
     def delete_document(self, name: str, doc_id: str) -> DocumentInfo:
-        store = self._existing(name)
-        with store.lock(self.settings.lock_timeout_s):
-            index = store.load(self.embedder.embeddings)
-            doc = next((d for d in index.documents if d["id"] == doc_id), None)
-            if doc is None:
-                raise NotFound(
-                    f"document {doc_id!r} is not in knowledge base {name!r}; list its documents to see the ids."
-                )
-            index.remove_chunks([f"{doc_id}:{i}" for i in range(doc["chunks"])])
-            index.manifest["documents"] = [d for d in index.documents if d["id"] != doc_id]
-            index.manifest["updated_at"] = time.time()
-            store.commit(index)
+        doc = self.backend.remove(validate_kb_name(name), doc_id)
         return DocumentInfo(**doc)
+
+    def _split(self, pages: list, doc_id: str, filename: str) -> list[Document]:
+        """Chunks of a document's pages, with this service's settings; ids `<doc_id>:<index>`."""
+        chunks = split_pages(
+            pages,
+            self.settings.chunk_size,
+            self.settings.chunk_overlap,
+            {"doc_id": doc_id, "filename": filename},
+            self._chunk_length(),
+        )
+        for chunk in chunks:
+            chunk.metadata["chunk_id"] = f"{doc_id}:{chunk.metadata['chunk_index']}"
+        return chunks
 
     def reindex(self, name: str) -> ReindexResult:
         """Re-read every original and rebuild both indexes with the current settings and embedder."""
-        store = self._existing(name)
+        name = validate_kb_name(name)
         start = time.time()
-        embeddings = self.embedder.embeddings
-        with store.lock(self.settings.lock_timeout_s):
-            old = store.read_manifest()
-            manifest = {
-                **old,
-                "documents": [],
-                "embedding_model": self.embedder.model_id,
-                "bm25_tokenizer": self.settings.bm25_tokenizer,
-                "chunk_size": self.settings.chunk_size,
-                "chunk_overlap": self.settings.chunk_overlap,
-                "chunk_unit": self.settings.chunk_unit,
-            }
-            index = KBIndex(
-                manifest=manifest, vectors=None, bm25=BM25Index(self.settings.bm25_tokenizer)
-            )
-            for doc in old["documents"]:
-                data = store.original_path(doc).read_bytes()
+
+        def build(originals: list[tuple[dict, bytes]]) -> list[NewDocument]:
+            out = []
+            for doc, data in originals:
                 loaded = load_bytes(data, doc["filename"], self.settings.max_unzipped_bytes)
-                chunks = split_pages(
-                    loaded.pages,
-                    self.settings.chunk_size,
-                    self.settings.chunk_overlap,
-                    {"doc_id": doc["id"], "filename": doc["filename"]},
-                    self._chunk_length(),
+                chunks = self._split(loaded.pages, doc["id"], doc["filename"])
+                out.append(
+                    NewDocument(
+                        info={**doc, "chunks": len(chunks)},
+                        data=data,
+                        chunks=chunks,
+                        vectors=self._embed(chunks),
+                    )
                 )
-                for chunk in chunks:
-                    chunk.metadata["chunk_id"] = f"{doc['id']}:{chunk.metadata['chunk_index']}"
-                if chunks:
-                    index.add_chunks(chunks, self._embed(chunks), embeddings)
-                manifest["documents"].append({**doc, "chunks": len(chunks)})
-            manifest["updated_at"] = time.time()
-            store.commit(index)
+            return out
+
+        self.backend.rebuild(name, self._layout(), self.embedder.model_id, build)
+        info = self.backend.info(name)
         return ReindexResult(
             knowledge_base=name,
-            documents=len(manifest["documents"]),
-            chunks=sum(d["chunks"] for d in manifest["documents"]),
+            documents=info.documents,
+            chunks=info.chunks,
             embedding_model=self.embedder.model_id,
             seconds=round(time.time() - start, 3),
         )
@@ -370,9 +279,9 @@ class KnowledgeBaseService:
     def retriever(
         self, name: str, top_k: int | None = None, mode: Mode = "hybrid"
     ) -> HybridRetriever:
-        """A LangChain retriever over the KB's current version (RAG chat plugs this in)."""
+        """A LangChain retriever over the KB as it is now (RAG chat plugs this in)."""
         index = self._index(name)
-        self._check_embedder(index.manifest, name)
+        self._check_embedder(index.embedding_model, index.has_documents, name)
         s = self.settings
         return HybridRetriever(
             index=index,
