@@ -71,9 +71,11 @@ class KBBackend(Protocol):
         name: str,
         docs: Sequence[NewDocument],
         embedding_model: str,
-        check: Callable[[KBHeader], None],
+        check: Callable[[str | None, bool], None],
     ) -> list[str]:
-        """Store the documents not already in the KB, all in one commit; returns their ids."""
+        """Store the documents not already in the KB, all in one commit; returns their ids.
+
+        `check(embedding_model, has_documents)` runs first, under the KB's write lock."""
         ...
 
     def remove(self, name: str, doc_id: str) -> dict: ...

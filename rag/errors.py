@@ -1,7 +1,7 @@
 """Typed errors of the knowledge-base service; each says what to fix and knows nothing of HTTP.
 
 A web layer maps them to statuses: NotFound → 404, InvalidInput → 400, TooLarge → 413,
-Conflict (and its Duplicate) → 409, EmbedderUnavailable → 503.
+Conflict (and its Duplicate) → 409, EmbedderUnavailable and StoreUnavailable → 503.
 """
 
 from __future__ import annotations
@@ -51,3 +51,9 @@ class EmbedderUnavailable(KBError):
     """The configured embedding model cannot be loaded (a server-side setting, not the request)."""
 
     kind = "embedder_unavailable"
+
+
+class StoreUnavailable(KBError):
+    """The knowledge-base database does not answer (down, restarting, out of connections)."""
+
+    kind = "kb_unavailable"

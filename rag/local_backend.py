@@ -138,13 +138,13 @@ class LocalBackend:
         name: str,
         docs: Sequence[NewDocument],
         embedding_model: str,
-        check: Callable[[KBHeader], None],
+        check: Callable[[str | None, bool], None],
     ) -> list[str]:
         store = self._existing(name)
         landed: list[str] = []
         with store.lock(self.settings.lock_timeout_s):
             index = self._load(store)
-            check(_header(index.manifest))
+            check(index.embedding_model, index.has_documents)
             live = {d["id"] for d in index.documents}
             for doc in docs:
                 if doc.info["id"] in live:  # another writer added the same content meanwhile

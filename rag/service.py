@@ -16,7 +16,7 @@ from pathlib import PurePath
 
 from langchain_core.documents import Document
 
-from rag.backend import KBBackend, KBHeader, NewDocument, SearchIndex, backend_for
+from rag.backend import KBBackend, NewDocument, SearchIndex, backend_for
 from rag.config import KBSettings
 from rag.embeddings import Embedder, embedder_for
 from rag.errors import Conflict, InvalidInput, KBError, TooLarge
@@ -201,14 +201,11 @@ class KnowledgeBaseService:
         landed: set[str] = set()
         if new:
 
-            def check(header: KBHeader) -> None:
-                self._check_embedder(header.embedding_model, bool(header.documents), name)
+            def check(built_with: str | None, has_documents: bool) -> None:
+                self._check_embedder(built_with, has_documents, name)
 
-            landed = set(
-                self.backend.add(
-                    name, [p.new_document() for p in new], self.embedder.model_id, check
-                )
-            )
+            docs = [p.new_document() for p in new]
+            landed = set(self.backend.add(name, docs, self.embedder.model_id, check))
         results: list[FileResult] = []
         for item in prepared:
             if isinstance(item, FileResult):

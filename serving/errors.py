@@ -14,7 +14,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag.errors import Conflict, EmbedderUnavailable, InvalidInput, KBError, NotFound, TooLarge
+from rag.errors import (
+    Conflict,
+    EmbedderUnavailable,
+    InvalidInput,
+    KBError,
+    NotFound,
+    StoreUnavailable,
+    TooLarge,
+)
 from serving.exceptions import (
     ContextLengthError,
     EngineNotReadyError,
@@ -80,6 +88,7 @@ def status_of(exc: BaseException) -> int:
         (TooLarge, 413),
         (Conflict, 409),
         (EmbedderUnavailable, 503),
+        (StoreUnavailable, 503),
     ):
         if isinstance(exc, cls):
             return status

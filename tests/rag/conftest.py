@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,25 @@ def settings(tmp_path, **kw) -> KBSettings:
     return KBSettings(**{**base, **kw})
 
 
+@pytest.fixture(params=["local", "postgres"])
+def backend(request) -> dict:
+    """The KB settings that pick a backend: each test using it runs on both."""
+    if request.param == "local":
+        return {"backend": "local"}
+    return {"backend": "postgres", "database_url": request.getfixturevalue("database_url")}
+
+
 @pytest.fixture
-def service(tmp_path) -> KnowledgeBaseService:
-    return KnowledgeBaseService(settings(tmp_path))
+def make_settings(tmp_path, backend) -> Callable[..., KBSettings]:
+    """settings(tmp_path, **kw) on the test's backend."""
+    return lambda **kw: settings(tmp_path, **{**backend, **kw})
+
+
+@pytest.fixture
+def service(make_settings) -> Iterator[KnowledgeBaseService]:
+    service = KnowledgeBaseService(make_settings())
+    yield service
+    service.close()
 
 
 def save_static_embedder(folder: Path, seed: int = 0, dim: int = 16) -> None:

@@ -1,0 +1,240 @@
+"""Search of one KB in PostgreSQL: BM25 computed in SQL, dense search through pgvector's HNSW.
+
+BM25 here is the local backend's (rag/bm25.py) to the formula: the same tokens, k1 and b, idf
+= ln((N − df + 0.5) / (df + 0.5) + 1), document length = a chunk's token count, query terms
+weighted by how often the query holds them. No replica loads a KB: a query reads the postings
+of its own terms.
+
+Reading every posting of a very common term (是, 的) for each query would cost as much as the
+KB is large, so `bm25_search` evaluates the top k exactly with max-score pruning: the rarest
+terms (together at most ESSENTIAL_POSTINGS postings) pick the candidates; the common terms are
+added to the candidates' scores only. No chunk outside the candidates can score above U, the
+sum of the common terms' largest possible contributions; when the k-th best score is ≥ U the
+result is exact, else the query is evaluated over all its terms' postings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import psycopg
+from langchain_core.documents import Document
+from psycopg import sql
+
+from rag.bm25 import TOKENIZERS
+
+#: postings the candidate terms of one query may read before the rest count as "common"
+ESSENTIAL_POSTINGS = 20_000
+
+
+@dataclass
+class KBRow:
+    """One row of xiaophi_kbs."""
+
+    id: int
+    name: str
+    created_at: float
+    updated_at: float
+    embedding_model: str | None
+    layout: dict
+    bm25_k1: float
+    bm25_b: float
+    dim: int | None
+    n_chunks: int
+    total_len: int
+
+
+def _bm25_sql(with_common: bool) -> sql.SQL:
+    contribution = "q.w * p.tf / (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / %(avgdl)s))"
+    rare = f"""
+        WITH q AS (SELECT * FROM unnest(%(terms)s::text[], %(w)s::float8[]) AS q(term, w)),
+        e AS (
+            SELECT p.row_id, sum({contribution}) AS s
+            FROM xiaophi_postings p JOIN q ON q.term = p.term
+            WHERE p.kb_id = %(kb)s AND p.term = ANY(%(rare)s::text[])
+            GROUP BY p.row_id
+        )"""
+    if not with_common:
+        return sql.SQL(
+            rare
+            + """
+        SELECT c.chunk_id, top.s FROM (SELECT row_id, s FROM e ORDER BY s DESC, row_id
+            LIMIT %(k)s) top
+        JOIN xiaophi_chunks c ON c.row_id = top.row_id ORDER BY top.s DESC, top.row_id"""
+        )
+    return sql.SQL(
+        rare
+        + f""",
+        theta AS (SELECT coalesce(min(s), 0) AS t FROM
+            (SELECT s FROM e ORDER BY s DESC LIMIT %(k)s) best),
+        cand AS (SELECT e.row_id, e.s FROM e, theta WHERE e.s + %(bound)s >= theta.t),
+        common AS (
+            SELECT p.row_id, sum({contribution}) AS s
+            FROM xiaophi_postings p JOIN q ON q.term = p.term
+            WHERE p.kb_id = %(kb)s AND p.term = ANY(%(common)s::text[])
+              AND p.row_id = ANY(ARRAY(SELECT row_id FROM cand))
+            GROUP BY p.row_id
+        )
+        SELECT c.chunk_id, top.s FROM (
+            SELECT cand.row_id, cand.s + coalesce(common.s, 0) AS s
+            FROM cand LEFT JOIN common ON common.row_id = cand.row_id
+            ORDER BY s DESC, cand.row_id LIMIT %(k)s) top
+        JOIN xiaophi_chunks c ON c.row_id = top.row_id ORDER BY top.s DESC, top.row_id"""
+    )
+
+
+_BM25_RARE_ONLY = _bm25_sql(False)
+_BM25_PRUNED = _bm25_sql(True)
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    """pgvector's text form of a vector."""
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+class PgSearchIndex:
+    """A SearchIndex (rag/backend.py) over one KB's rows; each call is one or two queries."""
+
+    def __init__(
+        self,
+        kb: KBRow,
+        has_documents: bool,
+        connection: Callable[[], AbstractContextManager[psycopg.Connection]],
+    ):
+        self.kb = kb
+        self.embedding_model = kb.embedding_model
+        self.has_documents = has_documents
+        self.manifest = {"name": kb.name, **kb.layout, "embedding_model": kb.embedding_model}
+        self._connection = connection
+        self._tokenize = TOKENIZERS[kb.layout["bm25_tokenizer"]]
+        self._df: dict[str, dict[str, int]] = {}  # query → df of its known terms
+
+    # -- BM25 ----------------------------------------------------------------------------
+    def _query_terms(self, conn: psycopg.Connection, query: str) -> tuple[Counter, dict]:
+        counts = Counter(self._tokenize(query))
+        if query not in self._df:
+            rows = conn.execute(
+                "SELECT term, df FROM xiaophi_terms WHERE kb_id = %s AND term = ANY(%s)",
+                (self.kb.id, list(counts)),
+            ).fetchall()
+            self._df[query] = dict(rows)
+        df = self._df[query]
+        return Counter({t: n for t, n in counts.items() if t in df}), df
+
+    def _weights(self, counts: Counter, df: dict) -> dict[str, float]:
+        """Per query term: count in the query × idf × (k1 + 1), its largest contribution."""
+        n = self.kb.n_chunks
+        return {
+            t: c * math.log((n - df[t] + 0.5) / (df[t] + 0.5) + 1.0) * (self.kb.bm25_k1 + 1)
+            for t, c in counts.items()
+        }
+
+    def _params(self, weights: dict[str, float]) -> dict:
+        return {
+            "terms": list(weights),
+            "w": list(weights.values()),
+            "k1": self.kb.bm25_k1,
+            "b": self.kb.bm25_b,
+            "avgdl": max(self.kb.total_len / max(self.kb.n_chunks, 1), 1e-9),
+            "kb": self.kb.id,
+        }
+
+    def bm25_search(self, query: str, k: int) -> list[tuple[str, float]]:
+        if self.kb.n_chunks == 0:
+            return []
+        with self._connection() as conn:
+            counts, df = self._query_terms(conn, query)
+            if not counts:
+                return []
+            weights = self._weights(counts, df)
+            params = {**self._params(weights), "k": k}
+            order = sorted(counts, key=lambda t: (df[t], t))
+            rare, read = [], 0
+            for term in order:
+                if rare and read + df[term] > ESSENTIAL_POSTINGS:
+                    break
+                rare.append(term)
+                read += df[term]
+            common = order[len(rare) :]
+            if common:
+                bound = sum(weights[t] for t in common)
+                rows = conn.execute(
+                    _BM25_PRUNED, {**params, "rare": rare, "common": common, "bound": bound}
+                ).fetchall()
+                if len(rows) == k and rows[-1][1] >= bound:
+                    return [(c, float(s)) for c, s in rows]
+            # exactness not proven (or no common term): every term's postings
+            rows = conn.execute(_BM25_RARE_ONLY, {**params, "rare": order}).fetchall()
+        return [(c, float(s)) for c, s in rows]
+
+    def bm25_scores(self, query: str, chunk_ids: list[str]) -> list[float]:
+        if not chunk_ids or self.kb.n_chunks == 0:
+            return [0.0] * len(chunk_ids)
+        with self._connection() as conn:
+            counts, df = self._query_terms(conn, query)
+            if not counts:
+                return [0.0] * len(chunk_ids)
+            weights = self._weights(counts, df)
+            rows = conn.execute(
+                "SELECT c.chunk_id, p.term, p.tf, p.dl FROM xiaophi_chunks c "
+                "JOIN xiaophi_postings p ON p.kb_id = c.kb_id AND p.row_id = c.row_id "
+                "WHERE c.kb_id = %s AND c.chunk_id = ANY(%s) AND p.term = ANY(%s)",
+                (self.kb.id, chunk_ids, list(weights)),
+            ).fetchall()
+        p = self._params(weights)
+        scores = dict.fromkeys(chunk_ids, 0.0)
+        for chunk_id, term, tf, dl in rows:
+            norm = p["k1"] * (1 - p["b"] + p["b"] * dl / p["avgdl"])
+            scores[chunk_id] += weights[term] * tf / (tf + norm)
+        return [scores[c] for c in chunk_ids]
+
+    # -- dense ---------------------------------------------------------------------------
+    def dense_search(self, query_vector: list[float], k: int) -> list[tuple[str, float]]:
+        if not self.kb.dim or self.kb.n_chunks == 0:
+            return []
+        dim = sql.Literal(self.kb.dim)
+        distance = sql.SQL("embedding::vector({dim}) <=> %(q)s::vector({dim})").format(dim=dim)
+        query = sql.SQL(
+            "SELECT chunk_id, 1 - ({d}) FROM xiaophi_chunks WHERE kb_id = {kb} AND "
+            "vector_dims(embedding) = {dim} ORDER BY {d} LIMIT %(k)s"
+        ).format(d=distance, kb=sql.Literal(self.kb.id), dim=dim)
+        with self._connection() as conn, conn.transaction():
+            # HNSW returns at most ef_search rows: room for k of them
+            conn.execute(
+                sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
+                    sql.Literal(min(1000, max(100, 2 * k)))
+                )
+            )
+            rows = conn.execute(query, {"q": vector_text(query_vector), "k": k}).fetchall()
+        return [(c, float(s)) for c, s in rows]
+
+    def dense_scores(self, query_vector: list[float], chunk_ids: list[str]) -> list[float]:
+        if not chunk_ids or not self.kb.dim:
+            return [0.0] * len(chunk_ids)
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT chunk_id, 1 - (embedding <=> %s::vector) FROM xiaophi_chunks "
+                "WHERE kb_id = %s AND chunk_id = ANY(%s)",
+                (vector_text(query_vector), self.kb.id, chunk_ids),
+            ).fetchall()
+        found = {c: float(s) for c, s in rows}
+        return [found.get(c, 0.0) for c in chunk_ids]
+
+    # -- chunks --------------------------------------------------------------------------
+    def chunks(self, chunk_ids: Sequence[str]) -> dict[str, Document]:
+        if not chunk_ids:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT chunk_id, text, metadata FROM xiaophi_chunks "
+                "WHERE kb_id = %s AND chunk_id = ANY(%s)",
+                (self.kb.id, list(chunk_ids)),
+            ).fetchall()
+        return {c: Document(page_content=t, metadata=m, id=c) for c, t, m in rows}
+
+    def chunk(self, chunk_id: str) -> Document | None:
+        return self.chunks([chunk_id]).get(chunk_id)
