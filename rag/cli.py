@@ -24,6 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="sentence-transformers model name or folder, or `hashing` (default: XIAOPHI_KB_EMBEDDING_MODEL "
         "or runs/tiny/embedder).",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["local", "postgres"],
+        help="Where KBs are kept (default: XIAOPHI_KB_BACKEND or local).",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL of the postgres backend (default: XIAOPHI_KB_DATABASE_URL).",
+    )
     parser.add_argument("--json", action="store_true", help="Print results as JSON.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("create", help="Create a knowledge base.").add_argument("name")
@@ -48,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default="hybrid")
+    p = sub.add_parser(
+        "migrate",
+        help="Copy local KBs (documents, chunks, vectors) into a PostgreSQL database and verify "
+        "the counts.",
+    )
+    p.add_argument("--to", required=True, metavar="URL", help="postgresql://user:pw@host/db")
+    p.add_argument("names", nargs="*", help="KBs to copy (default: every KB under --kb-dir).")
     return parser
 
 
@@ -82,8 +98,14 @@ def run(args: argparse.Namespace) -> int:
         overrides["kb_dir"] = Path(args.kb_dir)
     if args.embedding_model:
         overrides["embedding_model"] = args.embedding_model
-    service = KnowledgeBaseService(KBSettings(**overrides))
+    if args.backend:
+        overrides["backend"] = args.backend
+    if args.database_url:
+        overrides["database_url"] = args.database_url
     cmd = args.command
+    if cmd == "migrate":
+        return migrate(args, KBSettings(**{**overrides, "backend": "local"}))
+    service = KnowledgeBaseService(KBSettings(**overrides))
     if cmd == "create":
         info = service.create_kb(args.name)
         _print(info if args.json else f"created knowledge base {info.name!r}", args.json)
@@ -144,6 +166,23 @@ def run(args: argparse.Namespace) -> int:
             where = f"{h.filename}" + (f" p.{h.page}" if h.page else "") + f" #{h.chunk_index}"
             snippet = h.text.replace("\n", " ")
             print(f"{rank}. [{h.score:.4f}] {where}: {snippet[:120]}")
+    return 0
+
+
+def migrate(args: argparse.Namespace, settings: KBSettings) -> int:
+    from rag.migrate import migrate_to_postgres
+
+    done = migrate_to_postgres(settings, args.to, args.names or None)
+    if args.json:
+        print(json.dumps([{"name": m.name, **m.counts} for m in done], ensure_ascii=False))
+    for m in done if not args.json else []:
+        c = m.counts
+        print(
+            f"migrated  {m.name}: {c['documents']} documents, {c['chunks']} chunks, "
+            f"{c['vectors']} vectors (counts verified)"
+        )
+    if not done and not args.json:
+        print("(no knowledge bases to migrate)")
     return 0
 
 

@@ -87,15 +87,19 @@ class KBIndex:
     def bm25_scores(self, query: str, chunk_ids: list[str]) -> list[float]:
         return self.bm25.scores(query, chunk_ids)
 
-    def dense_scores(self, query_vector: list[float], chunk_ids: list[str]) -> list[float]:
-        """Inner product of the query with each chunk's stored vector (cosine: both normalised)."""
-        if not chunk_ids:
-            return []
+    def stored_vectors(self, chunk_ids: Sequence[str]) -> np.ndarray:
+        """The vectors stored for `chunk_ids`, one row each."""
         if self._faiss_rows is None:
             mapping = self.vectors.index_to_docstore_id
             self._faiss_rows = {chunk_id: row for row, chunk_id in mapping.items()}
         rows = np.asarray([self._faiss_rows[c] for c in chunk_ids], dtype=np.int64)
-        vectors = self.vectors.index.reconstruct_batch(rows)
+        return self.vectors.index.reconstruct_batch(rows)
+
+    def dense_scores(self, query_vector: list[float], chunk_ids: list[str]) -> list[float]:
+        """Inner product of the query with each chunk's stored vector (cosine: both normalised)."""
+        if not chunk_ids:
+            return []
+        vectors = self.stored_vectors(chunk_ids)
         return [float(v) for v in vectors @ np.asarray(query_vector, dtype=np.float32)]
 
     def dense_search(self, query_vector: list[float], k: int) -> list[tuple[str, float]]:

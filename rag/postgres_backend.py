@@ -178,6 +178,14 @@ class PostgresBackend:
             ).fetchone()
         return self._info(kb, documents)
 
+    def set_times(self, name: str, created_at: float, updated_at: float) -> None:
+        """Keep a migrated KB's own creation and last-write times."""
+        with self._write(name) as (conn, kb):
+            conn.execute(
+                "UPDATE xiaophi_kbs SET created_at = %s, updated_at = %s WHERE id = %s",
+                (created_at, updated_at, kb.id),
+            )
+
     def delete(self, name: str) -> None:
         with self._write(name) as (conn, kb):
             # cascades to documents, chunks, postings and terms, in this one transaction
@@ -263,6 +271,7 @@ class PostgresBackend:
                     "UPDATE xiaophi_kbs SET embedding_model = %s, updated_at = %s WHERE id = %s",
                     (embedding_model, time.time(), kb.id),
                 )
+                test_pause("before_commit")
         return [d.info["id"] for d in new]
 
     @staticmethod
@@ -363,14 +372,17 @@ class PostgresBackend:
             f"({gone}) g) x WHERE p.kb_id = %s AND p.term = x.term AND p.row_id = x.row_id",
             (kb_id, *params, kb_id),
         )
-        conn.execute(
+        updated = conn.execute(
             f"WITH c AS (SELECT term, count(*) AS n FROM (SELECT unnest(terms) AS term FROM "
-            f"({gone}) g) x GROUP BY term ORDER BY term), "
-            "u AS (UPDATE xiaophi_terms t SET df = t.df - c.n FROM c "
-            "WHERE t.kb_id = %s AND t.term = c.term RETURNING t.term, t.df) "
-            "DELETE FROM xiaophi_terms d USING u WHERE d.kb_id = %s AND d.term = u.term "
-            "AND u.df <= 0",
-            (kb_id, *params, kb_id, kb_id),
+            f"({gone}) g) x GROUP BY term) "
+            "UPDATE xiaophi_terms t SET df = t.df - c.n FROM c "
+            "WHERE t.kb_id = %s AND t.term = c.term RETURNING t.term, t.df",
+            (kb_id, *params, kb_id),
+        ).fetchall()
+        # a second statement: one statement cannot delete the rows its own CTE updated
+        conn.execute(
+            "DELETE FROM xiaophi_terms WHERE kb_id = %s AND term = ANY(%s)",
+            (kb_id, [term for term, df in updated if df <= 0]),
         )
         conn.execute(
             f"UPDATE xiaophi_kbs SET n_chunks = n_chunks - g.n, total_len = total_len - g.len "

@@ -20,13 +20,18 @@ from tests.rag.conftest import IDIOMS, settings
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_add(kb_dir: Path, files: list[Path], pause: str | None = None) -> subprocess.Popen:
+def start_add(
+    kb_dir: Path, files: list[Path], pause: str | None = None, database_url: str | None = None
+) -> subprocess.Popen:
+    """`xiaophi-kb add demo FILES` in a process of its own (postgres when given a database)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "XIAOPHI_KB_CHUNK_SIZE": "60",
         "XIAOPHI_KB_CHUNK_OVERLAP": "10",
     }
+    if database_url:
+        env |= {"XIAOPHI_KB_BACKEND": "postgres", "XIAOPHI_KB_DATABASE_URL": database_url}
     if pause:
         env["XIAOPHI_KB_TEST_PAUSE"] = pause
     cmd = [
@@ -60,9 +65,7 @@ def wait_for_pause(proc: subprocess.Popen, timeout: float = 60) -> None:
     raise AssertionError("process did not reach its pause point")
 
 
-@pytest.fixture
-def seeded(tmp_path):
-    service = KnowledgeBaseService(settings(tmp_path))
+def seed(service: KnowledgeBaseService, tmp_path: Path):
     service.create_kb("demo")
     from rag.models import Upload
 
@@ -74,9 +77,27 @@ def seeded(tmp_path):
     return service, new_file
 
 
+@pytest.fixture
+def seeded(tmp_path):
+    """A local KB `demo` holding old.txt, and new_gbk.txt to add."""
+    return seed(KnowledgeBaseService(settings(tmp_path)), tmp_path)
+
+
+@pytest.fixture
+def seeded_any(tmp_path, make_settings):
+    """The same, on each backend."""
+    return seed(KnowledgeBaseService(make_settings()), tmp_path)
+
+
+def writer(service, files: list[Path], pause: str | None = None) -> subprocess.Popen:
+    s = service.settings
+    url = s.database_url.get_secret_value() if s.backend == "postgres" else None
+    return start_add(s.kb_dir, files, pause=pause, database_url=url)
+
+
 def kill_9_while_adding(service, new_file, point: str) -> None:
     """A writer process adding `new_file`, killed with SIGKILL while paused at `point`."""
-    proc = start_add(service.settings.kb_dir, [new_file], pause=f"{point}:60")
+    proc = writer(service, [new_file], pause=f"{point}:60")
     try:
         wait_for_pause(proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -87,8 +108,8 @@ def kill_9_while_adding(service, new_file, point: str) -> None:
 
 
 @pytest.mark.parametrize("point", ["after_embed", "mid_write", "before_commit"])
-def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded, point):
-    service, new_file = seeded
+def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded_any, point):
+    service, new_file = seeded_any
     kill_9_while_adding(service, new_file, point)
     fresh = KnowledgeBaseService(service.settings)
     assert [d.filename for d in fresh.list_documents("demo")] == ["old.txt"]
@@ -102,21 +123,27 @@ def test_kill_9_mid_ingestion_leaves_the_previous_state(seeded, point):
     )
     assert result.results[0].status == "added"
     assert fresh.search("demo", "画蛇添足", top_k=1)[0].filename == "new_gbk.txt"
-    leftovers = [
-        p.name for p in (service.settings.kb_dir / "demo").iterdir() if p.name.startswith(".tmp-")
-    ]
-    assert leftovers == []
+    counts = fresh.counts("demo")
+    assert counts["documents"] == 2
+    assert counts["chunks"] == counts["vectors"] == counts["lexical_rows"]
+    if service.settings.backend == "local":
+        leftovers = [
+            p.name
+            for p in (service.settings.kb_dir / "demo").iterdir()
+            if p.name.startswith(".tmp-")
+        ]
+        assert leftovers == []
 
 
-def test_two_processes_adding_at_once_both_land(seeded, tmp_path):
-    service, new_file = seeded
+def test_two_processes_adding_at_once_both_land(seeded_any, tmp_path):
+    service, new_file = seeded_any
     other = tmp_path / "other.txt"
     other.write_text(IDIOMS["亡羊补牢"], encoding="utf-16")
     # The first writer holds the KB lock for 2 s just before publishing; the second must wait
     # for it and build on its result instead of overwriting it.
-    first = start_add(service.settings.kb_dir, [new_file], pause="before_commit:2")
+    first = writer(service, [new_file], pause="before_commit:2")
     wait_for_pause(first)
-    second = start_add(service.settings.kb_dir, [other])
+    second = writer(service, [other])
     assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0, second.stderr.read()
     names = sorted(
         d.filename for d in KnowledgeBaseService(service.settings).list_documents("demo")
