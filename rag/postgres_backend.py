@@ -95,11 +95,11 @@ class PostgresBackend:
             return self._pool
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
+    def _connection(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection]:
         """A pooled connection with the schema in place; database trouble → StoreUnavailable."""
         pool = self._open_pool()
         try:
-            with pool.connection() as conn:
+            with pool.connection(timeout=timeout_s) as conn:
                 if not self._migrated:
                     found = migrate(conn)
                     self._migrated = True
@@ -471,7 +471,7 @@ class PostgresBackend:
 
     def health(self) -> str | None:
         try:
-            with self._connection() as conn:
+            with self._connection(timeout_s=min(1.0, self.settings.database_timeout_s)) as conn:
                 conn.execute("SELECT 1")
         except KBError as exc:
             return exc.message

@@ -73,6 +73,7 @@ def create_app(
             app.state.service = None
             if loaded is not None:
                 await loaded.engine.stop()
+            kbs.close()  # the postgres backend's connection pool
 
     app = FastAPI(title="xiaophi", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

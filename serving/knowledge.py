@@ -48,6 +48,23 @@ class KnowledgeBases:
                 self._service = KnowledgeBaseService(self.settings, self._embedder)
             return self._service
 
+    def close(self) -> None:
+        with self._lock:
+            if self._service is not None:
+                self._service.close()
+                self._service = None
+
+    def health(self) -> dict:
+        """What `/health` says of the knowledge bases: the backend, and for postgres whether
+        its database answers (asked at most `database_timeout_s`, 1 s at most; a local backend
+        is not touched)."""
+        out = {"backend": self.settings.backend, "status": "ok"}
+        if self.settings.backend == "postgres":
+            problem = self.get().backend.health()
+            if problem:
+                out |= {"status": "unavailable", "error": problem}
+        return out
+
     def upload_limit(self, max_files: int, floor: int) -> PathLimit:
         """The body limit of the upload route: room for `max_files` files at the KB's size limit.
 

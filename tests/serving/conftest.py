@@ -145,12 +145,19 @@ def kb_test_settings(kb_dir, **overrides):
     return KBSettings(**values)
 
 
-@pytest.fixture(scope="session")
-def kb_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
-    """Tiny model plus knowledge bases in a temporary folder; at most 2 files per upload."""
+@pytest.fixture(scope="session", params=["local", "postgres"])
+def kb_server(request, tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
+    """Tiny model plus knowledge bases on each backend (a temporary folder, or a database of
+    its own on the test PostgreSQL); at most 2 files per upload."""
     kb_dir = tmp_path_factory.mktemp("kb_server") / "kb"
+    backend = {}
+    if request.param == "postgres":
+        from tests.conftest import fresh_database
+
+        url = fresh_database(request.getfixturevalue("postgres_server"))
+        backend = {"backend": "postgres", "database_url": url}
     settings = tiny_settings(tiny_checkpoint, kb_dir=kb_dir, max_upload_files=2)
-    with run_server(settings, kb_settings=kb_test_settings(kb_dir)) as running:
+    with run_server(settings, kb_settings=kb_test_settings(kb_dir, **backend)) as running:
         yield running
 
 

@@ -217,12 +217,15 @@ def test_two_uploads_at_once_both_land(kb_server):
 
 def test_cli_and_api_share_knowledge_bases(kb_server, tmp_path, capsys):
     """`xiaophi-kb create/add/search` and the same through the API, on one folder."""
-    kb_dir = str(kb_server.app.state.knowledge_bases.settings.kb_dir)
+    kb_settings = kb_server.app.state.knowledge_bases.settings
+    kb_dir = str(kb_settings.kb_dir)
     pdf = tmp_path / "some.pdf"
     pdf.write_bytes(make_pdf(["常见问题：" + IDIOMS["亡羊补牢"]]))
     notes = tmp_path / "notes_gbk.txt"
     notes.write_bytes(("问题与回答：" + IDIOMS["守株待兔"]).encode("gbk"))
-    cli = ["--kb-dir", kb_dir, "--embedding-model", "hashing"]
+    cli = ["--kb-dir", kb_dir, "--embedding-model", "hashing", "--backend", kb_settings.backend]
+    if kb_settings.database_url:
+        cli += ["--database-url", kb_settings.database_url.get_secret_value()]
     name = f"cli-{uuid.uuid4().hex[:6]}"
     for args in (["create", name], ["add", name, str(pdf), str(notes)]):
         assert kb_cli([*cli, *args]) in (0, None)

@@ -1,9 +1,14 @@
-"""Liveness and readiness: 200 when the model is loaded and its engine runs, else 503."""
+"""Liveness and readiness: 200 when the model is loaded and its engine runs, else 503.
+
+The knowledge bases' state is reported beside it but does not decide the status: with the KB
+database down, chat without a knowledge base still works, so a load balancer keeps the server.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from serving.api.openapi import error_responses
 from serving.errors import error_response
@@ -25,6 +30,20 @@ router = APIRouter(tags=["health"])
                             "model": {"type": "string"},
                             "running": {"type": "integer"},
                             "waiting": {"type": "integer"},
+                            "knowledge_bases": {
+                                "type": "object",
+                                "description": (
+                                    "The KB backend; `unavailable` (with `error`) while a "
+                                    "postgres backend's database does not answer. Chat "
+                                    "without a knowledge base still works then."
+                                ),
+                                "properties": {
+                                    "backend": {"enum": ["local", "postgres"]},
+                                    "status": {"enum": ["ok", "unavailable"]},
+                                    "error": {"type": "string"},
+                                },
+                                "required": ["backend", "status"],
+                            },
                         },
                         "required": ["status", "model", "running", "waiting"],
                     }
@@ -42,11 +61,13 @@ async def health(request: Request) -> JSONResponse:
             reason = service.engine.unavailable_reason
         return error_response(503, reason, code="model_not_loaded")
     stats = service.engine.stats()
+    kbs = await run_in_threadpool(request.app.state.knowledge_bases.health)
     return JSONResponse(
         {
             "status": "ok",
             "model": service.model_name,
             "running": stats.running,
             "waiting": stats.waiting,
+            "knowledge_bases": kbs,
         }
     )
