@@ -26,6 +26,9 @@
 #   XIAOPHI_SMOKE_DEBIAN_MIRROR           (the mirror apt uses here)
 #   XIAOPHI_SMOKE_BUILD_TIMEOUT (2400) XIAOPHI_SMOKE_TRAIN_TIMEOUT (2400)
 #   XIAOPHI_SMOKE_HEALTH_TIMEOUT (600)    seconds
+#   XIAOPHI_SMOKE_POSTGRES=1              the stack with compose.postgres.yaml: KBs in PostgreSQL;
+#                                         needs its image (XIAOPHI_POSTGRES_IMAGE, pgvector/
+#                                         pgvector:pg18) already loaded or pullable
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +53,13 @@ if [ "${XIAOPHI_SMOKE_BUILDKIT:-0}" = 1 ]; then
 else
     export DOCKER_BUILDKIT=0
 fi
-compose() { docker-compose -p "$PROJECT" -f compose.yaml "$@"; }
+FILES=(-f compose.yaml)
+KB_BACKEND=local
+if [ "${XIAOPHI_SMOKE_POSTGRES:-0}" = 1 ]; then
+    FILES+=(-f compose.postgres.yaml)
+    KB_BACKEND=postgres
+fi
+compose() { docker-compose -p "$PROJECT" "${FILES[@]}" "$@"; }
 
 T0=$(date +%s)
 DOCKERD_PID=""
@@ -169,7 +178,7 @@ if [ -f "$ca" ]; then
 fi
 say "building $IMAGE (docker-compose build; DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
 started=$(date +%s)
-timeout "$BUILD_TIMEOUT" docker-compose -p "$PROJECT" -f compose.yaml build "${build_args[@]}" \
+timeout "$BUILD_TIMEOUT" docker-compose -p "$PROJECT" "${FILES[@]}" build "${build_args[@]}" \
     >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; fail "the image build failed or timed out"; }
 grep -E '^(torch [0-9]|built in)' "$WORK/build.log" | sed 's/^/    /' || true
 figure "image build (docker-compose build)" "$(( $(date +%s) - started )) s"
@@ -179,7 +188,7 @@ figure "image size" "$(( size / 1000000 )) MB"
 # 5. up ---------------------------------------------------------------------------------------
 say "docker-compose up -d (the trainer runs first; the api starts when it succeeded)"
 up_started=$(date +%s)
-timeout "$TRAIN_TIMEOUT" docker-compose -p "$PROJECT" -f compose.yaml up -d >"$WORK/up.log" 2>&1 &
+timeout "$TRAIN_TIMEOUT" docker-compose -p "$PROJECT" "${FILES[@]}" up -d >"$WORK/up.log" 2>&1 &
 up_pid=$!
 last=""
 while kill -0 "$up_pid" 2>/dev/null; do
@@ -212,7 +221,7 @@ figure "docker-compose up -> api healthy" "$(( $(date +%s) - up_started )) s"
 
 # 6. client -----------------------------------------------------------------------------------
 say "client: chat, stream, upload, RAG (official openai client)"
-"$PY" docker/smoke_client.py --url "http://127.0.0.1:$PORT"
+"$PY" docker/smoke_client.py --url "http://127.0.0.1:$PORT" --kb-backend "$KB_BACKEND"
 
 # 7. checks -----------------------------------------------------------------------------------
 say "checks: bind address, user, a second trainer run"

@@ -38,11 +38,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--api-key", default="none")
+    parser.add_argument("--kb-backend", default="local", help="the KB backend /health must report")
     args = parser.parse_args()
     url = args.url.rstrip("/")
     headers = {"Authorization": f"Bearer {args.api_key}"}
     client = OpenAI(base_url=f"{url}/v1", api_key=args.api_key, timeout=120, max_retries=0)
     http = httpx.Client(base_url=url, headers=headers, timeout=300)
+    kbs = http.get("/health").json().get("knowledge_bases", {})
+    check(
+        kbs == {"backend": args.kb_backend, "status": "ok"},
+        f"/health says the knowledge bases are {kbs}, not {args.kb_backend} and ok",
+    )
 
     model = client.models.list().data[0].id
     print(f"smoke client: model {model!r}")

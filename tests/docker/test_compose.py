@@ -156,6 +156,39 @@ def test_compose_vllm_override(tool, tmp_path):
 
 
 @needs_compose
+@pytest.mark.parametrize("tool", TOOLS)
+def test_compose_postgres_override(tool, tmp_path):
+    """compose.postgres.yaml: a pgvector database that the trainer and the api wait for and
+    keep every knowledge base in; its URL is the settings' own format."""
+    from rag.config import KBSettings
+
+    cfg = config(
+        tool, [*CPU, "-f", "compose.postgres.yaml"], tmp_path, XIAOPHI_POSTGRES_PASSWORD="s3cret"
+    )
+    pg = cfg["services"]["postgres"]
+    assert pg["image"].startswith("pgvector/pgvector:")
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert volume_targets(pg) == {"/var/lib/postgresql": "pgdata"}
+    assert "pgdata" in cfg["volumes"]
+    assert "ports" not in pg  # reached inside the compose network only
+    assert env_of(pg)["POSTGRES_PASSWORD"] == "s3cret"
+    for name in ("trainer", "api"):
+        service = cfg["services"][name]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        env = env_of(service)
+        assert env["XIAOPHI_KB_BACKEND"] == "postgres"
+        url = env["XIAOPHI_KB_DATABASE_URL"]
+        assert url == "postgresql://xiaophi:s3cret@postgres:5432/xiaophi"
+        kb = KBSettings(backend=env["XIAOPHI_KB_BACKEND"], database_url=url)
+        assert kb.database_pool_size == int(env["XIAOPHI_KB_DATABASE_POOL_SIZE"]) == 10
+    # the rest of the stack is unchanged
+    assert cfg["services"]["api"]["depends_on"]["trainer"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert env_of(cfg["services"]["api"])["XIAOPHI_MODEL"] == "/models/tiny/dpo"
+
+
+@needs_compose
 @pytest.mark.parametrize("tool", TOOLS[:1])
 def test_compose_own_model_and_settings(tool, tmp_path):
     """A host folder instead of the models volume, another bind address/port, API keys."""
