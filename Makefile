@@ -44,8 +44,14 @@ bench-train: install
 bench-serve: install
 	$(PY) -m serving.benchmarks.serve_bench
 
+# BACKEND=postgres: the postgres backend beside the local one (rag/benchmarks/backend_bench.py)
+BACKEND ?= local
 bench-rag: install
-	$(PY) -m rag.benchmarks.rag_bench
+ifeq ($(BACKEND),postgres)
+	$(PY) -m rag.benchmarks.backend_bench $(BENCH_ARGS)
+else
+	$(PY) -m rag.benchmarks.rag_bench $(BENCH_ARGS)
+endif
 
 # Every GPU figure and check in one run of at most 8 minutes (see training/benchmarks/gpu_check.py).
 # Meant for a bare CUDA machine with torch + transformers + accelerate and no network, so it does

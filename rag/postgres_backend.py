@@ -317,20 +317,30 @@ class PostgresBackend:
                         c.page_content,
                         json.dumps(c.metadata, ensure_ascii=False),
                         vector_text(v) if v is not None else None,
-                        list(tf),
+                        array_text(tf),
                         sum(tf.values()),
                     )
                 )
         test_pause("mid_write")
         df: Counter[str] = Counter()
+        postings = []
+        for row_id, tf in zip(rows, counts, strict=True):
+            length = sum(tf.values())
+            postings.extend((term, row_id, n, length) for term, n in tf.items())
+            df.update(tf.keys())
+        # in index order: each term's new rows go to one place of the index, ~2x faster
+        postings.sort(key=lambda p: (p[0].encode(), p[1]))
         with conn.cursor().copy(
             "COPY xiaophi_postings (kb_id, term, row_id, tf, dl) FROM STDIN"
         ) as copy:
-            for row_id, tf in zip(rows, counts, strict=True):
-                length = sum(tf.values())
-                for term, n in tf.items():
-                    copy.write_row((kb.id, term, row_id, n, length))
-                df.update(tf.keys())
+            # COPY's text format written whole: a quarter of a million rows per 1k chunks
+            for start in range(0, len(postings), 50_000):
+                copy.write(
+                    "".join(
+                        f"{kb.id}\t{_copy_escape(t)}\t{r}\t{n}\t{dl}\n"
+                        for t, r, n, dl in postings[start : start + 50_000]
+                    )
+                )
         terms = sorted(df)
         conn.execute(
             "INSERT INTO xiaophi_terms (kb_id, term, df) "
@@ -482,6 +492,20 @@ class PostgresBackend:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_escape(text: str) -> str:
+    """A value for COPY's text format."""
+    return text.translate(_COPY_ESCAPES)
+
+
+def array_text(items) -> str:
+    """A PostgreSQL array literal of strings (psycopg's generic list dumper is ~10x slower)."""
+    quoted = (t.replace("\\", "\\\\").replace('"', '\\"') for t in items)
+    return "{" + ",".join(f'"{t}"' for t in quoted) + "}"
 
 
 def _zip_vectors(doc: NewDocument):

@@ -205,3 +205,12 @@ def test_settings_name_what_is_missing():
     with pytest.raises(ValueError, match="PostgreSQL URL"):
         KBSettings(backend="postgres", database_url="mysql://db/x")
     assert KBSettings(backend="local", database_url="").database_url is None
+
+
+def test_term_arrays_reach_the_database_as_written(database_url):
+    from rag.postgres_backend import array_text
+
+    terms = ["守株", 'a"b', "c\\d", "{e,f}", "g h", "NULL", ""]
+    with psycopg.connect(database_url) as conn:
+        (back,) = conn.execute("SELECT %s::text[]", (array_text(terms),)).fetchone()
+    assert back == terms
