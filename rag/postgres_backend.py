@@ -43,8 +43,8 @@ from rag.store import test_pause
 logger = logging.getLogger(__name__)
 
 _KB_COLUMNS = (
-    "id, name, created_at, updated_at, embedding_model, layout, bm25_k1, bm25_b, dim, "
-    "n_chunks, total_len"
+    "id, name, created_at, updated_at, embedding_model, layout, bm25_k1, bm25_b, "
+    "bm25_unigram_weight, dim, n_chunks, total_len"
 )
 
 
@@ -150,10 +150,11 @@ class PostgresBackend:
         now = time.time()
         with self._connection() as conn:
             row = conn.execute(
-                "INSERT INTO xiaophi_kbs (name, created_at, updated_at, layout, bm25_k1, bm25_b) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
+                "INSERT INTO xiaophi_kbs "
+                "(name, created_at, updated_at, layout, bm25_k1, bm25_b, bm25_unigram_weight) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
                 f"RETURNING {_KB_COLUMNS}",
-                (name, now, now, json.dumps(layout), bm25.k1, bm25.b),
+                (name, now, now, json.dumps(layout), bm25.k1, bm25.b, bm25.unigram_weight),
             ).fetchone()
             conn.commit()
         if row is None:
@@ -430,10 +431,21 @@ class PostgresBackend:
             conn.execute("DELETE FROM xiaophi_postings WHERE kb_id = %s", (kb.id,))
             conn.execute("DELETE FROM xiaophi_terms WHERE kb_id = %s", (kb.id,))
             conn.execute("DELETE FROM xiaophi_documents WHERE kb_id = %s", (kb.id,))  # + chunks
+            bm25 = BM25Index(layout["bm25_tokenizer"])
             conn.execute(
                 "UPDATE xiaophi_kbs SET n_chunks = 0, total_len = 0, layout = %s, dim = %s, "
-                "embedding_model = %s, updated_at = %s WHERE id = %s",
-                (json.dumps(layout), dim, embedding_model, time.time(), kb.id),
+                "embedding_model = %s, updated_at = %s, bm25_k1 = %s, bm25_b = %s, "
+                "bm25_unigram_weight = %s WHERE id = %s",
+                (
+                    json.dumps(layout),
+                    dim,
+                    embedding_model,
+                    time.time(),
+                    bm25.k1,
+                    bm25.b,
+                    bm25.unigram_weight,
+                    kb.id,
+                ),
             )
             kb = KBRow(
                 *conn.execute(

@@ -38,6 +38,7 @@ MIGRATIONS: list[str] = [
         layout jsonb NOT NULL,
         bm25_k1 double precision NOT NULL,
         bm25_b double precision NOT NULL,
+        bm25_unigram_weight double precision NOT NULL,
         dim integer,
         n_chunks bigint NOT NULL DEFAULT 0,
         total_len bigint NOT NULL DEFAULT 0
