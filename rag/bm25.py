@@ -1,5 +1,13 @@
 """Okapi BM25 over character 1-2-grams (or jieba words), kept as a sparse term-count matrix.
 
+score(chunk, query) = Σ over query terms t of
+    count_q(t) × unit_weight(t) × idf(t) × tf × (k1 + 1) / (tf + k1 × (1 − b + b × dl / avgdl))
+with idf(t) = ln((N − df + 0.5) / (df + 0.5) + 1) and dl = the chunk's token count. unit_weight(t)
+is `unigram_weight` for a term that is one Han character and 1.0 for every other term (bigrams,
+words); it is a per-tokenizer constant (`UNIGRAM_WEIGHTS`), 1.0 except for `chargram-weighted`,
+whose tokens are exactly `chargram`'s: only the query side changes, documents are counted as
+before.
+
 Counts are stored, weights derived on load: adding or removing chunks never re-tokenizes the
 rest, and a query is one sparse column slice and a sum, fast at tens of thousands of chunks.
 Saved as `.npz` + JSON (no pickle).
@@ -42,19 +50,43 @@ def jieba_tokens(text: str) -> list[str]:
     return [t for t in jieba.lcut_for_search(text) if _PIECES.match(t)]
 
 
-TOKENIZERS = {"chargram": chargram_tokens, "jieba": jieba_tokens}
+TOKENIZERS = {
+    "chargram": chargram_tokens,
+    "jieba": jieba_tokens,
+    "chargram-weighted": chargram_tokens,  # same tokens; single characters weigh 2 in a query
+}
+
+#: Query-side weight of a single Han character term, per tokenizer (every other term weighs 1).
+#: 2.0 for `chargram-weighted`: chosen on the dev queries of `make bench-rag` (1.5, 2, 3, 4 tried).
+UNIGRAM_WEIGHTS = {"chargram": 1.0, "jieba": 1.0, "chargram-weighted": 2.0}
+
+
+def unit_weight(term: str, unigram_weight: float) -> float:
+    """A query term's weight: `unigram_weight` for one Han character, else 1.0."""
+    return unigram_weight if len(term) == 1 and _IS_HAN.match(term) else 1.0
 
 
 class BM25Index:
     """Chunk ids, a vocabulary and a (chunks × terms) count matrix; scores with Okapi BM25."""
 
-    def __init__(self, tokenizer: str = "chargram", k1: float = 1.5, b: float = 0.75):
+    def __init__(
+        self,
+        tokenizer: str = "chargram",
+        k1: float = 1.5,
+        b: float = 0.75,
+        unigram_weight: float | None = None,
+    ):
         if tokenizer not in TOKENIZERS:
             raise ValueError(
                 f"unknown BM25 tokenizer {tokenizer!r}; use one of {', '.join(TOKENIZERS)}."
             )
         self.tokenizer = tokenizer
         self.k1, self.b = k1, b
+        self.unigram_weight = (
+            UNIGRAM_WEIGHTS[tokenizer] if unigram_weight is None else float(unigram_weight)
+        )
+        if self.unigram_weight < 0:
+            raise ValueError(f"unigram_weight={self.unigram_weight} must be ≥ 0.")
         self.ids: list[str] = []
         self.vocab: dict[str, int] = {}
         self.counts = sparse.csr_matrix((0, 0), dtype=np.float32)
@@ -112,7 +144,10 @@ class BM25Index:
         if not self.ids or not query_counts:
             return None
         cols = [self.vocab[t] for t in query_counts]
-        mult = np.array(list(query_counts.values()), dtype=np.float32)
+        mult = np.array(
+            [c * unit_weight(t, self.unigram_weight) for t, c in query_counts.items()],
+            dtype=np.float32,
+        )
         return np.asarray(self._weight_matrix()[:, cols] @ mult).ravel()
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
@@ -141,6 +176,7 @@ class BM25Index:
             "tokenizer": self.tokenizer,
             "k1": self.k1,
             "b": self.b,
+            "unigram_weight": self.unigram_weight,
             "ids": self.ids,
             "vocab": list(self.vocab),
         }
@@ -149,7 +185,7 @@ class BM25Index:
     @classmethod
     def load(cls, folder: Path) -> BM25Index:
         meta = json.loads((folder / "bm25.json").read_text(encoding="utf-8"))
-        index = cls(meta["tokenizer"], meta["k1"], meta["b"])
+        index = cls(meta["tokenizer"], meta["k1"], meta["b"], meta.get("unigram_weight", 1.0))
         index.ids = meta["ids"]
         index.vocab = {term: i for i, term in enumerate(meta["vocab"])}
         index.counts = sparse.load_npz(folder / "bm25_counts.npz").tocsr().astype(np.float32)

@@ -77,8 +77,13 @@ class KBSettings(BaseSettings):
     embedding_batch_size: int = Field(
         64, ge=1, description="Chunks per embedding batch (per request with embedding_url)."
     )
-    bm25_tokenizer: Literal["chargram", "jieba"] = Field(
-        "chargram", description="BM25 tokens: character 1-2-grams (default) or jieba words."
+    bm25_tokenizer: Literal["chargram", "jieba", "chargram-weighted"] = Field(
+        "chargram",
+        description=(
+            "BM25 tokens: character 1-2-grams (default), jieba words, or `chargram-weighted` "
+            "(the same 1-2-grams, a single character weighing 2 in the query; with "
+            "dense_weight 0.2 the best setting on the benchmark's dev queries; both backends)."
+        ),
     )
     top_k: int = Field(5, ge=1, le=100, description="Chunks a search returns by default.")
     fetch_k: int = Field(
@@ -135,6 +140,28 @@ class KBSettings(BaseSettings):
             "503 saying the database is unavailable."
         ),
     )
+    reranker: str | None = Field(
+        None,
+        description=(
+            "Reranking after hybrid fusion (off when unset): a sentence-transformers "
+            "CrossEncoder folder (e.g. a bge-reranker download) that rescores the fused "
+            "ranking's first rerank_top_n chunks; final = norm(fused) + rerank_weight × "
+            "norm(cross-encoder score). Costs one cross-encoder pass over rerank_top_n chunks "
+            "per search."
+        ),
+    )
+    rerank_top_n: int = Field(
+        30, ge=1, le=200, description="Fused candidates the reranker rescores (at least top_k)."
+    )
+    rerank_weight: float = Field(
+        1.0, ge=0, description="Weight of the reranker's normalised score beside the fused one."
+    )
+
+    @field_validator("reranker")
+    @classmethod
+    def _reranker(cls, value: str | None) -> str | None:
+        # "" is unset, as for the other optional settings compose files pass through
+        return (value or "").strip() or None
 
     @field_validator("embedding_url")
     @classmethod

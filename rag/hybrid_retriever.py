@@ -21,6 +21,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from rag.backend import SearchIndex
+from rag.rerank import Reranker, rerank
 
 Mode = Literal["hybrid", "bm25", "dense"]
 Fusion = Literal["convex", "rrf"]
@@ -99,7 +100,9 @@ class HybridRetriever(BaseRetriever):
 
     Each Document's metadata gains `score` (higher is better: the fused score in hybrid
     mode, the BM25 score or the cosine similarity in single modes), `bm25_rank` and `dense_rank`
-    (1-based, None when that retriever did not return the chunk in its `fetch_k`).
+    (1-based, None when that retriever did not return the chunk in its `fetch_k`). With a
+    `reranker` (hybrid mode only) the fused ranking's first `rerank_top_n` chunks are rescored
+    (rag/rerank.py) and `score` is the reranked score.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -113,6 +116,9 @@ class HybridRetriever(BaseRetriever):
     bm25_weight: float = 1.0
     dense_weight: float = 1.0
     mode: Mode = "hybrid"
+    reranker: Reranker | None = None
+    rerank_top_n: int = 30
+    rerank_weight: float = 1.0
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun | None = None
@@ -136,6 +142,15 @@ class HybridRetriever(BaseRetriever):
             ranked = fuse(
                 bm25_run, dense_run, self.fusion, self.bm25_weight, self.dense_weight, self.rrf_k
             )
+            if self.reranker is not None:
+                ranked = rerank(
+                    query,
+                    ranked,
+                    lambda ids: {i: d.page_content for i, d in self.index.chunks(ids).items()},
+                    self.reranker,
+                    max(self.rerank_top_n, self.k),
+                    self.rerank_weight,
+                )
         bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
         dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
         out = []

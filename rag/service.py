@@ -32,6 +32,7 @@ from rag.models import (
     Upload,
 )
 from rag.names import validate_filename, validate_kb_name
+from rag.rerank import CrossEncoderReranker, Reranker
 from rag.splitter import split_pages
 from rag.store import test_pause
 
@@ -65,10 +66,12 @@ class KnowledgeBaseService:
         settings: KBSettings | None = None,
         embedder: Embedder | None = None,
         backend: KBBackend | None = None,
+        reranker: Reranker | None = None,
     ):
         self.settings = settings or KBSettings()
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
+        self._reranker = reranker  # None: built from settings.reranker on first use
         self.backend = backend or backend_for(self.settings)
         if hasattr(self.backend, "bind_embeddings"):  # FAISS keeps the embedding function
             self.backend.bind_embeddings(lambda: self.embedder.embeddings)
@@ -81,6 +84,16 @@ class KnowledgeBaseService:
             if self._embedder is None:
                 self._embedder = embedder_for(self.settings)
             return self._embedder
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The reranker given, else `settings.reranker` loaded on first use; None: off."""
+        if self._reranker is None and self.settings.reranker is None:
+            return None
+        with self._embedder_lock:
+            if self._reranker is None:
+                self._reranker = CrossEncoderReranker(self.settings.reranker)
+            return self._reranker
 
     def close(self) -> None:
         self.backend.close()
@@ -290,6 +303,9 @@ class KnowledgeBaseService:
             bm25_weight=s.bm25_weight,
             dense_weight=s.dense_weight,
             mode=mode,
+            reranker=self.reranker if mode == "hybrid" else None,
+            rerank_top_n=s.rerank_top_n,
+            rerank_weight=s.rerank_weight,
         )
 
     def search(

@@ -177,3 +177,33 @@ def test_hybrid_candidates_get_their_real_score_from_the_retriever_that_missed_t
     assert [d.metadata["score"] for d in got] == pytest.approx([s for _, s in want])
     # ranks still say what each retriever itself returned
     assert [(d.id, d.metadata["bm25_rank"]) for d in got] == [("both", 1), ("short", None)]
+
+
+def test_chargram_weighted_doubles_single_character_terms_of_the_query_only():
+    texts = ["刘备字玄德", "关羽字云长", "张飞字翼德", "玄德公"]
+    ids = [str(i) for i in range(len(texts))]
+    plain, weighted = BM25Index("chargram"), BM25Index("chargram-weighted")
+    assert weighted.unigram_weight == 2.0 and plain.unigram_weight == 1.0
+    plain.add(ids, texts)
+    weighted.add(ids, texts)
+    # same tokens, same counts: documents are unchanged
+    assert (plain.counts != weighted.counts).nnz == 0
+    query = "玄德"  # 玄, 德 (characters) and 玄德 (bigram)
+    chars, bigram = plain.scores("玄 德", ids), plain.scores("玄德", ids)
+    only_bigram = [b - c for b, c in zip(bigram, chars, strict=True)]
+    expected = [2 * c + g for c, g in zip(chars, only_bigram, strict=True)]
+    assert weighted.scores(query, ids) == pytest.approx(expected, rel=1e-5)
+    # a query with no single characters (Latin words) scores exactly as before
+    assert weighted.scores("machine", ids) == plain.scores("machine", ids)
+    assert BM25Index("chargram", unigram_weight=3.0).unigram_weight == 3.0
+    with pytest.raises(ValueError, match="unigram_weight"):
+        BM25Index("chargram", unigram_weight=-1)
+
+
+def test_unigram_weight_survives_save_and_load(tmp_path):
+    index = BM25Index("chargram-weighted")
+    index.add(["a", "b"], ["画蛇添足", "守株待兔"])
+    index.save(tmp_path)
+    loaded = BM25Index.load(tmp_path)
+    assert loaded.unigram_weight == 2.0
+    assert loaded.scores("画蛇", ["a", "b"]) == index.scores("画蛇", ["a", "b"])
