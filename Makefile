@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag clean docker-smoke gpu-check
+.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ bench-tokenizer: install
 
 bench-train: install
 	$(PY) -m training.benchmarks.train_bench
+
+# The tiny recipe's pretraining over a grid at one fixed FLOP budget, scored through lm-eval on
+# the dev split (bits/char, cloze and letter accuracies), wall time beside each row.
+bench-quality: install
+	$(PY) -m training.benchmarks.quality_bench $(QUALITY_ARGS)
 
 bench-serve: install
 	$(PY) -m serving.benchmarks.serve_bench

@@ -29,6 +29,7 @@ from serving.api.routes import (
 from serving.config import Settings
 from serving.engine.factory import LoadedModel, build_engine
 from serving.errors import BodySizeLimit, install_error_handlers
+from serving.generation_defaults import read_sampling_defaults
 from serving.knowledge import KnowledgeBases, server_kb_settings
 from serving.metrics import ServingMetrics
 from serving.service import GenerationService
@@ -66,6 +67,7 @@ def create_app(
                 app.state.metrics,
                 max_n=settings.max_n,
                 knowledge=kbs.get,
+                defaults=read_sampling_defaults(settings.model),
             )
         try:
             yield

@@ -1,7 +1,9 @@
-"""RAG chat: retrieved passages go into a system message, trimmed to fit the model's context.
+"""RAG chat: retrieved passages go into the prompt, trimmed to fit the model's context.
 
-The prompt is still rendered by the tokenizer's chat template; this module only decides which
-messages it renders. Knows nothing of HTTP.
+The prompt is rendered by the tokenizer's chat template. A template that takes transformers'
+`documents` argument (xiaophi's does) gets the passages as documents and renders them itself, so
+the RAG format travels inside the checkpoint; for one that does not (someone else's model), this
+module writes the same text into a system message. Knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -23,7 +25,31 @@ SNIPPET_CHARS = 200
 MIN_PASSAGE_CHARS = 20
 
 Messages = list[dict[str, str]]
-Render = Callable[[Messages], list[int]]
+Render = Callable[..., list[int]]  # (messages, documents=None) -> token ids
+_PROBE_TEXT = "\u2063xiaophi-document-probe\u2063"
+
+
+def template_renders_documents(tokenizer) -> bool:
+    """Whether the tokenizer's chat template shows a document passed as `documents`."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "?"}],
+            documents=[{"title": "t", "text": _PROBE_TEXT}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    except Exception:  # a template that chokes on documents does not support them
+        return False
+    return _PROBE_TEXT in text
+
+
+def as_documents(passages: list[tuple[SearchHit, str]]) -> list[dict[str, str]]:
+    """Passages as transformers `documents`: the file name (and page) as title."""
+    return [{"title": _where(hit), "text": text} for hit, text in passages]
+
+
+def _where(hit: SearchHit) -> str:
+    return f"{hit.filename}（第{hit.page}页）" if hit.page is not None else hit.filename
 
 
 def retrieval_query(messages: Messages) -> str:
@@ -41,8 +67,7 @@ def context_text(passages: list[tuple[SearchHit, str]]) -> str:
     """The instruction and the numbered passages, each under its file name (and page)."""
     parts = [INSTRUCTION]
     for number, (hit, text) in enumerate(passages, start=1):
-        where = f"{hit.filename}（第{hit.page}页）" if hit.page is not None else hit.filename
-        parts.append(f"[{number}] {where}\n{text}")
+        parts.append(f"[{number}] {_where(hit)}\n{text}")
     return "\n\n".join(parts)
 
 
@@ -61,8 +86,21 @@ def answer_reserve(context_length: int, max_tokens: int | None) -> int:
     return max(1, min(max_tokens or DEFAULT_ANSWER_TOKENS, context_length // 4))
 
 
+def render_with(
+    render: Render, messages: Messages, passages: list[tuple[SearchHit, str]], documents: bool
+) -> list[int]:
+    """The prompt with `passages`: as template documents, or in a system message."""
+    if documents:
+        return render(messages, as_documents(passages))
+    return render(with_context(messages, context_text(passages)))
+
+
 def fit_passages(
-    render: Render, messages: Messages, hits: list[SearchHit], max_prompt_tokens: int
+    render: Render,
+    messages: Messages,
+    hits: list[SearchHit],
+    max_prompt_tokens: int,
+    documents: bool = False,
 ) -> tuple[list[int], list[SearchHit]]:
     """The prompt with as many of the best passages as fit in `max_prompt_tokens`, and those hits.
 
@@ -75,7 +113,7 @@ def fit_passages(
     """
     candidate: Messages | None = messages
     while hits and candidate is not None:
-        fitted = _fit_in(render, candidate, hits, max_prompt_tokens)
+        fitted = _fit_in(render, candidate, hits, max_prompt_tokens, documents)
         if fitted is not None:
             return fitted
         candidate = without_oldest_turn(candidate)
@@ -83,17 +121,21 @@ def fit_passages(
 
 
 def _fit_in(
-    render: Render, messages: Messages, hits: list[SearchHit], max_prompt_tokens: int
+    render: Render,
+    messages: Messages,
+    hits: list[SearchHit],
+    max_prompt_tokens: int,
+    documents: bool = False,
 ) -> tuple[list[int], list[SearchHit]] | None:
     for keep in range(len(hits), 0, -1):
-        ids = render(with_context(messages, context_text([(h, h.text) for h in hits[:keep]])))
+        ids = render_with(render, messages, [(h, h.text) for h in hits[:keep]], documents)
         if len(ids) <= max_prompt_tokens:
             return ids, hits[:keep]
     best = hits[0]
     lo, hi, fitted = MIN_PASSAGE_CHARS, len(best.text) - 1, None
     while lo <= hi:  # longest prefix of the best passage that fits
         mid = (lo + hi) // 2
-        ids = render(with_context(messages, context_text([(best, best.text[:mid])])))
+        ids = render_with(render, messages, [(best, best.text[:mid])], documents)
         if len(ids) <= max_prompt_tokens:
             fitted, lo = ids, mid + 1
         else:

@@ -19,6 +19,7 @@ from rag.service import KnowledgeBaseService
 from serving import rag_chat
 from serving.engine.base import DeltaStream, Engine, EngineRequest, GenerationDelta, SamplingParams
 from serving.exceptions import ContextLengthError, InvalidRequestError, ModelNotFoundError
+from serving.generation_defaults import SamplingDefaults
 from serving.metrics import ServingMetrics
 from serving.schemas import (
     AssistantMessage,
@@ -55,8 +56,12 @@ class GenerationService:
         metrics: ServingMetrics,
         max_n: int = 8,
         knowledge: Callable[[], KnowledgeBaseService] | None = None,
+        defaults: SamplingDefaults | None = None,
     ) -> None:
         self.engine = engine
+        # what a request leaves out comes from the checkpoint's generation_config.json
+        self.defaults = defaults or SamplingDefaults()
+        self.supports_documents = rag_chat.template_renders_documents(tokenizer)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.metrics = metrics
@@ -117,10 +122,14 @@ class GenerationService:
         budget = self.engine.context_length - rag_chat.answer_reserve(
             self.engine.context_length, max_tokens
         )
-        prompt, used = rag_chat.fit_passages(self._render, messages, hits, budget)
+        prompt, used = rag_chat.fit_passages(
+            self._render, messages, hits, budget, documents=self.supports_documents
+        )
         return prompt, [rag_chat.source_of(hit) for hit in used]
 
-    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+    def _render(
+        self, messages: list[dict[str, str]], documents: list[dict[str, str]] | None = None
+    ) -> list[int]:
         """Token ids of `messages` through the tokenizer's chat template.
 
         Message content (and the passages RAG puts in a system message) is always text: a
@@ -133,6 +142,7 @@ class GenerationService:
                 add_generation_prompt=True,
                 return_dict=False,
                 sanitize_control_tokens=True,
+                **({"documents": documents} if documents else {}),
             )
         except Exception as exc:  # the template raises on what it cannot render
             raise InvalidRequestError(
@@ -285,13 +295,17 @@ class GenerationService:
                 param="messages" if isinstance(request, ChatRequest) else "prompt",
                 code="context_length_exceeded",
             )
-        temperature = 1.0 if request.temperature is None else request.temperature
+        d = self.defaults
         return SamplingParams(
             max_new_tokens=min(max_tokens or remaining, remaining),
-            temperature=temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=request.top_k or 0,
-            repetition_penalty=request.repetition_penalty or 1.0,
+            temperature=d.temperature if request.temperature is None else request.temperature,
+            top_p=d.top_p if request.top_p is None else request.top_p,
+            top_k=d.top_k if request.top_k is None else request.top_k,
+            repetition_penalty=(
+                d.repetition_penalty
+                if request.repetition_penalty is None
+                else request.repetition_penalty
+            ),
             seed=request.seed,
             stop=list(request.stop or []),
         )

@@ -14,10 +14,45 @@ IM_END = "<|im_end|>"
 # Order fixes the ids: 0..5. Pretraining uses BOS/EOS around documents; chat turns end in IM_END.
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IM_START, IM_END]
 
+#: What the model is told before the documents (RAG passages, dictionary entries). Short, because
+#: every token of it is taken from the documents on a small model's context.
+DOCUMENTS_INSTRUCTION = "请根据以下资料回答问题。"
+
+
+def documents_text(documents: list[dict]) -> str:
+    """The system text the template renders for `documents` (`title` optional, `text` required):
+    the instruction, then each document numbered from 1 under its title, blank lines between."""
+    parts = [DOCUMENTS_INSTRUCTION]
+    for number, doc in enumerate(documents, start=1):
+        title = doc.get("title") or ""
+        parts.append(f"[{number}] {title}\n{doc['text']}" if title else f"[{number}] {doc['text']}")
+    return "\n\n".join(parts)
+
+
 # ChatML-style turns. The assistant's content and its closing <|im_end|> sit inside
 # {% generation %} so trl's assistant_only_loss trains on exactly those tokens, the end
 # token included (the model must learn to stop).
+#
+# `documents` (transformers' `apply_chat_template(..., documents=[{"title", "text"}])`) are
+# rendered in one place: a system turn holding `documents_text(documents)`, merged in front of
+# the conversation's own system message when it opens with one. The RAG prompt format thus
+# travels with the checkpoint like the rest of the chat format.
 CHAT_TEMPLATE = (
+    "{%- set ns = namespace(context='') -%}"
+    "{%- if documents -%}"
+    "{%- set ns.context = '" + DOCUMENTS_INSTRUCTION + "' -%}"
+    "{%- for doc in documents -%}"
+    "{%- if doc['text'] is not defined or doc['text'] is not string -%}"
+    "{{ raise_exception('every document needs a text field (a string)') }}"
+    "{%- endif -%}"
+    "{%- set title = doc['title'] if doc['title'] is defined and doc['title'] else '' -%}"
+    "{%- set ns.context = ns.context + '\\n\\n[' + loop.index|string + '] '"
+    " + (title + '\\n' if title else '') + doc['text'] -%}"
+    "{%- endfor -%}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\n' + ns.context + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
     "{{ raise_exception('unknown role ' + message['role'] + '; use system, user or assistant') }}"
@@ -26,9 +61,27 @@ CHAT_TEMPLATE = (
     "{{ '<|im_start|>assistant\\n' }}"
     "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
     "{{ '\\n' }}"
+    "{%- elif loop.first and message['role'] == 'system' and ns.context -%}"
+    "{{ '<|im_start|>system\\n' + ns.context + '\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- else -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
+
+
+def supports_documents(tokenizer) -> bool:
+    """Whether `tokenizer`'s chat template renders transformers' `documents` argument: a probe
+    document's text must show up in the prompt (a template that ignores `documents` drops it)."""
+    probe = "xiaophi-document-probe-7f3a"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}],
+            documents=[{"title": "t", "text": probe}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except Exception:  # no template, or one that cannot take documents
+        return False
+    return probe in text

@@ -60,8 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     for stage in STAGES:
-        add_recipe_flags(sub.add_parser(stage, help=f"Run the {stage} stage only."))
+        if stage != "eval":  # `eval` below also takes a checkpoint folder
+            add_recipe_flags(sub.add_parser(stage, help=f"Run the {stage} stage only."))
     add_recipe_flags(sub.add_parser("pipeline", help="Run every stage, skipping finished ones."))
+
+    ev = sub.add_parser(
+        "eval",
+        help="Evaluate a checkpoint through lm-evaluation-harness (local xiaophi tasks or lm-eval's).",
+    )
+    ev.add_argument("--model", required=True, help="Checkpoint folder, e.g. runs/tiny/dpo.")
+    ev.add_argument(
+        "--tasks",
+        default="xiaophi",
+        help="Comma-separated: xiaophi (every local task), xiaophi_* names, or lm-eval task names "
+        "such as ceval-valid,cmmlu (need those datasets).",
+    )
+    ev.add_argument("--tokenizer", help="Tokenizer folder (default: the checkpoint's own).")
+    ev.add_argument("--heldout", default="data/demo/heldout.jsonl")
+    ev.add_argument("--eval-text", default="data/demo/pretrain_eval.jsonl")
+    ev.add_argument("--split", default="test", choices=["dev", "test"])
+    ev.add_argument("--limit", type=int, default=0, help="Items per local task (0 = all).")
+    ev.add_argument("--bpc-max-chars", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--out", help="Write the scores here as JSON.")
 
     chat = sub.add_parser(
         "chat", help="Ask a checkpoint a few questions (greedy) and print the answers."
@@ -81,6 +103,31 @@ def cmd_data_demo(args) -> None:
     docs = write_kb_documents(out / "kb_docs", Path(args.cache), out / "SOURCES.md")
     print(format_summary(summary))
     print(f"knowledge-base documents: {', '.join(p.name for p in docs)} in {out / 'kb_docs'}")
+
+
+def cmd_eval(args) -> None:
+    from training.evaluate import evaluate, format_table
+
+    if not (Path(args.model) / "config.json").is_file():
+        raise FileNotFoundError(f"no checkpoint in {args.model} (config.json missing)")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    scores = evaluate(
+        args.model,
+        args.tokenizer or args.model,
+        tasks,
+        heldout=args.heldout,
+        eval_text=args.eval_text,
+        split=args.split,
+        limit=args.limit or None,
+        bpc_max_chars=args.bpc_max_chars or None,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    local = [t for t in scores if t != "wall_time_s"]
+    print(format_table({Path(args.model).name: scores}, local))
+    print(f"({args.split} split, {scores['wall_time_s']} s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(scores, ensure_ascii=False, indent=2))
 
 
 def cmd_chat(args) -> None:
@@ -103,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_data_demo(args)
         elif args.command == "chat":
             cmd_chat(args)
+        elif args.command == "eval":
+            cmd_eval(args)
         elif args.command == "pipeline":
             from training.pipeline import SUMMARY_FILE, run_pipeline
 
@@ -119,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
                     indent=2,
                 )
             )
+            if summary.get("eval"):
+                print(f"\neval ({summary['eval']['split']} split):\n{summary['eval']['table']}")
             print(f"summary: {Path(args.out) / SUMMARY_FILE}")
         else:
             from training.pipeline import run_single_stage

@@ -81,6 +81,12 @@ class TrainConfig:
     lr: float = _f(1e-3, "Peak learning rate.")
     min_lr_ratio: float = _f(0.1, "Cosine floor as a fraction of the peak LR.")
     warmup_steps: int = _f(10, "Linear warm-up steps.")
+    schedule: str = _f(
+        "cosine",
+        "LR schedule after warm-up: cosine (down to min_lr_ratio) or wsd (warmup-stable-decay: "
+        "flat at the peak, then a cosine decay over the last decay_fraction of the steps).",
+    )
+    decay_fraction: float = _f(0.2, "wsd only: share of the steps spent decaying.")
     weight_decay: float = _f(0.1, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     optim: str = _f(
@@ -163,6 +169,47 @@ class EmbedderConfig:
 
 
 @dataclass
+class DecodingConfig:
+    tune: bool = _f(
+        True,
+        "Choose the decoding defaults written into the sft and dpo checkpoints' "
+        "generation_config.json on the held-out dev probes (data.probe).",
+    )
+    probes: int = _f(50, "Dev probe questions the choice is made on.")
+    max_new_tokens: int = _f(64, "Token limit of each probe answer (a loop runs into it).")
+    repetition_penalties: list[str] = _f(
+        ["1.0", "1.1", "1.2", "1.3", "1.5"], "Repetition penalties tried (greedy)."
+    )
+    sampling: list[str] = _f(
+        ["0.7:0.9"],
+        "temperature:top_p pairs also tried, each with every repetition penalty (seeded samples).",
+    )
+    f1_tolerance: float = _f(
+        0.01, "A candidate may lose at most this much character F1 against plain greedy."
+    )
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = _f(True, "Run the eval stage at the end of the pipeline.")
+    heldout: str = _f(
+        "data/demo/heldout.jsonl",
+        "Held-out items (jsonl: kind idiom/word/xiehouyu, subject, answer, split dev/test).",
+    )
+    models: list[str] = _f(
+        ["untrained", "pretrain", "dpo"],
+        "What the stage evaluates: untrained (fresh weights, same config and seed) and any "
+        "finished stage folder (pretrain, sft, dpo).",
+    )
+    tasks: list[str] = _f(["xiaophi"], "lm-eval tasks: xiaophi (all local tasks) or names.")
+    split: str = _f("test", "Held-out split reported: test (never used for a choice) or dev.")
+    limit: int = _f(0, "Items per task (0 = the whole split).")
+    bpc_max_chars: int = _f(0, "Characters of held-out text for bits per character (0 = all).")
+    batch_size: int = _f(32, "Sequences per forward pass.")
+    max_new_tokens: int = _f(64, "Token limit of generated answers.")
+
+
+@dataclass
 class Recipe:
     name: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
@@ -172,6 +219,8 @@ class Recipe:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Recipe:
         m = self.model
@@ -200,8 +249,34 @@ class Recipe:
             raise ValueError(
                 f"embedder.tokenizer={e.tokenizer!r}; set --embedder.tokenizer to char or bpe."
             )
+        if self.eval.split not in ("dev", "test"):
+            raise ValueError(f"eval.split={self.eval.split!r}; set --eval.split to dev or test.")
+        unknown = set(self.eval.models) - {"untrained", "pretrain", "sft", "dpo"}
+        if unknown:
+            raise ValueError(
+                f"eval.models has {', '.join(sorted(unknown))}; use untrained, pretrain, sft or dpo."
+            )
+        for value in self.decoding.repetition_penalties:
+            if _positive_float(value) is None:
+                raise ValueError(
+                    f"decoding.repetition_penalties has {value!r}; give positive numbers."
+                )
+        for pair in self.decoding.sampling:
+            t, _, p = pair.partition(":")
+            if _positive_float(t) is None or not 0 < (_positive_float(p) or 0) <= 1:
+                raise ValueError(
+                    f"decoding.sampling has {pair!r}; give temperature:top_p pairs like 0.7:0.9."
+                )
         for stage in ("pretrain", "sft", "dpo"):
             cfg: TrainConfig = getattr(self, stage)
+            if cfg.schedule not in ("cosine", "wsd"):
+                raise ValueError(
+                    f"{stage}.schedule={cfg.schedule!r}; set --{stage}.schedule to cosine or wsd."
+                )
+            if not 0 < cfg.decay_fraction <= 1:
+                raise ValueError(
+                    f"{stage}.decay_fraction must be in (0, 1]; fix --{stage}.decay_fraction."
+                )
             if cfg.seq_len > m.max_position_embeddings:
                 raise ValueError(
                     f"{stage}.seq_len={cfg.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}; "
@@ -220,6 +295,7 @@ class Recipe:
         d = self.to_dict()
         d.pop("name", None)
         d["data"].pop("num_proc", None)
+        d["eval"].pop("batch_size", None)
         for stage in ("pretrain", "sft", "dpo"):
             for knob in (
                 "eval_steps",
@@ -241,7 +317,17 @@ _SECTION_CLASSES = {
     "sft": SFTStageConfig,
     "dpo": DPOStageConfig,
     "embedder": EmbedderConfig,
+    "decoding": DecodingConfig,
+    "eval": EvalConfig,
 }
+
+
+def _positive_float(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number > 0 else None
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:

@@ -71,11 +71,20 @@ def build_pairs(recipe: Recipe, model, tokenizer) -> list[dict]:
     from training.data.formats import load_sft_dataset
 
     cfg = recipe.dpo
-    conversations = load_sft_dataset(recipe.data.sft)["messages"]
+    dataset = load_sft_dataset(recipe.data.sft)
+    conversations = dataset["messages"]
+    # a grounded conversation's answer comes from its documents, which a DPO prompt lacks
+    grounded = (
+        [bool(k["documents"]) for k in dataset["chat_template_kwargs"]]
+        if "chat_template_kwargs" in dataset.column_names
+        else [False] * len(conversations)
+    )
     order = list(range(len(conversations)))
     random.Random(cfg.seed).shuffle(order)
     prompts, golds = [], []
     for i in order:
+        if grounded[i]:
+            continue
         split = split_prompt_and_answer(conversations[i])
         if split:
             prompts.append(split[0])

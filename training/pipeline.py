@@ -31,6 +31,7 @@ STAGE_MODULES = {
     "dpo-data": "training.dpo_data",
     "dpo": "training.dpo",
     "embedder": "training.embedder",
+    "eval": "training.eval_stage",
 }
 STAGES = list(STAGE_MODULES)
 # Stages whose Trainer spreads the work over the processes of a launch; the others run in the
@@ -50,6 +51,7 @@ def stage_inputs(recipe: Recipe, stage: str) -> list[tuple[list[str], str]]:
         "dpo-data": [(d.sft, "sft")],
         "dpo": [(d.dpo, "dpo")] if d.dpo else [],
         "embedder": [],
+        "eval": [],
     }[stage]
 
 
@@ -59,6 +61,8 @@ def wanted_stages(recipe: Recipe) -> list[str]:
         stages.remove("dpo-data")  # the user brought their own preference pairs
     if not recipe.embedder.enabled:
         stages.remove("embedder")
+    if not recipe.eval.enabled:
+        stages.remove("eval")
     return stages
 
 
@@ -88,6 +92,11 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
             f"embedder pairs file {recipe.embedder.pairs} does not exist; build the demo data "
             "(`xiaophi-train data demo`), pass --embedder.pairs, or --embedder.enabled false."
         )
+    if "eval" in stages and not is_finished(run_dir, "eval"):
+        from training.eval_items import load_heldout
+
+        if any(t.startswith("xiaophi") for t in recipe.eval.tasks):
+            load_heldout(recipe.eval.heldout)  # a missing file says how to build it
     claim_run_dir(run_dir, recipe)
 
 
@@ -162,6 +171,12 @@ def build_summary(
         "wall_time_s_all_stages": round(sum(r.get("wall_time_s", 0) for r in reports.values()), 2),
         "tokens_per_s": {s: r["tokens_per_s"] for s, r in reports.items() if r.get("tokens_per_s")},
         "probe": probe,
+        "decoding": {
+            s: reports[s]["decoding"] for s in ("sft", "dpo") if "decoding" in reports.get(s, {})
+        },
+        "eval": {k: reports["eval"][k] for k in ("split", "limit", "results", "table")}
+        if "results" in reports.get("eval", {})
+        else None,
     }
 
 
@@ -189,7 +204,9 @@ def run_single_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
             "Delete that folder to redo it, or pass another --out."
         )
     preflight(recipe, run_dir, [stage])
-    previous = STAGES[STAGES.index(stage) - 1] if stage not in ("tokenizer", "embedder") else None
+    previous = (
+        STAGES[STAGES.index(stage) - 1] if stage not in ("tokenizer", "embedder", "eval") else None
+    )
     if stage == "dpo" and recipe.data.dpo:
         previous = "sft"
     if previous and not is_finished(run_dir, previous):

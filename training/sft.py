@@ -11,6 +11,7 @@ from pathlib import Path
 from trl import SFTConfig, SFTTrainer
 
 from training.config import Recipe
+from training.decoding import tune_decoding
 from training.model_factory import load_model_and_tokenizer
 from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
@@ -73,5 +74,7 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
         "wall_time_s": run.wall_time_s,
         "loss_curve": loss_history(trainer.state.log_history),
     }
+    # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
+    report["decoding"] = tune_decoding(model, tokenizer, recipe.data.probe, recipe.decoding)
     save_stage(trainer, tokenizer, run_dir, STAGE, report)
     return report

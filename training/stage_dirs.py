@@ -25,10 +25,11 @@ _MODEL = (*_BASE, "model.", "pretrain.")
 STAGE_FIELDS = {
     "tokenizer": _BASE,
     "pretrain": _MODEL,
-    "sft": (*_MODEL, "sft."),
-    "dpo-data": (*_MODEL, "sft.", "dpo."),
-    "dpo": (*_MODEL, "sft.", "dpo."),
+    "sft": (*_MODEL, "sft.", "decoding."),  # the decoding defaults live in the checkpoint
+    "dpo-data": (*_MODEL, "sft.", "decoding.", "dpo."),
+    "dpo": (*_MODEL, "sft.", "decoding.", "dpo."),
     "embedder": ("embedder.", "pretrain.seed"),  # the embedder trains with the run's seed
+    "eval": (*_MODEL, "sft.", "decoding.", "dpo.", "eval."),
 }
 
 
@@ -84,7 +85,8 @@ def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
     wanted = recipe.fingerprint()
     if marker.exists():
         stored = json.loads(marker.read_text(encoding="utf-8"))
-        have = stored.get("fingerprint", {})
+        # fields added to the recipe after this run started read as their defaults
+        have = _with_defaults(stored.get("fingerprint", {}), Recipe().fingerprint())
         if have == wanted:
             return True
         diffs = _differences(have, wanted)
@@ -126,6 +128,16 @@ def claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, marker)
+
+
+def _with_defaults(stored: dict, defaults: dict) -> dict:
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:

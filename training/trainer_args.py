@@ -55,8 +55,7 @@ def trainer_kwargs(
         per_device_eval_batch_size=cfg.micro_batch,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        **schedule_kwargs(cfg),
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -82,6 +81,24 @@ def trainer_kwargs(
     if not cuda and is_distributed_launch():
         kwargs["ddp_backend"] = "gloo"
     return kwargs
+
+
+def schedule_kwargs(cfg: TrainConfig) -> dict:
+    """The LR schedule after warm-up: cosine to a floor, or warmup-stable-decay."""
+    if cfg.schedule == "wsd":
+        decay = max(1, round(cfg.max_steps * cfg.decay_fraction))
+        return dict(
+            lr_scheduler_type="warmup_stable_decay",
+            lr_scheduler_kwargs={
+                "num_decay_steps": decay,
+                "num_stable_steps": max(0, cfg.max_steps - cfg.warmup_steps - decay),
+                "min_lr_ratio": cfg.min_lr_ratio,
+            },
+        )
+    return dict(
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+    )
 
 
 def baseline_eval_loss(trainer) -> float | None:

@@ -128,7 +128,9 @@ def test_sql_bm25_is_the_local_bm25_whenever_it_says_it_is_exact(
             claimed += 1
             assert same_ranking(got, want), (query, got, want)
         else:  # an approximation: real scores of real matches, best first
-            exact = dict(zip([c for c, _ in got], local.scores(query, [c for c, _ in got])))
+            exact = dict(
+                zip([c for c, _ in got], local.scores(query, [c for c, _ in got]), strict=True)
+            )
             assert all(math.isclose(s, exact[c], rel_tol=1e-5) and s > 0 for c, s in got)
             assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
         ids = [c for c, _ in want[:5]] + [f"{docs['0.txt']}:0"]

@@ -86,6 +86,9 @@ def tiny_overrides(data: dict[str, str], **extra) -> dict:
         "dpo.num_prompts": 16,
         "dpo.gen_max_new_tokens": 8,
         "embedder.enabled": False,
+        "decoding.probes": 4,
+        "decoding.max_new_tokens": 8,
+        "eval.enabled": False,  # tests/training/test_eval_stage.py runs it
     }
     overrides.update(extra)
     return overrides

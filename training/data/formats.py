@@ -5,7 +5,9 @@ Formats (one record per row):
 - ``text`` (pretraining): ``.txt`` with one document per non-empty line, or ``.jsonl`` /
   ``.json`` / ``.parquet`` rows with a non-empty string field ``text``.
 - ``sft``: rows with ``messages`` (a list of ``{"role": system|user|assistant, "content": str}``
-  with at least one assistant turn), or with ``prompt`` + ``completion`` strings.
+  with at least one assistant turn), or with ``prompt`` + ``completion`` strings; optionally
+  ``documents`` (a list of ``{"title": str, "text": str}``) that the chat template renders
+  (transformers' ``apply_chat_template(..., documents=...)``).
 - ``dpo``: rows with ``prompt``, ``chosen``, ``rejected``; each a string or a list of messages.
 
 ``check_files`` streams every row once and raises :class:`DataError` naming the file, the row
@@ -31,7 +33,15 @@ ROLES = ("system", "user", "assistant")
 PARQUET_BATCH_ROWS = 4096
 
 MESSAGE_FEATURE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+DOCUMENT_FEATURE = {"title": datasets.Value("string"), "text": datasets.Value("string")}
 SFT_FEATURES = datasets.Features({"messages": datasets.List(MESSAGE_FEATURE)})
+# with documents in any row: trl passes `chat_template_kwargs` to apply_chat_template per row
+SFT_DOCUMENT_FEATURES = datasets.Features(
+    {
+        "messages": datasets.List(MESSAGE_FEATURE),
+        "chat_template_kwargs": {"documents": datasets.List(DOCUMENT_FEATURE)},
+    }
+)
 DPO_FEATURES = datasets.Features(
     {name: datasets.List(MESSAGE_FEATURE) for name in ("prompt", "chosen", "rejected")}
 )
@@ -99,7 +109,20 @@ def _text_row_problem(row: Row) -> RowProblem:
     return None
 
 
+def _documents_problem(value: Any) -> RowProblem:
+    if not isinstance(value, list):
+        return "documents", f'must be a list of {{"title": ..., "text": ...}}; got {_describe(value)}'
+    for i, doc in enumerate(value):
+        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+            return f"documents[{i}]", 'must be an object with a string "text" (and "title")'
+        if not isinstance(doc.get("title", ""), str):
+            return f"documents[{i}].title", f"must be a string; got {_describe(doc['title'])}"
+    return None
+
+
 def _sft_row_problem(row: Row) -> RowProblem:
+    if row.get("documents") is not None and (problem := _documents_problem(row["documents"])):
+        return problem
     if row.get("messages") is not None:
         return _message_list_problem(row["messages"], "messages", need_assistant=True)
     if "prompt" in row or "completion" in row:
@@ -420,12 +443,26 @@ def load_sft_dataset(paths: PathsLike) -> datasets.Dataset:
     """SFT conversations as a Dataset with one column, `messages`."""
     files = _as_paths(paths)
     check_files(files, "sft")
-    parts = [_load_converted(path, _sft_record, SFT_FEATURES) for path in files]
+    if any(_has_documents(path) for path in files):
+        parts = [_load_converted(path, _sft_document_record, SFT_DOCUMENT_FEATURES) for path in files]
+    else:
+        parts = [_load_converted(path, _sft_record, SFT_FEATURES) for path in files]
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _has_documents(path: Path) -> bool:
+    return any(row.get("documents") for _, row in READERS[path.suffix.lower()](path))
 
 
 def _sft_record(row: Row) -> Row:
     return {"messages": sft_messages(row)}
+
+
+def _sft_document_record(row: Row) -> Row:
+    docs = [
+        {"title": d.get("title") or "", "text": d["text"]} for d in row.get("documents") or []
+    ]
+    return {"messages": sft_messages(row), "chat_template_kwargs": {"documents": docs}}
 
 
 def load_dpo_dataset(paths: PathsLike) -> datasets.Dataset:

@@ -1,0 +1,52 @@
+"""The pipeline ends with the eval stage, and its chat checkpoints carry decoding defaults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.training.conftest import IDIOMS, tiny_overrides
+from training.config import load_recipe
+from training.pipeline import run_pipeline
+
+
+@pytest.mark.slow
+def test_pipeline_ends_with_the_eval_table_and_writes_decoding_defaults(tiny_data, tmp_path):
+    heldout = tmp_path / "heldout.jsonl"
+    rows = [
+        {"kind": kind, "subject": f"{k}{n}", "answer": v, "split": "test" if n else "dev"}
+        for kind in ("idiom", "word", "xiehouyu")
+        for n, (k, v) in enumerate(IDIOMS.items())
+    ]
+    heldout.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    overrides = tiny_overrides(
+        tiny_data,
+        **{
+            "eval.enabled": True,
+            "eval.heldout": str(heldout),
+            "eval.limit": 3,
+            "eval.max_new_tokens": 8,
+            "decoding.repetition_penalties": ["1.0", "1.3"],
+        },
+    )
+    summary = run_pipeline(load_recipe("tiny", overrides), tmp_path / "run", log=lambda *a: None)
+    ev = summary["eval"]
+    assert ev["split"] == "test" and set(ev["results"]) == {"untrained", "pretrain", "dpo"}
+    for column in ev["results"].values():
+        assert column["xiaophi_idiom_mc"]["n"] == 3
+        assert 0 <= column["xiaophi_idiom_mc"]["acc"] <= 1
+        assert column["xiaophi_idiom_mc"]["acc_ci95"] is not None
+        assert column["xiaophi_heldout_bpc"]["bits_per_char"] > 0
+    # training lowers held-out bits per character
+    bpc = {m: c["xiaophi_heldout_bpc"]["bits_per_char"] for m, c in ev["results"].items()}
+    assert bpc["pretrain"] < bpc["untrained"]
+    assert (
+        "idiom_mc (n=3)" in ev["table"] and (tmp_path / "run" / "eval" / "results.json").is_file()
+    )
+    for stage in ("sft", "dpo"):
+        decoding = summary["decoding"][stage]
+        chosen = decoding["chosen"]["settings"]
+        config = json.loads((tmp_path / "run" / stage / "generation_config.json").read_text())
+        assert config.get("repetition_penalty", 1.0) == chosen["repetition_penalty"]
+        assert len(decoding["candidates"]) == 2 and decoding["probes"] == 4

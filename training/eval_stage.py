@@ -1,0 +1,66 @@
+"""The pipeline's last stage: the run's models through `training.evaluate` (lm-eval).
+
+Evaluates what `eval.models` lists (the untrained model of the same shape and seed, and finished
+stage folders) on the held-out `eval.split` and publishes `<run>/eval/` with `results.json` (every
+score with its 95% interval) and the printed table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from training.config import Recipe
+from training.stage_dirs import finish_stage, stage_dir, stage_work_dir, write_json
+
+STAGE = "eval"
+
+
+def main(recipe: Recipe, run_dir: Path) -> dict:
+    from training.evaluate import evaluate, format_table
+    from training.model_factory import build_model
+    from training.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg = recipe.eval
+    work = stage_work_dir(run_dir, STAGE)
+    started = time.time()
+    columns = {}
+    for name in cfg.models:
+        if name == "untrained":
+            tok_dir = run_dir / "tokenizer"
+            model = build_model(recipe.model, load_tokenizer(tok_dir), seed=recipe.pretrain.seed)
+        else:
+            model = tok_dir = stage_dir(run_dir, name)
+            if not (tok_dir / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"eval.models names {name}, but {tok_dir} holds no finished model; run that "
+                    "stage first or drop it from --eval.models"
+                )
+        columns[name] = evaluate(
+            model,
+            tok_dir,
+            cfg.tasks,
+            heldout=cfg.heldout,
+            eval_text=recipe.data.pretrain_eval,
+            split=cfg.split,
+            limit=cfg.limit or None,
+            bpc_max_chars=cfg.bpc_max_chars or None,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+    table = format_table(columns)
+    report = {
+        "stage": STAGE,
+        "split": cfg.split,
+        "limit": cfg.limit or None,
+        "bpc_max_chars": cfg.bpc_max_chars or None,
+        "results": columns,
+        "table": table,
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    (work / "table.txt").write_text(table + "\n", encoding="utf-8")
+    write_json(work / "results.json", columns)
+    write_json(work / "stage_report.json", report)
+    finish_stage(run_dir, STAGE)
+    return report

@@ -1,0 +1,206 @@
+"""`xiaophi-train eval`: a checkpoint through lm-evaluation-harness (its HF model backend).
+
+The local tasks (`xiaophi_*`, YAML in training/eval_tasks/, shipped with the package) read the
+demo's held-out data; any other task name goes to lm-eval's own registry unchanged (for example
+`ceval-valid` or `cmmlu`, for users who have those datasets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).parent / "eval_tasks"
+LOCAL_PREFIX = "xiaophi"
+#: Task name → (the metric reported first, the metrics reported).
+LOCAL_TASKS = {
+    "xiaophi_heldout_bpc": ["bits_per_char"],
+    "xiaophi_idiom_mc": ["acc"],
+    "xiaophi_word_mc": ["acc"],
+    "xiaophi_xiehouyu_mc": ["acc"],
+    "xiaophi_idiom_cloze": ["acc", "acc_norm"],
+    "xiaophi_word_cloze": ["acc", "acc_norm"],
+    "xiaophi_xiehouyu_cloze": ["acc", "acc_norm"],
+    "xiaophi_idiom_chat_cloze": ["acc", "acc_norm"],
+    "xiaophi_idiom_grounded_cloze": ["acc", "acc_norm"],
+    "xiaophi_idiom_gen": ["char_f1", "loop_rate", "stop_rate"],
+    "xiaophi_idiom_grounded_gen": ["char_f1", "loop_rate", "stop_rate"],
+}
+LIKELIHOOD_TASKS = [t for t in LOCAL_TASKS if not t.endswith("_gen")]
+GENERATION_TASKS = [t for t in LOCAL_TASKS if t.endswith("_gen")]
+
+
+def _hflm_class():
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.huggingface import HFLM
+
+    from training.eval_tasks.tasks import LIMIT_MARK, STOPPED_MARK
+
+    class XiaophiLM(HFLM):
+        """lm-eval's HF model, with two changes for small Chinese BPE models:
+
+        - context and continuation are encoded separately: with a pre-tokenizer that glues
+          punctuation to the letters after it, encoding them together would move the boundary
+          and score part of the prompt as part of the answer;
+        - every generated answer ends with a mark saying whether the model stopped on its own
+          (an end token among its tokens) or hit the token limit; the local generation tasks
+          read and strip it.
+        """
+
+        def __init__(self, *args, mark_stops: bool = True, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            ids = self.model.generation_config.eos_token_id
+            ids = ids if isinstance(ids, list) else [ids]
+            self._end_ids = {i for i in [*ids, self.tokenizer.eos_token_id] if i is not None}
+            self._mark_stops = mark_stops
+
+        def _encode_pair(self, context: str, continuation: str):
+            return self.tok_encode(context), self.tok_encode(continuation)
+
+        def tok_decode(self, tokens, skip_special_tokens: bool = True):
+            text = super().tok_decode(tokens, skip_special_tokens=skip_special_tokens)
+            if self._mark_stops and skip_special_tokens and isinstance(tokens, list):
+                stopped = any(t in self._end_ids for t in tokens)
+                text += STOPPED_MARK if stopped else LIMIT_MARK
+            return text
+
+    with contextlib.suppress(AssertionError, ValueError):  # registered by an earlier call
+        register_model("xiaophi-hf")(XiaophiLM)
+    return XiaophiLM
+
+
+_LM_CLASS = None
+
+
+def lm_class():
+    global _LM_CLASS
+    if _LM_CLASS is None:
+        _LM_CLASS = _hflm_class()
+    return _LM_CLASS
+
+
+def evaluate(
+    model,
+    tokenizer_path: str | Path,
+    tasks: list[str],
+    heldout: str | Path | None = None,
+    eval_text: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    bpc_max_chars: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    device: str | None = None,
+) -> dict:
+    """Scores of `model` (a checkpoint folder or a loaded PreTrainedModel) on `tasks`.
+
+    Returns {task: {metric: value, metric + "_ci95": half-width of the 95% interval, "n": items}},
+    plus "wall_time_s". Local tasks get the held-out files through lm-eval's task metadata.
+    """
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    if isinstance(model, (str, Path)):
+        model = AutoModelForCausalLM.from_pretrained(str(model))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    local = [t for t in tasks if t.startswith(LOCAL_PREFIX)]
+    unknown = [t for t in local if t not in LOCAL_TASKS and t != LOCAL_PREFIX]
+    if unknown:
+        raise ValueError(
+            f"unknown local task(s) {', '.join(unknown)}; the xiaophi tasks are "
+            f"{', '.join(LOCAL_TASKS)} (or `xiaophi` for all)"
+        )
+    if LOCAL_PREFIX in local:
+        local = list(LOCAL_TASKS)
+    standard = [t for t in tasks if not t.startswith(LOCAL_PREFIX)]
+    results: dict = {}
+    if local:
+        if heldout is None or eval_text is None:
+            raise ValueError(
+                "the xiaophi tasks need the held-out files: pass heldout and eval_text"
+            )
+        meta = {
+            "heldout": str(heldout),
+            "eval_text": str(eval_text),
+            "tokenizer": str(tokenizer_path),
+            "split": split,
+            "limit": limit or 0,
+            "bpc_max_chars": bpc_max_chars or 0,
+        }
+        lm = lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=local,
+            task_manager=TaskManager(
+                include_path=str(TASKS_DIR), include_defaults=False, metadata=meta
+            ),
+            gen_kwargs={"max_gen_toks": max_new_tokens},
+            bootstrap_iters=1,  # > 0 turns on the closed-form standard error of means
+            log_samples=False,
+        )
+        results.update(_scores(out, local))
+    if standard:
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        out = lm_eval.simple_evaluate(model=lm, tasks=standard, bootstrap_iters=1000)
+        results.update(_scores(out, [k for k in out["results"]]))
+    results["wall_time_s"] = round(time.time() - started, 2)
+    return results
+
+
+def _scores(out: dict, tasks: list[str]) -> dict:
+    scores = {}
+    for task in tasks:
+        raw = out["results"].get(task)
+        if raw is None:
+            continue
+        row = {"n": out.get("n-samples", {}).get(task, {}).get("effective")}
+        for key, value in raw.items():
+            if "," not in key or not isinstance(value, (int, float)):
+                continue
+            metric, _, _filter = key.partition(",")
+            if metric.endswith("_stderr"):
+                base = metric[: -len("_stderr")]
+                row[base + "_ci95"] = None if math.isnan(value) else round(1.96 * value, 4)
+            else:
+                row[metric] = round(float(value), 4)
+        scores[task] = row
+    return scores
+
+
+def format_table(columns: dict[str, dict], tasks: list[str] | None = None) -> str:
+    """One row per task metric, one column per evaluated model, each cell `value ± ci95`."""
+    names = list(columns)
+    tasks = tasks or [t for t in LOCAL_TASKS if any(t in c for c in columns.values())]
+    header = f"{'task':<30}{'metric':<14}" + "".join(f"{n:>20}" for n in names)
+    lines = [header, "-" * len(header)]
+    for task in tasks:
+        metrics = LOCAL_TASKS.get(task) or sorted(
+            {m for c in columns.values() for m in c.get(task, {}) if not m.endswith("_ci95")}
+            - {"n"}
+        )
+        for metric in metrics:
+            cells = []
+            for name in names:
+                row = columns[name].get(task, {})
+                value, ci = row.get(metric), row.get(metric + "_ci95")
+                if value is None:
+                    cells.append(f"{'–':>20}")
+                elif ci is None:
+                    cells.append(f"{value:>20.3f}")
+                else:
+                    cells.append(f"{f'{value:.3f} ± {ci:.3f}':>20}")
+            n = next((columns[m].get(task, {}).get("n") for m in names), None)
+            label = task.removeprefix("xiaophi_") + (f" (n={n})" if n else "")
+            lines.append(f"{label:<30}{metric:<14}" + "".join(cells))
+    return "\n".join(lines)
