@@ -1,4 +1,8 @@
-"""Server-sent events for streamed completions: `data: {json}` lines ending in `data: [DONE]`."""
+"""Server-sent events for streamed completions: `data: {json}` lines ending in `data: [DONE]`.
+
+Written here rather than with sse-starlette (no longer a dependency): OpenAI's framing is only
+`data:` lines, and this response also cancels generation the moment the client disconnects.
+"""
 
 from __future__ import annotations
 
