@@ -129,14 +129,18 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def row_chars(row: dict) -> int:
-    if "messages" in row:
-        return sum(len(m["content"]) for m in row["messages"])
+    if "messages" in row:  # a grounded row's documents are part of its text
+        docs = row.get("documents", [])
+        return sum(len(m["content"]) for m in row["messages"]) + sum(
+            len(d["title"]) + len(d["text"]) for d in docs
+        )
     return sum(len(v) for k, v in row.items() if k != "source")
 
 
 def row_text(row: dict) -> str:
     if "messages" in row:
-        return "\n".join(m["content"] for m in row["messages"])
+        docs = [f"{d['title']}\n{d['text']}" for d in row.get("documents", [])]
+        return "\n".join([m["content"] for m in row["messages"]] + docs)
     return "\n".join(v for k, v in row.items() if k != "source")
 
 

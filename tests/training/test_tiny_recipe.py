@@ -81,6 +81,7 @@ def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
         "dpo-data",
         "dpo",
         "embedder",
+        "eval",
     ]
     pre, sft, dpo = stages["pretrain"], stages["sft"], stages["dpo"]
     assert pre["perplexity"] < pre["perplexity_untrained"] / 4  # far below the untrained model's
