@@ -62,15 +62,20 @@ class KBRow:
 _CONTRIBUTION = "q.w * p.tf / (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / %(avgdl)s))"
 _QUERY_TERMS = "q AS (SELECT * FROM unnest(%(terms)s::text[], %(w)s::float8[]) AS q(term, w))"
 
-#: every posting of the given terms (`rare`): the exact top k
-_BM25_FULL = sql.SQL(f"""
-    WITH {_QUERY_TERMS},
-    e AS (
+
+def _best_by_rare_terms(limit: str) -> str:
+    """The chunks scoring best over the `rare` terms' postings, at most %(<limit>)s of them."""
+    return f"""
         SELECT p.row_id, sum({_CONTRIBUTION}) AS s
         FROM xiaophi_postings p JOIN q ON q.term = p.term
         WHERE p.kb_id = %(kb)s AND p.term = ANY(%(rare)s::text[])
-        GROUP BY p.row_id ORDER BY s DESC, p.row_id LIMIT %(k)s
-    )
+        GROUP BY p.row_id ORDER BY s DESC, p.row_id LIMIT %({limit})s"""
+
+
+#: every posting of the given terms (`rare`): the exact top k
+_BM25_FULL = sql.SQL(f"""
+    WITH {_QUERY_TERMS},
+    e AS ({_best_by_rare_terms("k")})
     SELECT c.chunk_id, e.s FROM e JOIN xiaophi_chunks c ON c.row_id = e.row_id
     ORDER BY e.s DESC, e.row_id""")
 
@@ -78,12 +83,7 @@ _BM25_FULL = sql.SQL(f"""
 #: the last row is (NULL, s_M): the last candidate's phase-1 score, for the exactness check
 _BM25_TWO_PHASE = sql.SQL(f"""
     WITH {_QUERY_TERMS},
-    cand AS (
-        SELECT p.row_id, sum({_CONTRIBUTION}) AS s
-        FROM xiaophi_postings p JOIN q ON q.term = p.term
-        WHERE p.kb_id = %(kb)s AND p.term = ANY(%(rare)s::text[])
-        GROUP BY p.row_id ORDER BY s DESC, p.row_id LIMIT %(m)s
-    ),
+    cand AS ({_best_by_rare_terms("m")}),
     common AS (
         SELECT cand.row_id, sum({_CONTRIBUTION}) AS s
         FROM cand CROSS JOIN q

@@ -11,13 +11,13 @@ settings go into the model's `generation_config`, which `save_pretrained` writes
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
 
 from training.config import DecodingConfig
 from training.eval_metrics import char_f1, is_loop
+from training.probe import probe_questions
 
 
 def candidates(cfg: DecodingConfig) -> list[dict]:
@@ -89,17 +89,6 @@ def score(answers: list[dict], references: list[str]) -> dict:
     }
 
 
-def read_probes(path: str | Path, limit: int) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) >= limit:
-                break
-    return rows
-
-
 def choose(rows: list[dict], f1_tolerance: float) -> dict:
     """The winning row among measured candidates (see the module docstring)."""
     baseline = next(r for r in rows if r["settings"] == {"repetition_penalty": 1.0})
@@ -124,7 +113,7 @@ def tune_decoding(model, tokenizer, probe_file: str | Path, cfg: DecodingConfig)
             "tuned": False,
             "reason": "decoding.tune is off" if not cfg.tune else f"no probe file {probe_file}",
         }
-    probes = read_probes(probe_file, cfg.probes)
+    probes = probe_questions(probe_file, cfg.probes)
     questions = [p["prompt"] for p in probes]
     references = [p.get("completion", "") for p in probes]
     rows = []
