@@ -53,11 +53,18 @@ def migrate_to_postgres(
     target = PostgresBackend(
         settings.model_copy(update={"backend": "postgres", "database_url": checked.database_url})
     )
-    done = []
+    done: list[Migrated] = []
     try:
         for name in wanted:
             manifest, docs = local_documents(local, name)
-            target.create(name, {k: manifest[k] for k in LAYOUT_KEYS})
+            try:
+                target.create(name, {k: manifest[k] for k in LAYOUT_KEYS})
+            except Conflict:
+                before = f" (migrated before it: {', '.join(m.name for m in done)})" if done else ""
+                raise Conflict(
+                    f"knowledge base {name!r} already exists in the database{before}; delete it "
+                    "there first, or name the knowledge bases still to migrate."
+                ) from None
             try:
                 if docs:
                     target.add(name, docs, manifest.get("embedding_model"), lambda *_: None)
@@ -72,11 +79,6 @@ def migrate_to_postgres(
                 target.delete(name)
                 raise
             done.append(Migrated(name, got))
-    except Conflict as exc:
-        raise Conflict(
-            f"{exc.message.split(';')[0]} in the database; delete it there first, or name the "
-            "knowledge bases still to migrate."
-        ) from None
     finally:
         target.close()
     return done
