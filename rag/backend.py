@@ -13,7 +13,7 @@ writers of one KB.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -85,7 +85,6 @@ class KBBackend(Protocol):
         """documents, chunks, vectors and lexical rows as stored (they agree in a sound KB)."""
         ...
 
-    def originals(self, name: str) -> Iterable[tuple[dict, bytes]]: ...
     def health(self) -> str | None:
         """None when the store answers, else what is wrong."""
         ...

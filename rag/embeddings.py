@@ -238,20 +238,24 @@ def embedder_for(settings: KBSettings) -> Embedder:
     )
 
 
+def is_missing_folder(spec: str) -> bool:
+    """`spec` names a folder (hub names are `name` or `org/name`) and that folder is absent."""
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    return looks_like_path and not Path(spec).expanduser().exists()
+
+
 def load_embedder(spec: str, batch_size: int = 64) -> Embedder:
     """Load `spec`: `hashing`, or a sentence-transformers model name or folder."""
     if spec == HASHING:
         return Embedder(HashingEmbeddings(), HASHING, name=HASHING)
-    path = Path(spec).expanduser()
-    # Hub names are `name` or `org/name`; anything else is a folder.
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
-    if not path.exists() and looks_like_path:
+    if is_missing_folder(spec):
         raise EmbedderUnavailable(
             f"embedding model folder {spec!r} does not exist: train the default one with "
             "`xiaophi-train embedder` (or `make demo`), or set XIAOPHI_KB_EMBEDDING_MODEL to a "
             "sentence-transformers model name or folder (e.g. a bge-small-zh download), or to "
             "`hashing` for the built-in lexical embedder."
         )
+    path = Path(spec).expanduser()
     try:
         from langchain_huggingface import HuggingFaceEmbeddings
 

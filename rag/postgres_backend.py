@@ -456,16 +456,6 @@ class PostgresBackend:
         if old_dim is not None and old_dim != dim:
             self._drop_index(kb.id, old_dim)
 
-    def originals(self, name: str) -> Iterator[tuple[dict, bytes]]:
-        with self._connection() as conn:
-            kb = self._kb(conn, name)
-            rows = conn.execute(
-                "SELECT info, original FROM xiaophi_documents WHERE kb_id = %s ORDER BY seq",
-                (kb.id,),
-            ).fetchall()
-        for info, data in rows:
-            yield info, bytes(data)
-
     # -- search and upkeep ---------------------------------------------------------------
     def search_index(self, name: str) -> PgSearchIndex:
         with self._connection() as conn:

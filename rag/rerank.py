@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from rag.embeddings import is_missing_folder
 from rag.errors import EmbedderUnavailable
 
 
@@ -78,14 +79,13 @@ class CrossEncoderReranker:
 
     def __init__(self, spec: str, max_length: int | None = None, batch_size: int = 32):
         """`max_length`: tokens of query + passage kept (None: the model's own limit)."""
-        path = Path(spec).expanduser()
-        looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
-        if not path.exists() and looks_like_path:
+        if is_missing_folder(spec):
             raise EmbedderUnavailable(
                 f"reranker folder {spec!r} does not exist: set XIAOPHI_KB_RERANKER to a "
                 "sentence-transformers CrossEncoder folder (e.g. a bge-reranker download), or "
                 "unset it to search without reranking."
             )
+        path = Path(spec).expanduser()
         try:
             from sentence_transformers import CrossEncoder
 
