@@ -13,7 +13,7 @@ from pathlib import Path
 
 from training.config import field_flags, load_recipe, parse_flag_value
 from training.distributed import is_main_process
-from training.pipeline import STAGES
+from training.stages import STAGE_NAMES
 
 DEFAULT_CHAT_PROMPTS = [
     "“画蛇添足”是什么意思？",
@@ -26,17 +26,17 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="tiny", help="Recipe name (tiny, seed) or YAML path.")
     parser.add_argument("--out", required=True, help="Run folder, e.g. runs/tiny.")
     group = parser.add_argument_group("recipe fields (override the YAML)")
-    for dotted, f, _ in field_flags():
+    for dotted, info in field_flags():
         group.add_argument(
             f"--{dotted}",
             dest=f"override:{dotted}",
             metavar="V",
-            help=(f.metadata.get("help") or "").replace("%", "%%"),
+            help=(info.description or "").replace("%", "%%"),
         )
 
 
 def recipe_from_args(args: argparse.Namespace):
-    fields = {dotted: f for dotted, f, _ in field_flags()}
+    fields = dict(field_flags())
     overrides = {}
     for key, raw in vars(args).items():
         if key.startswith("override:") and raw is not None:
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache", default="data/.cache/pkgs", help="Where the package archives are kept."
     )
 
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         if stage != "eval":  # `eval` below also takes a checkpoint folder
             add_recipe_flags(sub.add_parser(stage, help=f"Run the {stage} stage only."))
     add_recipe_flags(sub.add_parser("pipeline", help="Run every stage, skipping finished ones."))

@@ -1,7 +1,7 @@
 """Who does what when a stage runs in several processes (`torchrun`, `accelerate launch`).
 
-The Trainer-based stages (pretrain, sft, dpo) run in every process: the Trainer splits the
-batches and saves from the main process. Everything else that writes into the run folder —
+The Trainer-based stages (pretrain, sft, dpo: `all_processes` in `training.stages`) run in every
+process: the Trainer splits the batches and saves from the main process. Everything else that writes into the run folder —
 claiming it, the tokenizer, dpo-data and embedder stages, the pretraining token cache, the
 summary — is done by the main process alone, while the other processes wait for its result to
 appear on disk.

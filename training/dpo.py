@@ -11,14 +11,13 @@ from trl import DPOConfig, DPOTrainer
 from training.config import Recipe
 from training.decoding import tune_decoding
 from training.model_factory import load_model_and_tokenizer
-from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
 from training.trainer_args import (
     last_logged,
-    loss_history,
-    parallelism,
+    save_trained,
     train_resumably,
     trainer_kwargs,
+    trainer_report,
 )
 
 STAGE = "dpo"
@@ -32,8 +31,8 @@ def dpo_files(recipe: Recipe, run_dir: Path) -> tuple[list[str], list[str]]:
     return [str(pairs / "pairs.jsonl")], [str(pairs / "pairs_eval.jsonl")]
 
 
-def main(recipe: Recipe, run_dir: Path) -> dict:
-    """DPO from `run_dir/sft`; publish `run_dir/dpo`."""
+def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
+    """DPO from `run_dir/sft`; save into `work` (published as `run_dir/dpo`)."""
     from training.data.formats import load_dpo_dataset
 
     run_dir = Path(run_dir)
@@ -61,26 +60,25 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
     run = train_resumably(trainer, run_dir, STAGE, evaluate=eval_data is not None)
 
     history = trainer.state.log_history
-    report = {
-        "stage": STAGE,
-        "train_pairs": len(train_data),
-        "eval_pairs": len(eval_data) if eval_data is not None else 0,
-        "steps": trainer.state.global_step,
-        "resumed": run.resumed,
-        **parallelism(trainer),
-        "beta": cfg.beta,
-        "train_loss_first": loss_history(history)[0][1],
-        "train_loss_last": last_logged(history, "loss"),
-        "reward_accuracy_last": last_logged(history, "rewards/accuracies"),
-        "reward_margin_last": last_logged(history, "rewards/margins"),
-        "eval_loss": run.final_eval.get("eval_loss"),
-        "eval_reward_accuracy": run.final_eval.get("eval_rewards/accuracies"),
-        "eval_reward_margin": run.final_eval.get("eval_rewards/margins"),
-        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
-        "wall_time_s": run.wall_time_s,
-        "loss_curve": loss_history(history),
-    }
+    report = trainer_report(
+        STAGE,
+        trainer,
+        run,
+        throughput,
+        trained_on={
+            "train_pairs": len(train_data),
+            "eval_pairs": len(eval_data) if eval_data is not None else 0,
+        },
+        metrics={
+            "beta": cfg.beta,
+            "reward_accuracy_last": last_logged(history, "rewards/accuracies"),
+            "reward_margin_last": last_logged(history, "rewards/margins"),
+            "eval_loss": run.final_eval.get("eval_loss"),
+            "eval_reward_accuracy": run.final_eval.get("eval_rewards/accuracies"),
+            "eval_reward_margin": run.final_eval.get("eval_rewards/margins"),
+        },
+    )
     # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
     report["decoding"] = tune_decoding(model, tokenizer, recipe.data.probe, recipe.decoding)
-    save_stage(trainer, tokenizer, run_dir, STAGE, report)
+    save_trained(trainer, tokenizer, work)
     return report

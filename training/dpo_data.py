@@ -15,7 +15,6 @@ import torch
 
 from training.config import Recipe
 from training.model_factory import load_model_and_tokenizer
-from training.stage_dirs import finish_stage, stage_work_dir, write_json
 
 STAGE = "dpo-data"
 REJECTED_SOURCE = "sft_model_generation"
@@ -118,10 +117,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def main(recipe: Recipe, run_dir: Path) -> dict:
-    """Generate rejected answers with `run_dir/sft`; publish pairs in `run_dir/dpo-data`."""
-    run_dir = Path(run_dir)
-    model, tokenizer = load_model_and_tokenizer(run_dir / "sft", STAGE)
+def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
+    """Generate rejected answers with `run_dir/sft`; write the pairs into `work` (published as
+    `run_dir/dpo-data`)."""
+    model, tokenizer = load_model_and_tokenizer(Path(run_dir) / "sft", STAGE)
     if torch.cuda.is_available():
         model = model.to("cuda", dtype=torch.bfloat16)
     start = time.time()
@@ -132,16 +131,12 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
             "raise --dpo.num_prompts or check the SFT data."
         )
     n_eval = max(1, len(pairs) // 10)
-    work = stage_work_dir(run_dir, STAGE)
     write_jsonl(work / "pairs.jsonl", pairs[n_eval:])
     write_jsonl(work / "pairs_eval.jsonl", pairs[:n_eval])
-    report = {
+    return {
         "stage": STAGE,
         "pairs": len(pairs) - n_eval,
         "eval_pairs": n_eval,
         "rejected_source": REJECTED_SOURCE,
         "wall_time_s": round(time.time() - start, 2),
     }
-    write_json(work / "stage_report.json", report)
-    finish_stage(run_dir, STAGE)
-    return report

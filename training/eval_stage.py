@@ -11,19 +11,20 @@ import time
 from pathlib import Path
 
 from training.config import Recipe
-from training.stage_dirs import finish_stage, stage_dir, stage_work_dir, write_json
+from training.stage_dirs import stage_dir, write_json
 
 STAGE = "eval"
 
 
-def main(recipe: Recipe, run_dir: Path) -> dict:
+def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
+    """Evaluate `eval.models` of `run_dir`; write the scores into `work` (published as
+    `run_dir/eval`)."""
     from training.evaluate import evaluate, format_table
     from training.model_factory import build_model
     from training.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
     cfg = recipe.eval
-    work = stage_work_dir(run_dir, STAGE)
     started = time.time()
     columns = {}
     for name in cfg.models:
@@ -61,6 +62,4 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
     }
     (work / "table.txt").write_text(table + "\n", encoding="utf-8")
     write_json(work / "results.json", columns)
-    write_json(work / "stage_report.json", report)
-    finish_stage(run_dir, STAGE)
     return report

@@ -20,9 +20,10 @@ from transformers import (
 )
 
 from training.chat_format import EOS, IM_END
-from training.config import ModelConfig
+from training.config import ModelArch, ModelConfig
 
-_CLASSES = {
+# One (config, model) class pair per `model.arch` choice.
+_CLASSES: dict[ModelArch, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "phi": (PhiConfig, PhiForCausalLM),
     "llama": (LlamaConfig, LlamaForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),

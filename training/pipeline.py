@@ -1,13 +1,14 @@
 """Run every stage of a recipe into one run folder, skipping finished stages, and write
 `training_summary.json` (recipe, data, steps, losses, eval figures, wall time, tokens/s).
 
-Under a multi-process launch every process runs this same code: the Trainer stages run in all of
-them, the rest in the main process only (see `training.distributed`).
+The stages are listed in `training.stages`; this runner gives each a fresh `<stage>.partial`
+folder, then publishes it with the stage's report. Under a multi-process launch every process
+runs this same code: the Trainer stages run in all of them, the rest in the main process only
+(see `training.distributed`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
@@ -19,58 +20,23 @@ from training.stage_dirs import (
     check_run_dir,
     claim_run_dir,
     is_finished,
+    publish_stage,
+    read_stage_report,
     stage_dir,
+    stage_work_dir,
     write_json,
 )
+from training.stages import Stage, get_stage, needed_stages, wanted_stages
 
-# Stage name → module with `main(recipe, run_dir) -> report`, in pipeline order.
-STAGE_MODULES = {
-    "tokenizer": "training.tokenizer",
-    "pretrain": "training.pretrain",
-    "sft": "training.sft",
-    "dpo-data": "training.dpo_data",
-    "dpo": "training.dpo",
-    "embedder": "training.embedder",
-    "eval": "training.eval_stage",
-}
-STAGES = list(STAGE_MODULES)
-# Stages whose Trainer spreads the work over the processes of a launch; the others run in the
-# main process only, the rest waiting for the published stage folder.
-TRAINER_STAGES = ("pretrain", "sft", "dpo")
 FINAL_STAGE = "dpo"
 SUMMARY_FILE = "training_summary.json"
 
 
-def stage_inputs(recipe: Recipe, stage: str) -> list[tuple[list[str], str]]:
-    """(files, kind) each stage reads, for the up-front checks."""
-    d = recipe.data
-    return {
-        "tokenizer": [(d.pretrain, "text"), ([d.pretrain_eval], "text")],
-        "pretrain": [(d.pretrain, "text"), ([d.pretrain_eval], "text")],
-        "sft": [(d.sft, "sft"), ([d.sft_eval], "sft")],
-        "dpo-data": [(d.sft, "sft")],
-        "dpo": [(d.dpo, "dpo")] if d.dpo else [],
-        "embedder": [],
-        "eval": [],
-    }[stage]
-
-
-def wanted_stages(recipe: Recipe) -> list[str]:
-    stages = list(STAGES)
-    if recipe.data.dpo:
-        stages.remove("dpo-data")  # the user brought their own preference pairs
-    if not recipe.embedder.enabled:
-        stages.remove("embedder")
-    if not recipe.eval.enabled:
-        stages.remove("eval")
-    return stages
-
-
-def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
+def preflight(recipe: Recipe, run_dir: Path, stages: list[Stage]) -> None:
     """Everything that can be checked before long work starts: recipe, data files, run folder."""
     from training.data.formats import check_files
 
-    recipe.validate()
+    recipe.check()
     check_launch_fits_device()
     if not is_main_process():
         # The main process checks and claims the folder; reading it while that happens could
@@ -79,24 +45,12 @@ def preflight(recipe: Recipe, run_dir: Path, stages: list[str]) -> None:
         return
     check_run_dir(run_dir, recipe)
     for stage in stages:
-        if is_finished(run_dir, stage):
+        if is_finished(run_dir, stage.name):
             continue
-        for files, kind in stage_inputs(recipe, stage):
+        for files, kind in stage.reads(recipe):
             check_files(files, kind)
-    if (
-        "embedder" in stages
-        and not is_finished(run_dir, "embedder")
-        and not Path(recipe.embedder.pairs).is_file()
-    ):
-        raise FileNotFoundError(
-            f"embedder pairs file {recipe.embedder.pairs} does not exist; build the demo data "
-            "(`xiaophi-train data demo`), pass --embedder.pairs, or --embedder.enabled false."
-        )
-    if "eval" in stages and not is_finished(run_dir, "eval"):
-        from training.eval_items import load_heldout
-
-        if any(t.startswith("xiaophi") for t in recipe.eval.tasks):
-            load_heldout(recipe.eval.heldout)  # a missing file says how to build it
+        if stage.check:
+            stage.check(recipe)
     claim_run_dir(run_dir, recipe)
 
 
@@ -108,17 +62,25 @@ def _claimed_for(run_dir: Path, recipe: Recipe) -> bool:
     return stored.get("fingerprint") == recipe.fingerprint()
 
 
-def read_stage_report(run_dir: Path, stage: str) -> dict:
-    path = stage_dir(run_dir, stage) / "stage_report.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"stage": stage}
-
-
-def run_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
-    if stage not in TRAINER_STAGES and not is_main_process():
-        wait_for(lambda: is_finished(run_dir, stage), f"the main process to finish {stage}")
-        return read_stage_report(run_dir, stage)
-    module = importlib.import_module(STAGE_MODULES[stage])
-    return module.main(recipe, run_dir)
+def run_stage(recipe: Recipe, run_dir: Path, stage: Stage | str) -> dict:
+    """Run one stage into `<stage>.partial` and publish it with its report. A stage that runs in
+    the main process only is waited for by the others, which then read its report."""
+    stage = get_stage(stage) if isinstance(stage, str) else stage
+    run_dir = Path(run_dir)
+    if not is_main_process():
+        work = run_dir / f"{stage.name}.partial"  # the main process creates it
+        report = stage.run(recipe, run_dir, work) if stage.all_processes else None
+        # The next stage reads this one's published folder.
+        wait_for(
+            lambda: is_finished(run_dir, stage.name), f"the main process to publish {stage.name}"
+        )
+        return report if report is not None else read_stage_report(run_dir, stage.name)
+    work = stage_work_dir(run_dir, stage.name)
+    started = time.time()
+    report = stage.run(recipe, run_dir, work)
+    report.setdefault("wall_time_s", round(time.time() - started, 2))
+    publish_stage(run_dir, stage.name, report)
+    return report
 
 
 def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
@@ -132,16 +94,16 @@ def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
     started = time.time()
     reports, ran = {}, []
     for stage in stages:
-        if is_finished(run_dir, stage):
-            log(f"[{stage}] finished earlier in {stage_dir(run_dir, stage)}, skipping")
-            reports[stage] = read_stage_report(run_dir, stage)
+        name = stage.name
+        if is_finished(run_dir, name):
+            log(f"[{name}] finished earlier in {stage_dir(run_dir, name)}, skipping")
+            reports[name] = read_stage_report(run_dir, name)
             continue
-        log(f"[{stage}] running")
+        log(f"[{name}] running")
         t0 = time.time()
-        reports[stage] = run_stage(recipe, run_dir, stage)
-        reports[stage].setdefault("wall_time_s", round(time.time() - t0, 2))
-        ran.append(stage)
-        log(f"[{stage}] done in {time.time() - t0:.1f}s")
+        reports[name] = run_stage(recipe, run_dir, stage)
+        ran.append(name)
+        log(f"[{name}] done in {time.time() - t0:.1f}s")
     if not is_main_process():
         return {"ran_this_time": ran, "world_size": world_size()}
     summary_path = run_dir / SUMMARY_FILE
@@ -190,34 +152,30 @@ def data_summary(recipe: Recipe) -> dict:
     return out
 
 
-def run_single_stage(recipe: Recipe, run_dir: Path, stage: str) -> dict:
+def run_single_stage(recipe: Recipe, run_dir: Path, name: str) -> dict:
     """One stage on its own (the `xiaophi-train <stage>` commands), with the same checks."""
     run_dir = Path(run_dir)
+    stage = get_stage(name)
     if not is_main_process():
         # The checks below are the main process's: a main-only stage it has just published would
         # look "already finished" to a process that gets here late.
         preflight(recipe, run_dir, [stage])
         return run_stage(recipe, run_dir, stage)
-    if is_finished(run_dir, stage):
+    if is_finished(run_dir, name):
         raise FileExistsError(
-            f"the {stage} stage already finished in {stage_dir(run_dir, stage)}; it is never overwritten. "
+            f"the {name} stage already finished in {stage_dir(run_dir, name)}; it is never overwritten. "
             "Delete that folder to redo it, or pass another --out."
         )
     preflight(recipe, run_dir, [stage])
-    previous = (
-        STAGES[STAGES.index(stage) - 1] if stage not in ("tokenizer", "embedder", "eval") else None
-    )
-    if stage == "dpo" and recipe.data.dpo:
-        previous = "sft"
-    if previous and not is_finished(run_dir, previous):
-        raise FileNotFoundError(
-            f"the {stage} stage needs the {previous} stage of {run_dir}, which has not finished; "
-            f"run `xiaophi-train {previous} --out {run_dir}` (or `pipeline`) first."
-        )
+    for previous in needed_stages(recipe, stage):
+        if not is_finished(run_dir, previous):
+            raise FileNotFoundError(
+                f"the {name} stage needs the {previous} stage of {run_dir}, which has not finished; "
+                f"run `xiaophi-train {previous} --out {run_dir}` (or `pipeline`) first."
+            )
     report = run_stage(recipe, run_dir, stage)
-    if is_main_process():
-        # The run's summary no longer describes it; the next `pipeline` call writes a fresh one.
-        (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    # The run's summary no longer describes it; the next `pipeline` call writes a fresh one.
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     return report
 
 

@@ -20,16 +20,15 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from training.config import Recipe
 from training.distributed import is_main_process, wait_for
 from training.model_factory import build_model, check_vocab_fits, count_parameters
-from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
 from training.tokenizer import load_tokenizer
 from training.trainer_args import (
     last_logged,
-    loss_history,
-    parallelism,
     rounded,
+    save_trained,
     train_resumably,
     trainer_kwargs,
+    trainer_report,
 )
 
 STAGE = "pretrain"
@@ -116,8 +115,9 @@ def perplexity(eval_loss: float | None) -> float | None:
     return None if eval_loss is None else round(math.exp(min(eval_loss, 50.0)), 3)
 
 
-def main(recipe: Recipe, run_dir: Path) -> dict:
-    """Pretrain from `run_dir/tokenizer`; publish the model as `run_dir/pretrain`."""
+def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
+    """Pretrain from `run_dir/tokenizer`; save the model into `work` (published as
+    `run_dir/pretrain`)."""
     run_dir = Path(run_dir)
     cfg = recipe.pretrain
     tokenizer = load_tokenizer(run_dir / "tokenizer")
@@ -141,28 +141,27 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
 
     run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
-    report = {
-        "stage": STAGE,
-        "arch": recipe.model.arch,
-        "parameters": count_parameters(model),
-        "vocab_size_padded": model.config.vocab_size,
-        "train_blocks": len(train_data),
-        "seq_len": cfg.seq_len,
-        "steps": trainer.state.global_step,
-        "resumed": run.resumed,
-        **parallelism(trainer),
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "train_loss_first": loss_history(trainer.state.log_history)[0][1],
-        "train_loss_last": last_logged(trainer.state.log_history, "loss"),
-        "train_loss_mean": round(run.result.training_loss, 4),
-        "eval_loss_untrained": rounded(run.baseline_eval_loss),
-        "perplexity_untrained": perplexity(run.baseline_eval_loss),
-        "eval_loss": round(run.final_eval["eval_loss"], 4),
-        "perplexity": perplexity(run.final_eval["eval_loss"]),
-        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
-        "mfu_last": last_logged(trainer.state.log_history, "mfu"),
-        "wall_time_s": run.wall_time_s,
-        "loss_curve": loss_history(trainer.state.log_history),
-    }
-    save_stage(trainer, tokenizer, run_dir, STAGE, report)
-    return report
+    save_trained(trainer, tokenizer, work)
+    history = trainer.state.log_history
+    return trainer_report(
+        STAGE,
+        trainer,
+        run,
+        throughput,
+        trained_on={
+            "arch": recipe.model.arch,
+            "parameters": count_parameters(model),
+            "vocab_size_padded": model.config.vocab_size,
+            "train_blocks": len(train_data),
+            "seq_len": cfg.seq_len,
+        },
+        metrics={
+            "tokens_seen": int(trainer.state.num_input_tokens_seen),
+            "train_loss_mean": round(run.result.training_loss, 4),
+            "eval_loss_untrained": rounded(run.baseline_eval_loss),
+            "perplexity_untrained": perplexity(run.baseline_eval_loss),
+            "eval_loss": round(run.final_eval["eval_loss"], 4),
+            "perplexity": perplexity(run.final_eval["eval_loss"]),
+            "mfu_last": last_logged(history, "mfu"),
+        },
+    )

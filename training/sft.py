@@ -13,15 +13,13 @@ from trl import SFTConfig, SFTTrainer
 from training.config import Recipe
 from training.decoding import tune_decoding
 from training.model_factory import load_model_and_tokenizer
-from training.stage_dirs import save_stage
 from training.throughput import attach_throughput
 from training.trainer_args import (
-    last_logged,
-    loss_history,
-    parallelism,
     rounded,
+    save_trained,
     train_resumably,
     trainer_kwargs,
+    trainer_report,
 )
 
 STAGE = "sft"
@@ -38,8 +36,9 @@ def build_sft_config(recipe: Recipe, run_dir: Path, stage: str = STAGE) -> SFTCo
     )
 
 
-def main(recipe: Recipe, run_dir: Path) -> dict:
-    """Fine-tune `run_dir/pretrain` on the SFT data; publish `run_dir/sft`."""
+def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
+    """Fine-tune `run_dir/pretrain` on the SFT data; save into `work` (published as
+    `run_dir/sft`)."""
     from training.data.formats import load_sft_dataset
 
     run_dir = Path(run_dir)
@@ -59,22 +58,18 @@ def main(recipe: Recipe, run_dir: Path) -> dict:
     throughput = attach_throughput(trainer, model, cfg.seq_len)
     run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
-    report = {
-        "stage": STAGE,
-        "train_conversations": len(train_data),
-        "eval_conversations": len(eval_data),
-        "steps": trainer.state.global_step,
-        "resumed": run.resumed,
-        **parallelism(trainer),
-        "train_loss_first": loss_history(trainer.state.log_history)[0][1],
-        "train_loss_last": last_logged(trainer.state.log_history, "loss"),
-        "eval_loss_before": rounded(run.baseline_eval_loss),
-        "eval_loss": round(run.final_eval["eval_loss"], 4),
-        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
-        "wall_time_s": run.wall_time_s,
-        "loss_curve": loss_history(trainer.state.log_history),
-    }
+    report = trainer_report(
+        STAGE,
+        trainer,
+        run,
+        throughput,
+        trained_on={"train_conversations": len(train_data), "eval_conversations": len(eval_data)},
+        metrics={
+            "eval_loss_before": rounded(run.baseline_eval_loss),
+            "eval_loss": round(run.final_eval["eval_loss"], 4),
+        },
+    )
     # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
     report["decoding"] = tune_decoding(model, tokenizer, recipe.data.probe, recipe.decoding)
-    save_stage(trainer, tokenizer, run_dir, STAGE, report)
+    save_trained(trainer, tokenizer, work)
     return report

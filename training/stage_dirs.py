@@ -6,7 +6,8 @@ checkpoints live in `<run>/checkpoints/<stage>/` so an interrupted stage resumes
 `<run>/recipe.json` records the recipe the run was started with. A recipe that differs only in
 fields of stages not finished yet (say a new embedder setting, or a stage whose folder was deleted
 to redo it) takes over the run; one that would change a finished stage is refused, naming the
-stage folders to delete, instead of mixing two runs in one folder.
+stage folders to delete, instead of mixing two runs in one folder (the fields each stage
+depends on are its `fields` in `training.stages`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,10 @@ import shutil
 from pathlib import Path
 
 from training.config import Recipe
+from training.stages import STAGE_NAMES, STAGES
 
 RECIPE_FILE = "recipe.json"
-# The recipe fields (dotted prefixes) each stage's output depends on, through earlier stages too.
-_BASE = ("data.", "tokenizer.")
-_MODEL = (*_BASE, "model.", "pretrain.")
-STAGE_FIELDS = {
-    "tokenizer": _BASE,
-    "pretrain": _MODEL,
-    "sft": (*_MODEL, "sft.", "decoding."),  # the decoding defaults live in the checkpoint
-    "dpo-data": (*_MODEL, "sft.", "decoding.", "dpo."),
-    "dpo": (*_MODEL, "sft.", "decoding.", "dpo."),
-    "embedder": ("embedder.", "pretrain.seed"),  # the embedder trains with the run's seed
-    "eval": (*_MODEL, "sft.", "decoding.", "dpo.", "eval."),
-}
+REPORT_FILE = "stage_report.json"
 
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
@@ -67,13 +58,20 @@ def finish_stage(run_dir: Path, stage: str) -> Path:
     return final
 
 
+def publish_stage(run_dir: Path, stage: str, report: dict) -> Path:
+    """Write the stage's report into `<stage>.partial` and publish the folder."""
+    write_json(Path(run_dir) / f"{stage}.partial" / REPORT_FILE, report)
+    return finish_stage(run_dir, stage)
+
+
+def read_stage_report(run_dir: Path, stage: str) -> dict:
+    path = stage_dir(run_dir, stage) / REPORT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"stage": stage}
+
+
 def stages_changed_by(field: str) -> list[str]:
     """The stages whose output depends on the dotted recipe `field`."""
-    return [
-        stage
-        for stage, prefixes in STAGE_FIELDS.items()
-        if any(field.startswith(p) if p.endswith(".") else field == p for p in prefixes)
-    ]
+    return [stage.name for stage in STAGES if stage.depends_on(field)]
 
 
 def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
@@ -97,9 +95,7 @@ def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
         stale = [row for row in stale if row[3]]
         if stale:
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b, _ in stale[:5])
-            folders = sorted(
-                {s for *_, stages in stale for s in stages}, key=list(STAGE_FIELDS).index
-            )
+            folders = sorted({s for *_, stages in stale for s in stages}, key=STAGE_NAMES.index)
             raise ValueError(
                 f"{run_dir} holds a run of a different recipe ({stored.get('name')!r}; {shown}). "
                 f"Finished stages would not match this recipe: delete "
@@ -157,17 +153,3 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def save_stage(trainer, tokenizer, run_dir: Path, stage: str, report: dict) -> None:
-    """Save model + tokenizer + report into `<stage>.partial` and publish it (rank 0 publishes)."""
-    if trainer.is_world_process_zero():
-        stage_work_dir(run_dir, stage)
-    trainer.accelerator.wait_for_everyone()
-    work = Path(run_dir) / f"{stage}.partial"
-    trainer.save_model(str(work))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(work))
-        write_json(work / "stage_report.json", report)
-        finish_stage(run_dir, stage)
-    trainer.accelerator.wait_for_everyone()

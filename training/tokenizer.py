@@ -30,16 +30,21 @@ SPLIT_PATTERN = (
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1
 
 
-def build_bpe_trainer_and_model(
-    vocab_size: int, min_frequency: int
-) -> tuple[Tokenizer, trainers.BpeTrainer]:
-    """An empty byte-level BPE tokenizer and its trainer, with our special tokens first (ids 0..5)."""
+def check_vocab_size(vocab_size: int) -> None:
+    """Refuse a vocabulary too small for byte-level BPE (the recipe checks with this too)."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
             f"tokenizer.vocab_size={vocab_size} is too small: byte-level BPE needs 256 byte symbols "
             f"plus {len(SPECIAL_TOKENS)} special tokens; set --tokenizer.vocab_size to at least "
             f"{MIN_VOCAB_SIZE} (4096 or more is sensible for Chinese)."
         )
+
+
+def build_bpe_trainer_and_model(
+    vocab_size: int, min_frequency: int
+) -> tuple[Tokenizer, trainers.BpeTrainer]:
+    """An empty byte-level BPE tokenizer and its trainer, with our special tokens first (ids 0..5)."""
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -109,13 +114,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def main(recipe, run_dir: Path) -> dict:
-    """Train the tokenizer for `recipe` and save it under `run_dir/tokenizer`; return its report."""
+def main(recipe, run_dir: Path, work: Path) -> dict:
+    """Train the tokenizer for `recipe` into `work` (published as `run_dir/tokenizer`); return
+    its report."""
     from training.data.formats import iter_texts
-    from training.stage_dirs import finish_stage, stage_work_dir, write_json
 
     cfg = recipe.tokenizer
-    work = stage_work_dir(run_dir, "tokenizer")
     start = time.time()
     texts = capped_texts(iter_texts(recipe.data.pretrain), cfg.max_chars)
     tokenizer = train_tokenizer(
@@ -127,13 +131,10 @@ def main(recipe, run_dir: Path) -> dict:
     wall = time.time() - start
     tokenizer.save_pretrained(str(work))
     eval_texts = list(capped_texts(iter_texts([recipe.data.pretrain_eval]), 200_000))
-    report = {
+    return {
         "stage": "tokenizer",
         "vocab_size": len(tokenizer),
         "chars_per_token_heldout": round(chars_per_token(tokenizer, eval_texts), 4),
         "heldout_chars": sum(len(t) for t in eval_texts),
         "wall_time_s": round(wall, 2),
     }
-    write_json(work / "stage_report.json", report)
-    finish_stage(run_dir, "tokenizer")
-    return report

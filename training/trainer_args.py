@@ -1,4 +1,5 @@
-"""Turn a recipe stage (`TrainConfig`) into Trainer arguments, the same way for every stage.
+"""What every Trainer stage shares: a recipe stage (`TrainConfig`) as Trainer arguments, resumable
+training, saving into the stage folder, and the common fields of its report.
 
 CUDA: bf16 and fused AdamW. CPU: fp32, plain AdamW, and gloo when launched distributed.
 """
@@ -171,6 +172,36 @@ def loss_history(log_history: list[dict]) -> list[tuple[int, float]]:
 
 def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def save_trained(trainer, tokenizer, work: Path) -> None:
+    """Save the trained model (every process takes part, as FSDP and DeepSpeed need) and the
+    tokenizer into the stage's `work` folder; returns once every process is done writing."""
+    trainer.save_model(str(work))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(work))
+    trainer.accelerator.wait_for_everyone()
+
+
+def trainer_report(
+    stage: str, trainer, run: TrainingRun, throughput, trained_on: dict, metrics: dict
+) -> dict:
+    """A Trainer stage's report: what it trained on, then steps, resume and parallelism, the
+    training loss, the stage's own `metrics`, tokens/s, wall time and the loss curve."""
+    history = trainer.state.log_history
+    return {
+        "stage": stage,
+        **trained_on,
+        "steps": trainer.state.global_step,
+        "resumed": run.resumed,
+        **parallelism(trainer),
+        "train_loss_first": loss_history(history)[0][1],
+        "train_loss_last": last_logged(history, "loss"),
+        **metrics,
+        "tokens_per_s": throughput.mean_tokens_per_s(trainer.state),
+        "wall_time_s": run.wall_time_s,
+        "loss_curve": loss_history(history),
+    }
 
 
 def last_logged(log_history: list[dict], key: str):

@@ -226,8 +226,6 @@ def pattern_blocks(vocab: int, period: int, seq_len: int, n_blocks: int, seed: i
 
 def learning_run(smoke: bool, compile_: bool, workdir: Path, deadline: float) -> dict:
     """300 steps of the pretrain Trainer path (bf16 on CUDA) on `pattern_blocks`; the loss log."""
-    import dataclasses
-
     import torch
 
     from training.benchmarks.gpu_pretrain_bench import make_trainer
@@ -237,27 +235,28 @@ def learning_run(smoke: bool, compile_: bool, workdir: Path, deadline: float) ->
 
     recipe = load_recipe("seed")
     # the seed model's widths with 4 of its 24 layers: compiles in well under a minute
-    model_cfg = dataclasses.replace(recipe.model, num_layers=4)
+    model_cfg = recipe.model.model_copy(update=dict(num_layers=4))
     vocab, seq_len, micro_batch = recipe.tokenizer.vocab_size, 256, 16
     steps, lr = LEARN_STEPS, 1e-3
     if smoke:
-        model_cfg = dataclasses.replace(
-            model_cfg, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128
+        model_cfg = model_cfg.model_copy(
+            update=dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
         )
         vocab, seq_len, micro_batch = 512, 32, 4
         steps, lr = SMOKE_LEARN_STEPS, 1e-2
-    cfg = dataclasses.replace(
-        recipe.pretrain,
-        max_steps=steps,
-        micro_batch=micro_batch,
-        grad_accum=1,
-        seq_len=seq_len,
-        lr=lr,
-        warmup_steps=steps // 10,
-        logging_steps=steps // 30 or 1,
-        save_steps=10**9,
-        eval_steps=0,
-        torch_compile=compile_,
+    cfg = recipe.pretrain.model_copy(
+        update=dict(
+            max_steps=steps,
+            micro_batch=micro_batch,
+            grad_accum=1,
+            seq_len=seq_len,
+            lr=lr,
+            warmup_steps=steps // 10,
+            logging_steps=steps // 30 or 1,
+            save_steps=10**9,
+            eval_steps=0,
+            torch_compile=compile_,
+        )
     )
     tokenizer = train_tokenizer(["小Phi 学习检查"] * 4, vocab_size=300, min_frequency=1)
     model = build_model(model_cfg, tokenizer, seed=0, min_vocab_size=vocab)

@@ -18,7 +18,6 @@ where transformers is older than the project's own venv. `training.benchmarks.gp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -103,25 +102,28 @@ def run_setting(
     deadline: float | None = None,
 ) -> dict:
     recipe = load_recipe("seed")
-    model_cfg = dataclasses.replace(recipe.model, attn_implementation=setting["attn"])
-    cfg = dataclasses.replace(
-        recipe.pretrain,
-        max_steps=steps,
-        micro_batch=setting["micro_batch"],
-        grad_accum=setting["grad_accum"],
-        optim=setting["optim"],
-        torch_compile=setting["compile"],
-        warmup_steps=1,
-        logging_steps=1,
-        save_steps=10**9,
-        eval_steps=0,
+    model_cfg = recipe.model.model_copy(update=dict(attn_implementation=setting["attn"]))
+    cfg = recipe.pretrain.model_copy(
+        update=dict(
+            max_steps=steps,
+            micro_batch=setting["micro_batch"],
+            grad_accum=setting["grad_accum"],
+            optim=setting["optim"],
+            torch_compile=setting["compile"],
+            warmup_steps=1,
+            logging_steps=1,
+            save_steps=10**9,
+            eval_steps=0,
+        )
     )
     vocab = recipe.tokenizer.vocab_size
     if smoke:
-        model_cfg = dataclasses.replace(
-            model_cfg, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128
+        model_cfg = model_cfg.model_copy(
+            update=dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
         )
-        cfg = dataclasses.replace(cfg, micro_batch=2, grad_accum=2, torch_compile=False, seq_len=64)
+        cfg = cfg.model_copy(
+            update=dict(micro_batch=2, grad_accum=2, torch_compile=False, seq_len=64)
+        )
         vocab = 512
     tokenizer = train_tokenizer(
         ["小Phi 基准测试 random tokens"] * 4, vocab_size=300, min_frequency=1

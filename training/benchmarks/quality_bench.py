@@ -76,12 +76,14 @@ def flops_per_step(recipe, tokenizer) -> float:
 
 
 def tokenizer_for(vocab: int, cache: Path) -> Path:
-    from training.tokenizer import main as train_tokenizer
+    from training.pipeline import run_stage
 
     folder = cache / f"vocab{vocab}"
     if not (folder / "tokenizer").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
-        train_tokenizer(load_recipe("tiny", {**REFERENCE, "tokenizer.vocab_size": vocab}), folder)
+        run_stage(
+            load_recipe("tiny", {**REFERENCE, "tokenizer.vocab_size": vocab}), folder, "tokenizer"
+        )
     return folder / "tokenizer"
 
 
@@ -94,8 +96,8 @@ def recipe_for(overrides: dict, steps: int | None = None):
 
 
 def run_row(name: str, overrides: dict, budget: float, out: Path, split: str) -> dict:
-    from training import pretrain
     from training.evaluate import evaluate
+    from training.pipeline import run_stage
     from training.tokenizer import load_tokenizer
 
     probe = recipe_for(overrides)
@@ -108,7 +110,7 @@ def run_row(name: str, overrides: dict, budget: float, out: Path, split: str) ->
     run.mkdir(parents=True)
     shutil.copytree(tok_dir, run / "tokenizer")
     started = time.time()
-    report = pretrain.main(recipe, run)
+    report = run_stage(recipe, run, "pretrain")
     wall = time.time() - started
     scores = evaluate(
         run / "pretrain",
