@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from rag.config import KBSettings
 from serving.api.auth import ApiKeyGuard, key_is_valid
+from serving.api.body_limit import BodySizeLimit
 from serving.api.openapi import document_api
 from serving.api.routes import (
     chat,
@@ -28,7 +29,7 @@ from serving.api.routes import (
 )
 from serving.config import Settings
 from serving.engine.factory import LoadedModel, build_engine
-from serving.errors import BodySizeLimit, install_error_handlers
+from serving.errors import install_error_handlers
 from serving.generation_defaults import read_sampling_defaults
 from serving.knowledge import KnowledgeBases, server_kb_settings
 from serving.metrics import ServingMetrics

@@ -1,18 +1,19 @@
-"""OpenAI-style error bodies (`{"error": {message, type, param, code}}`) with the right status."""
+"""What can go wrong while serving a request, and the HTTP answer each stands for.
+
+Service code raises these types (it knows nothing of HTTP); the handlers installed by
+`install_error_handlers` turn them, and FastAPI's own errors, into OpenAI-style bodies
+(`{"error": {message, type, param, code}}`) with the right status.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.errors import (
     Conflict,
@@ -23,18 +24,44 @@ from rag.errors import (
     StoreUnavailable,
     TooLarge,
 )
-from serving.exceptions import (
-    ContextLengthError,
-    EngineNotReadyError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    QueueFullError,
-    ServiceError,
-)
+from serving.engine.base import EngineNotReadyError, QueueFullError
 from serving.schemas import ErrorDetail, ErrorResponse
-from serving.service import GenerationFailedError
 
 logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `param` names the offending field when there is one."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(ServiceError):
+    pass
+
+
+class ContextLengthError(InvalidRequestError):
+    pass
+
+
+class ModelNotFoundError(ServiceError):
+    pass
+
+
+class GenerationFailedError(RuntimeError):
+    """The engine failed a request after it started (reported to the client, in-stream if streaming).
+
+    `status`: the HTTP status it stands for when the engine knows one (an upstream server's
+    refusal, or its being unreachable); else it is a 500."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 _TYPES = {
     400: "invalid_request_error",
@@ -169,71 +196,3 @@ def allowed_methods(request: Request) -> list[str]:
         if any(route.matches(scope)[0] is Match.FULL for route in routes):
             allowed.append(method)
     return allowed
-
-
-@dataclass(frozen=True)
-class PathLimit:
-    """A body limit of its own for one route (e.g. file uploads), instead of the global one."""
-
-    method: str
-    path: re.Pattern[str]
-    max_bytes: int
-    hint: str = ""
-
-    def matches(self, scope: Scope) -> bool:
-        return scope.get("method") == self.method and bool(self.path.fullmatch(scope["path"]))
-
-
-class BodySizeLimit:
-    """Answers 413 to bodies over the limit, declared (Content-Length) or streamed (chunked).
-
-    The limit is `max_bytes`, or that of the first of `path_limits` matching the request.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Sequence[PathLimit] = ()) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.path_limits = tuple(path_limits)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rule = next((r for r in self.path_limits if r.matches(scope)), None)
-        max_bytes = rule.max_bytes if rule else self.max_bytes
-        hint = rule.hint if rule else ""
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await self._too_large(scope, receive, send, max_bytes, hint)
-            return
-        if declared is not None:
-            await self.app(scope, receive, send)
-            return
-        # No declared length: read the body up to the limit, then replay it.
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > max_bytes:
-                await self._too_large(scope, receive, send, max_bytes, hint)
-                return
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(
-        self, scope: Scope, receive: Receive, send: Send, max_bytes: int, hint: str
-    ) -> None:
-        message = f"The request body is larger than {max_bytes} bytes."
-        response = error_response(
-            413, f"{message} {hint}" if hint else message, code="request_too_large"
-        )
-        await response(scope, receive, send)

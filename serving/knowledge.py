@@ -13,7 +13,7 @@ from pathlib import Path
 from rag.config import KBSettings
 from rag.embeddings import Embedder
 from rag.service import KnowledgeBaseService
-from serving.errors import PathLimit
+from serving.api.body_limit import PathLimit
 
 #: slack per uploaded file for its multipart headers
 _PART_OVERHEAD = 16 * 1024

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from rag.models import SearchHit
 from rag.service import MAX_QUERY_CHARS
-from serving.exceptions import InvalidRequestError
+from serving.errors import InvalidRequestError
 from serving.schemas import Source
 
 #: What the model is told before the passages: short, because every token of it is taken

@@ -1,24 +1,29 @@
 """Chat and text completions on top of an `Engine`: prompts, limits, choices, usage.
 
-Knows nothing of HTTP: it returns response models or async iterators of chunks, and raises
-`serving.exceptions` errors that errors.py turns into status codes.
+Knows nothing of HTTP: `chat` / `complete` return response models, `stream_chat` /
+`stream_complete` return streams of chunks, and refusals are the error types of errors.py
+(which maps them to status codes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import anyio
 
 from rag.service import KnowledgeBaseService
 from serving import rag_chat
-from serving.engine.base import DeltaStream, Engine, EngineRequest, GenerationDelta, SamplingParams
-from serving.exceptions import ContextLengthError, InvalidRequestError, ModelNotFoundError
+from serving.choice_streams import Choice, ChunkStream, close_soon, merge_choices
+from serving.engine.base import Engine, EngineRequest, GenerationDelta, SamplingParams
+from serving.errors import (
+    ContextLengthError,
+    GenerationFailedError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from serving.generation_defaults import SamplingDefaults
 from serving.metrics import ServingMetrics
 from serving.schemas import (
@@ -38,13 +43,6 @@ from serving.schemas import (
     SourcesChunk,
     Usage,
 )
-
-
-@dataclass
-class _Choice:
-    index: int
-    prompt_ids: list[int]
-    stream: DeltaStream
 
 
 class GenerationService:
@@ -69,8 +67,34 @@ class GenerationService:
         self.knowledge = knowledge  # the knowledge-base service, for `knowledge_base` requests
 
     # ------------------------------------------------------------------ chat
-    async def chat(self, request: ChatRequest) -> ChatCompletion | ChunkStream:
-        """The answer, or with `stream` its chunks (every choice is queued before this returns)."""
+    async def chat(self, request: ChatRequest) -> ChatCompletion:
+        """The whole answer; a `RagChatCompletion`, with its sources, for a knowledge base."""
+        rid, choices, sources = await self._start_chat(request)
+        texts, reasons, usage = await self._collect(choices)
+        answer = ChatCompletion(
+            id=rid,
+            model=self.model_name,
+            choices=[
+                ChatChoice(
+                    index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i]
+                )
+                for i in range(len(choices))
+            ],
+            usage=usage,
+        )
+        if sources is None:
+            return answer
+        return RagChatCompletion(**answer.model_dump(), sources=sources)
+
+    async def stream_chat(self, request: ChatRequest) -> ChunkStream[ChatChunk]:
+        """The answer's chunks (every choice is queued before this returns)."""
+        rid, choices, sources = await self._start_chat(request)
+        return ChunkStream(self._chat_chunks(rid, choices, request, sources), choices)
+
+    async def _start_chat(
+        self, request: ChatRequest
+    ) -> tuple[str, list[Choice], list[Source] | None]:
+        """Check, render and queue a chat request: its id, its choices, its RAG sources."""
         self._check_common(request)
         if request.logprobs:
             raise InvalidRequestError("logprobs are not supported", param="logprobs")
@@ -87,25 +111,7 @@ class GenerationService:
         else:
             prompt = self._render(messages)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        choices = self._submit(rid, [prompt] * request.n, request, max_tokens)
-        if request.stream:
-            chunks = self._chat_chunks(rid, choices, request, sources)
-            return ChunkStream(chunks, choices)  # type: ignore[return-value]
-        texts, reasons, usage = await self._collect(choices)
-        answer = ChatCompletion(
-            id=rid,
-            model=self.model_name,
-            choices=[
-                ChatChoice(
-                    index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i]
-                )
-                for i in range(len(choices))
-            ],
-            usage=usage,
-        )
-        if sources is None:
-            return answer
-        return RagChatCompletion(**answer.model_dump(), sources=sources)
+        return rid, self._submit(rid, [prompt] * request.n, request, max_tokens), sources
 
     async def _rag_prompt(
         self, request: ChatRequest, messages: list[dict[str, str]], max_tokens: int | None
@@ -153,7 +159,7 @@ class GenerationService:
     async def _chat_chunks(
         self,
         rid: str,
-        choices: list[_Choice],
+        choices: list[Choice],
         request: ChatRequest,
         sources: list[Source] | None = None,
     ) -> AsyncIterator[ChatChunk]:
@@ -169,7 +175,7 @@ class GenerationService:
         for choice in choices:
             yield chunk(choice.index, ChatDelta(role="assistant", content=""))
         completion_tokens = 0
-        async with contextlib.aclosing(_merge(choices)) as deltas:
+        async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
                 if delta.text:
                     yield chunk(index, ChatDelta(content=delta.text))
@@ -187,7 +193,27 @@ class GenerationService:
             )
 
     # ------------------------------------------------------------------ completions
-    async def complete(self, request: CompletionRequest) -> Completion | ChunkStream:
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """The whole continuation of every prompt."""
+        rid, choices = self._start_completion(request)
+        texts, reasons, usage = await self._collect(choices)
+        return Completion(
+            id=rid,
+            model=self.model_name,
+            choices=[
+                CompletionChoice(index=i, text=texts[i], finish_reason=reasons[i])
+                for i in range(len(choices))
+            ],
+            usage=usage,
+        )
+
+    async def stream_complete(self, request: CompletionRequest) -> ChunkStream[Completion]:
+        """The continuations' chunks (every choice is queued before this returns)."""
+        rid, choices = self._start_completion(request)
+        return ChunkStream(self._completion_chunks(rid, choices, request), choices)
+
+    def _start_completion(self, request: CompletionRequest) -> tuple[str, list[Choice]]:
+        """Check, tokenize and queue a completion request: its id and its choices."""
         self._check_common(request)
         for name, unsupported in (
             ("echo", request.echo),
@@ -208,18 +234,7 @@ class GenerationService:
         choices = self._submit(
             rid, [p for p in prompts for _ in range(request.n)], request, request.max_tokens
         )
-        if request.stream:
-            return ChunkStream(self._completion_chunks(rid, choices, request), choices)  # type: ignore[return-value]
-        texts, reasons, usage = await self._collect(choices)
-        return Completion(
-            id=rid,
-            model=self.model_name,
-            choices=[
-                CompletionChoice(index=i, text=texts[i], finish_reason=reasons[i])
-                for i in range(len(choices))
-            ],
-            usage=usage,
-        )
+        return rid, choices
 
     def _completion_prompts(self, prompt) -> list[list[int]]:
         if isinstance(prompt, str):
@@ -241,11 +256,11 @@ class GenerationService:
         return prompts
 
     async def _completion_chunks(
-        self, rid: str, choices: list[_Choice], request: CompletionRequest
+        self, rid: str, choices: list[Choice], request: CompletionRequest
     ) -> AsyncIterator[Completion]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         completion_tokens = 0
-        async with contextlib.aclosing(_merge(choices)) as deltas:
+        async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
                 finish = None
                 if delta.finish_reason is not None:
@@ -312,11 +327,11 @@ class GenerationService:
 
     def _submit(
         self, rid: str, prompts: list[list[int]], request: SamplingFields, max_tokens: int | None
-    ) -> list[_Choice]:
+    ) -> list[Choice]:
         """Queue every choice at once; on any refusal cancel those already queued."""
         params = [self.sampling_params(request, len(p), max_tokens) for p in prompts]
         arrived = time.perf_counter()
-        choices: list[_Choice] = []
+        choices: list[Choice] = []
         try:
             for index, (prompt, param) in enumerate(zip(prompts, params, strict=True)):
                 if param.seed is not None:
@@ -325,19 +340,19 @@ class GenerationService:
                     )
                 stream = self.engine.submit(EngineRequest(f"{rid}-{index}", prompt, param))
                 choices.append(
-                    _Choice(index, prompt, self.metrics.track(stream, len(prompt), arrived))
+                    Choice(index, prompt, self.metrics.track(stream, len(prompt), arrived))
                 )
         except Exception:
             for choice in choices:
-                _close_soon(choice.stream)
+                close_soon(choice.stream)
             raise
         return choices
 
-    async def _collect(self, choices: list[_Choice]) -> tuple[list[str], list[str], Usage]:
+    async def _collect(self, choices: list[Choice]) -> tuple[list[str], list[str], Usage]:
         texts = [""] * len(choices)
         reasons = ["stop"] * len(choices)
         completion_tokens = 0
-        async with contextlib.aclosing(_merge(choices)) as deltas:
+        async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
                 texts[index] += delta.text
                 if delta.finish_reason is not None:
@@ -345,7 +360,7 @@ class GenerationService:
                     completion_tokens += delta.completion_tokens
         return texts, reasons, self._usage(choices, completion_tokens)
 
-    def _usage(self, choices: list[_Choice], completion_tokens: int) -> Usage:
+    def _usage(self, choices: list[Choice], completion_tokens: int) -> Usage:
         # n choices of one prompt share it: OpenAI counts the prompt once per distinct prompt
         prompt_tokens = sum(len(p) for p in {tuple(c.prompt_ids): None for c in choices})
         return Usage(
@@ -355,80 +370,9 @@ class GenerationService:
         )
 
 
-class ChunkStream:
-    """Response chunks; `aclose()` cancels every choice, even if iteration never started."""
-
-    def __init__(self, chunks: AsyncIterator, choices: list[_Choice]) -> None:
-        self._chunks = chunks
-        self._choices = choices
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self):
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        await self._chunks.aclose()
-        for choice in self._choices:
-            await choice.stream.aclose()
-
-
-class GenerationFailedError(RuntimeError):
-    """The engine failed a request after it started (reported to the client, in-stream if streaming).
-
-    `status`: the HTTP status it stands for when the engine knows one (an upstream server's
-    refusal, or its being unreachable); else it is a 500."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _public_reason(delta: GenerationDelta) -> str:
     if delta.finish_reason == "error":
         raise GenerationFailedError(delta.error or "generation failed", delta.status)
     if delta.finish_reason == "cancelled":
         raise GenerationFailedError("generation was cancelled by the server")
     return delta.finish_reason
-
-
-async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[int, GenerationDelta]]:
-    """Deltas of all choices as they come; closing this closes (cancels) every choice."""
-    if len(choices) == 1:
-        try:
-            async for delta in choices[0].stream:
-                yield 0, delta
-        finally:
-            await choices[0].stream.aclose()
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(choice: _Choice) -> None:
-        try:
-            async for delta in choice.stream:
-                await queue.put((choice.index, delta))
-        finally:
-            await queue.put((choice.index, done))
-
-    tasks = [asyncio.create_task(pump(c)) for c in choices]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            index, item = await queue.get()
-            if item is done:
-                remaining -= 1
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for choice in choices:
-            await choice.stream.aclose()
-
-
-def _close_soon(stream) -> None:
-    asyncio.get_running_loop().create_task(stream.aclose())

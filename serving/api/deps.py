@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from rag.service import KnowledgeBaseService
 from serving.config import Settings
-from serving.exceptions import EngineNotReadyError
+from serving.engine.base import EngineNotReadyError
 from serving.metrics import ServingMetrics
 from serving.service import GenerationService
 

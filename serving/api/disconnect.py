@@ -15,7 +15,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; never 
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | Response:
-    """Await `work`; if the client disconnects first, cancel it (freeing its engine slots)."""
+    """Await `work`; if the client disconnects first, cancel it (freeing its place in the engine)."""
     task = asyncio.ensure_future(work)
 
     async def watch() -> None:

@@ -1,7 +1,6 @@
 """Server-sent events for streamed completions: `data: {json}` lines ending in `data: [DONE]`.
 
-Written here rather than with sse-starlette (no longer a dependency): OpenAI's framing is only
-`data:` lines, and this response also cancels generation the moment the client disconnects.
+Frames are written here, not by sse-starlette: OpenAI's framing is bare `data:` lines only.
 """
 
 from __future__ import annotations

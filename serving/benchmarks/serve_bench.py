@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from serving.benchmarks.bench_model import BENCH_TEXTS, build_checkpoint  # noqa: E402
-from serving.engine.factory import engine_process_threads  # noqa: E402
+from serving.engine.loading import engine_process_threads  # noqa: E402
 
 
 @dataclass

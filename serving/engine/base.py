@@ -101,7 +101,7 @@ class Engine(ABC):
         """Queue `request` and return the stream of its deltas.
 
         Raises `QueueFullError` or `EngineNotReadyError` at once, before any delta.
-        Closing the stream early (`aclose()`) cancels the request and frees its slot.
+        Closing the stream early (`aclose()`) cancels the request and frees its place in the batch.
         """
 
     @abstractmethod

@@ -18,7 +18,10 @@ import multiprocessing
 import threading
 import traceback
 
-from serving.engine.queued import QueuedEngine, RequestSlot
+import torch
+
+from serving.engine.loading import engine_process_threads, load_model, pick_device
+from serving.engine.queued import QueuedEngine, RequestState
 from serving.engine.slot_batching import SlotBatcher, job_of, run_batching_loop
 
 logger = logging.getLogger(__name__)
@@ -105,16 +108,16 @@ class ProcessSlotEngine(QueuedEngine):
         with self._send_lock:
             self._conn.send(message)
 
-    def _launch(self, slot: RequestSlot) -> None:
+    def _launch(self, state: RequestState) -> None:
         try:
-            self._send(("add", job_of(slot)))
+            self._send(("add", job_of(state)))
         except OSError:  # the child died since `is_ready`: this request fails with the rest
             self._died(f"the engine process exited with {self._process.exitcode}")
 
-    def _abort(self, slot: RequestSlot) -> None:
+    def _abort(self, state: RequestState) -> None:
         if not self._stopping:
             with contextlib.suppress(OSError):  # a dead child generates nothing anyway
-                self._send(("abort", {slot.engine_id}))
+                self._send(("abort", {state.engine_id}))
 
     def _read(self) -> None:
         """Reader thread: each step's tokens to the event loop; a dead child fails every request."""
@@ -140,10 +143,6 @@ class ProcessSlotEngine(QueuedEngine):
 def child_main(conn, settings) -> None:
     """Entry point of the engine process: load the model, then run the loop until "stop"."""
     try:
-        import torch
-
-        from serving.engine.factory import engine_process_threads, load_model, pick_device
-
         if settings.torch_threads is None and pick_device(settings.device).type == "cpu":
             settings = settings.model_copy(update={"torch_threads": engine_process_threads()})
         model, _ = load_model(settings)

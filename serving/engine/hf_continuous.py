@@ -22,13 +22,14 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
 )
 from transformers.generation.logits_process import LogitsProcessorList
 
+from serving.engine.hf_continuous_sampler import RequestSampler
 from serving.engine.queued import (
     QueuedEngine,
-    RequestSlot,
+    RequestState,
     batch_token_budget,
     model_eos_token_ids,
 )
-from serving.engine.request_sampler import RequestSampler, RowSampling
+from serving.engine.sampling import RowSampling
 
 logger = logging.getLogger(__name__)
 
@@ -108,43 +109,43 @@ class HFContinuousEngine(QueuedEngine):
 
     # ------------------------------------------------------------------ backend
     def _row_sampling(self, engine_id: str) -> RowSampling | None:
-        slot = self._slots.get(engine_id)  # read from the batching thread; dict.get is atomic
-        return slot.sampling if slot is not None else None
+        state = self._requests.get(engine_id)  # read from the batching thread; dict.get is atomic
+        return state.sampling if state is not None else None
 
-    def _launch(self, slot: RequestSlot) -> None:
+    def _launch(self, state: RequestState) -> None:
         self._manager.register_result_handler(
-            slot.engine_id, lambda output, slot=slot: self._on_output(slot, output)
+            state.engine_id, lambda output, state=state: self._on_output(state, output)
         )
         self._manager.add_request(
-            slot.request.prompt_ids,
-            request_id=slot.engine_id,
+            state.request.prompt_ids,
+            request_id=state.engine_id,
             # never past the context, whatever the caller asked for
             max_new_tokens=max(
                 1,
                 min(
-                    slot.request.params.max_new_tokens,
-                    self.context_length - len(slot.request.prompt_ids),
+                    state.request.params.max_new_tokens,
+                    self.context_length - len(state.request.prompt_ids),
                 ),
             ),
             streaming=True,
             eos_token_id=sorted(self.eos_token_ids) or -1,
         )
 
-    def _on_output(self, slot: RequestSlot, output) -> None:
+    def _on_output(self, state: RequestState, output) -> None:
         """Runs on the event loop for every streamed result of this request."""
-        if slot.done:
+        if state.done:
             return
         if output.error is not None:
-            self._finish(slot, "error", error=str(output.error))
+            self._finish(state, "error", error=str(output.error))
             return
-        new_tokens = list(output.generated_tokens[slot.tokens_seen :])
+        new_tokens = list(output.generated_tokens[state.tokens_seen :])
         hit_eos = bool(new_tokens) and new_tokens[-1] in self.eos_token_ids
-        self._deliver(slot, new_tokens, finished=output.is_finished() or hit_eos)
+        self._deliver(state, new_tokens, finished=output.is_finished() or hit_eos)
 
-    def _abort(self, slot: RequestSlot) -> None:
+    def _abort(self, state: RequestState) -> None:
         if self._manager is not None:
-            self._manager.cancel_request(slot.engine_id)
-            self._drop_result_handler(slot.engine_id)
+            self._manager.cancel_request(state.engine_id)
+            self._drop_result_handler(state.engine_id)
 
     def _drop_result_handler(self, engine_id: str) -> None:
         # transformers only removes a handler when its request finishes, and a cancelled

@@ -2,10 +2,10 @@
 
 A `QueuedEngine` runs at most `max_running` requests and queues up to `max_waiting` behind
 them (beyond that `submit` raises `QueueFullError`, which the API turns into a 429). Each
-request gets a `RequestSlot`; the backend reports its new token ids with `_deliver` (on the
+request gets a `RequestState`; the backend reports its new token ids with `_deliver` (on the
 event loop), which turns them into clean text deltas (`TextStream`: whole characters, stop
 strings cut) and finishes the request on EOS, a stop string or the backend's own end. A
-subclass only says how to start generating for a slot (`_launch`) and how to stop (`_abort`).
+subclass only says how to start generating for a request (`_launch`) and how to stop (`_abort`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from serving.engine.base import (
     QueueFullError,
     SamplingParams,
 )
-from serving.engine.request_sampler import RowSampling, seeded_generator
+from serving.engine.sampling import RowSampling, seeded_generator
 from serving.engine.text_stream import TextStream
 
 
@@ -43,7 +43,7 @@ def batch_token_budget(max_batch_tokens: int | None, context_length: int) -> int
 
 
 @dataclass
-class RequestSlot:
+class RequestState:
     """One request's life inside an engine (touched on the event loop only)."""
 
     request: EngineRequest
@@ -66,25 +66,25 @@ class QueuedEngine(Engine):
         self.eos_token_ids: set[int] = set(eos_token_ids)
         self.max_running = max_running
         self.max_waiting = max_waiting
-        self._slots: dict[str, RequestSlot] = {}
-        self._waiting: deque[RequestSlot] = deque()
+        self._requests: dict[str, RequestState] = {}
+        self._waiting: deque[RequestState] = deque()
         self._running: set[str] = set()
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ backend hooks
     @abstractmethod
-    def _launch(self, slot: RequestSlot) -> None:
-        """Start generating for `slot` (called on the event loop, within `max_running`)."""
+    def _launch(self, state: RequestState) -> None:
+        """Start generating for `state` (called on the event loop, within `max_running`)."""
 
     @abstractmethod
-    def _abort(self, slot: RequestSlot) -> None:
-        """Stop generating for a launched `slot` that is not finished on the backend's side."""
+    def _abort(self, state: RequestState) -> None:
+        """Stop generating for a launched `state` that is not finished on the backend's side."""
 
     # ------------------------------------------------------------------ Engine
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._running), waiting=len(self._waiting))
 
-    def submit(self, request: EngineRequest) -> SlotStream:
+    def submit(self, request: EngineRequest) -> RequestStream:
         if not self.is_ready:
             raise EngineNotReadyError(self.unavailable_reason)
         if len(self._running) >= self.max_running and len(self._waiting) >= self.max_waiting:
@@ -95,23 +95,23 @@ class QueuedEngine(Engine):
         if seed is None:
             seed = secrets.randbits(63)
         generator = seeded_generator(request.params, seed)
-        slot = RequestSlot(
+        state = RequestState(
             request=request,
             engine_id=f"{request.request_id}#{next(self._ids)}",
             text=TextStream(self.tokenizer, request.params.stop),
             sampling=RowSampling(request.params, generator),
             seed=seed,
         )
-        self._slots[slot.engine_id] = slot
+        self._requests[state.engine_id] = state
         if len(self._running) < self.max_running:
-            self._start(slot)
+            self._start(state)
         else:
-            self._waiting.append(slot)
-        return SlotStream(self, slot)
+            self._waiting.append(state)
+        return RequestStream(self, state)
 
     async def cancel(self, request_id: str) -> None:
-        for slot in [s for s in self._slots.values() if s.request.request_id == request_id]:
-            self._cancel_slot(slot)
+        for state in [s for s in self._requests.values() if s.request.request_id == request_id]:
+            self._cancel_request(state)
 
     async def _warm_up(self) -> None:
         prompt = self.tokenizer("warm up")["input_ids"] or [0]
@@ -120,71 +120,71 @@ class QueuedEngine(Engine):
             pass
 
     # ------------------------------------------------------------------ bookkeeping
-    def _start(self, slot: RequestSlot) -> None:
-        slot.running = True
-        self._running.add(slot.engine_id)
-        self._launch(slot)
+    def _start(self, state: RequestState) -> None:
+        state.running = True
+        self._running.add(state.engine_id)
+        self._launch(state)
 
-    def _deliver(self, slot: RequestSlot, new_tokens: list[int], finished: bool) -> None:
-        """New token ids of `slot` from the backend; `finished`: the backend is done with it."""
-        if slot.done:
+    def _deliver(self, state: RequestState, new_tokens: list[int], finished: bool) -> None:
+        """New token ids of `state` from the backend; `finished`: the backend is done with it."""
+        if state.done:
             return
-        slot.tokens_seen += len(new_tokens)
+        state.tokens_seen += len(new_tokens)
         hit_eos = bool(new_tokens) and new_tokens[-1] in self.eos_token_ids
-        result = slot.text.push([t for t in new_tokens if t not in self.eos_token_ids])
+        result = state.text.push([t for t in new_tokens if t not in self.eos_token_ids])
         if result.stopped:
-            self._finish(slot, "stop", text=result.text, token_ids=new_tokens, abort=not finished)
+            self._finish(state, "stop", text=result.text, token_ids=new_tokens, abort=not finished)
         elif finished or hit_eos:
-            tail = slot.text.finish()
+            tail = state.text.finish()
             reason: FinishReason = "stop" if hit_eos or tail.stopped else "length"
             self._finish(
-                slot,
+                state,
                 reason,
                 text=result.text + tail.text,
                 token_ids=new_tokens,
                 abort=not finished,
             )
         elif result.text or new_tokens:
-            slot.queue.put_nowait(
+            state.queue.put_nowait(
                 GenerationDelta(
-                    text=result.text, token_ids=new_tokens, completion_tokens=slot.tokens_seen
+                    text=result.text, token_ids=new_tokens, completion_tokens=state.tokens_seen
                 )
             )
 
     def _deliver_text(
-        self, slot: RequestSlot, text: str, completion_tokens: int, finish: str | None
+        self, state: RequestState, text: str, completion_tokens: int, finish: str | None
     ) -> None:
-        """New text of `slot` from a backend that sends text (`finish`: its finish reason, if
+        """New text of `state` from a backend that sends text (`finish`: its finish reason, if
         it is done); the same stop-string cut and finish reasons as for token ids."""
-        if slot.done:
+        if state.done:
             return
-        slot.tokens_seen = completion_tokens
-        result = slot.text.push_text(text)
+        state.tokens_seen = completion_tokens
+        result = state.text.push_text(text)
         if result.stopped:
-            self._finish(slot, "stop", text=result.text, abort=finish is None)
+            self._finish(state, "stop", text=result.text, abort=finish is None)
         elif finish is not None:
-            tail = slot.text.finish()
+            tail = state.text.finish()
             reason: FinishReason = "stop" if finish == "stop" or tail.stopped else "length"
-            self._finish(slot, reason, text=result.text + tail.text)
+            self._finish(state, reason, text=result.text + tail.text)
         elif result.text:
-            slot.queue.put_nowait(
-                GenerationDelta(text=result.text, completion_tokens=slot.tokens_seen)
+            state.queue.put_nowait(
+                GenerationDelta(text=result.text, completion_tokens=state.tokens_seen)
             )
 
     def _dispatch(self, outputs: list[tuple[str, int, bool]]) -> None:
         """One step's new tokens, `(engine_id, token, finished)` each (token backends)."""
         for engine_id, token, finished in outputs:
-            slot = self._slots.get(engine_id)
-            if slot is not None:
-                self._deliver(slot, [token], finished)
+            state = self._requests.get(engine_id)
+            if state is not None:
+                self._deliver(state, [token], finished)
 
-    def _cancel_slot(self, slot: RequestSlot) -> None:
-        if not slot.done:
-            self._finish(slot, "cancelled", abort=True)
+    def _cancel_request(self, state: RequestState) -> None:
+        if not state.done:
+            self._finish(state, "cancelled", abort=True)
 
     def _finish(
         self,
-        slot: RequestSlot,
+        state: RequestState,
         reason: FinishReason,
         *,
         text: str = "",
@@ -193,59 +193,59 @@ class QueuedEngine(Engine):
         status: int | None = None,
         abort: bool = False,
     ) -> None:
-        slot.done = True
-        if slot.running and abort:
-            self._abort(slot)
-        if slot in self._waiting:
-            self._waiting.remove(slot)
-        self._running.discard(slot.engine_id)
-        self._slots.pop(slot.engine_id, None)
-        slot.queue.put_nowait(
+        state.done = True
+        if state.running and abort:
+            self._abort(state)
+        if state in self._waiting:
+            self._waiting.remove(state)
+        self._running.discard(state.engine_id)
+        self._requests.pop(state.engine_id, None)
+        state.queue.put_nowait(
             GenerationDelta(
                 text=text,
                 token_ids=token_ids or [],
                 finish_reason=reason,
                 error=error,
                 status=status,
-                completion_tokens=slot.tokens_seen,
+                completion_tokens=state.tokens_seen,
             )
         )
         self._admit_waiting()
 
     def _fail_all(self, error: str) -> None:
-        for slot in list(self._slots.values()):
-            self._finish(slot, "error", error=error)
+        for state in list(self._requests.values()):
+            self._finish(state, "error", error=error)
 
     def _admit_waiting(self) -> None:
         while self._waiting and len(self._running) < self.max_running and self.is_ready:
             self._start(self._waiting.popleft())
 
 
-class SlotStream:
+class RequestStream:
     """The deltas of one request; `aclose()` cancels it, whether iteration started or not."""
 
-    def __init__(self, engine: QueuedEngine, slot: RequestSlot) -> None:
+    def __init__(self, engine: QueuedEngine, state: RequestState) -> None:
         self._engine = engine
-        self._slot = slot
+        self._state = state
         self._ended = False
 
-    def __aiter__(self) -> SlotStream:
+    def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> GenerationDelta:
         if self._ended:
             raise StopAsyncIteration
-        delta = await self._slot.queue.get()
+        delta = await self._state.queue.get()
         # A consumer that fell behind gets everything pending as one delta (fewer SSE events).
-        while delta.finish_reason is None and not self._slot.queue.empty():
-            delta = join_deltas(delta, self._slot.queue.get_nowait())
+        while delta.finish_reason is None and not self._state.queue.empty():
+            delta = join_deltas(delta, self._state.queue.get_nowait())
         if delta.finish_reason is not None:
             self._ended = True
         return delta
 
     async def aclose(self) -> None:
         self._ended = True
-        self._engine._cancel_slot(self._slot)
+        self._engine._cancel_request(self._state)
 
 
 def join_deltas(first: GenerationDelta, second: GenerationDelta) -> GenerationDelta:

@@ -27,7 +27,7 @@ from typing import Literal
 import httpx
 
 from serving.engine.base import EngineRequest
-from serving.engine.queued import QueuedEngine, RequestSlot
+from serving.engine.queued import QueuedEngine, RequestState
 
 logger = logging.getLogger(__name__)
 
@@ -160,37 +160,37 @@ class RemoteEngine(QueuedEngine):
         return "ids" if response.status_code < 400 else "text"
 
     # ------------------------------------------------------------------ requests
-    def _launch(self, slot: RequestSlot) -> None:
-        task = asyncio.get_running_loop().create_task(self._generate(slot))
-        self._tasks[slot.engine_id] = task
-        task.add_done_callback(lambda _, key=slot.engine_id: self._tasks.pop(key, None))
+    def _launch(self, state: RequestState) -> None:
+        task = asyncio.get_running_loop().create_task(self._generate(state))
+        self._tasks[state.engine_id] = task
+        task.add_done_callback(lambda _, key=state.engine_id: self._tasks.pop(key, None))
 
-    def _abort(self, slot: RequestSlot) -> None:
-        task = self._tasks.pop(slot.engine_id, None)
+    def _abort(self, state: RequestState) -> None:
+        task = self._tasks.pop(state.engine_id, None)
         # leaving the `stream` block closes the upstream connection: the upstream stops; a
         # request cut at a stop string leaves it by itself
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    async def _generate(self, slot: RequestSlot) -> None:
+    async def _generate(self, state: RequestState) -> None:
         try:
-            await self._stream(slot)
+            await self._stream(state)
         except asyncio.CancelledError:
             raise
         except UpstreamError as exc:
-            self._fail(slot, exc.status, exc.message)
+            self._fail(state, exc.status, exc.message)
         except httpx.HTTPError as exc:
             self._reachable = False
             self._reason = _describe(exc, self.base_url)
-            self._fail(slot, 503, self._reason)
+            self._fail(state, 503, self._reason)
         except Exception as exc:  # a malformed event: this request fails, not the engine
             logger.exception("bad answer from upstream %s", self.base_url)
-            self._fail(slot, 502, f"the upstream at {self.base_url} sent a bad answer: {exc}")
+            self._fail(state, 502, f"the upstream at {self.base_url} sent a bad answer: {exc}")
 
-    async def _stream(self, slot: RequestSlot) -> None:
-        """One upstream completion, streamed into `slot`."""
+    async def _stream(self, state: RequestState) -> None:
+        """One upstream completion, streamed into `state`."""
         request = self._client.build_request(
-            "POST", f"{self.base_url}/completions", json=self._body(slot.request)
+            "POST", f"{self.base_url}/completions", json=self._body(state.request)
         )
         try:
             response = await self._client.send(request, stream=True)
@@ -199,12 +199,12 @@ class RemoteEngine(QueuedEngine):
         except Exception as exc:  # the transport failed under us (seen: a reset socket)
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
         try:
-            await self._read(slot, response)
+            await self._read(state, response)
         finally:
             await response.aclose()
 
-    async def _read(self, slot: RequestSlot, response: httpx.Response) -> None:
-        """The upstream's answer into `slot`. Tokens are counted per delta while it streams
+    async def _read(self, state: RequestState, response: httpx.Response) -> None:
+        """The upstream's answer into `state`. Tokens are counted per delta while it streams
         (for the metrics) and once at the end: the upstream's usage, else the whole text."""
         text, finish, counted, tokens = "", None, None, 0
         if response.status_code >= 400:
@@ -222,14 +222,14 @@ class RemoteEngine(QueuedEngine):
                 if delta:
                     text += delta
                     tokens += self._count(delta)  # on the way: about right, and cheap
-                    self._deliver_text(slot, delta, tokens, None)
-                    if slot.done:  # cut at a stop string: stop the upstream too
+                    self._deliver_text(state, delta, tokens, None)
+                    if state.done:  # cut at a stop string: stop the upstream too
                         return
                 finish = choice.get("finish_reason") or finish
         if finish is None:
             raise UpstreamError(502, f"the upstream at {self.base_url} ended the stream early")
         # at the end: the upstream's own count, else the whole answer's tokens here
-        self._deliver_text(slot, "", counted if counted else self._count(text), finish)
+        self._deliver_text(state, "", counted if counted else self._count(text), finish)
 
     def _body(self, request: EngineRequest) -> dict:
         params = request.params
@@ -271,9 +271,9 @@ class RemoteEngine(QueuedEngine):
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _fail(self, slot: RequestSlot, status: int, message: str) -> None:
-        if not slot.done:
-            self._finish(slot, "error", error=message, status=status)
+    def _fail(self, state: RequestState, status: int, message: str) -> None:
+        if not state.done:
+            self._finish(state, "error", error=message, status=status)
 
     def _refusal(self, response: httpx.Response, body) -> str:
         return f"the upstream at {self.base_url} answered {response.status_code}: {_detail(body)}"

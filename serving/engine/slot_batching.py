@@ -33,11 +33,11 @@ import torch
 from serving.engine.base import SamplingParams
 from serving.engine.queued import (
     QueuedEngine,
-    RequestSlot,
+    RequestState,
     batch_token_budget,
     model_eos_token_ids,
 )
-from serving.engine.request_sampler import (
+from serving.engine.sampling import (
     apply_repetition_penalty,
     sample_rows,
     seeded_generator,
@@ -354,11 +354,11 @@ class SlotBatchingEngine(QueuedEngine):
             thread is not None and thread.is_alive() and not self._stopping and self._fatal is None
         )
 
-    def _launch(self, slot: RequestSlot) -> None:
-        self._commands.put(("add", job_of(slot)))
+    def _launch(self, state: RequestState) -> None:
+        self._commands.put(("add", job_of(state)))
 
-    def _abort(self, slot: RequestSlot) -> None:
-        self._commands.put(("abort", {slot.engine_id}))
+    def _abort(self, state: RequestState) -> None:
+        self._commands.put(("abort", {state.engine_id}))
 
     def _take(self, block: bool) -> list[Command]:
         commands = [self._commands.get()] if block else []
@@ -380,5 +380,5 @@ class SlotBatchingEngine(QueuedEngine):
                 self._loop.call_soon_threadsafe(self._fail_all, f"engine error: {exc}")
 
 
-def job_of(slot: RequestSlot) -> Job:
-    return Job(slot.engine_id, list(slot.request.prompt_ids), slot.request.params, slot.seed)
+def job_of(state: RequestState) -> Job:
+    return Job(state.engine_id, list(state.request.prompt_ids), state.request.params, state.seed)

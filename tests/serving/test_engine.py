@@ -95,7 +95,7 @@ def test_queue_full_and_cancelling_waiting_and_running(engine_class, model_and_t
         _, _, reason = await drain(running)
         assert reason == "cancelled"
         assert engine.stats().running == 0
-        # the freed slot serves the next request
+        # the freed place serves the next request
         return await drain(
             engine.submit(EngineRequest("d", ids, SamplingParams(max_new_tokens=3, temperature=0)))
         )

@@ -8,7 +8,7 @@ import signal
 import httpx
 
 from serving.engine.engine_process import ProcessSlotEngine
-from serving.engine.factory import engine_process_threads
+from serving.engine.loading import engine_process_threads
 from tests.serving.conftest import long_running_prompt, run_server, tiny_settings
 from tests.serving.test_errors import assert_error
 

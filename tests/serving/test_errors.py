@@ -1,4 +1,7 @@
-"""Every refusal in OpenAI's error schema with the right status — never an error inside a 200."""
+"""Every refusal in OpenAI's error schema with the right status — never an error inside a 200.
+
+Here through a real server and model; the checks that need neither are in test_routes.py
+(a fake engine, in-process)."""
 
 from __future__ import annotations
 
@@ -58,25 +61,6 @@ def test_max_tokens_is_capped_by_the_remaining_context(server):
     assert usage["total_tokens"] <= 128
 
 
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        ({"temperature": 5}, "temperature"),
-        ({"top_p": 0}, "top_p"),
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"n": 100}, "n"),
-        ({"messages": []}, "messages"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, None),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"presence_penalty": 1.0}, "presence_penalty"),
-        ({"logprobs": True}, "logprobs"),
-        ({"extra": "fine", "top_k": -1}, "top_k"),
-    ],
-)
-def test_invalid_parameters_are_400(server, body, param):
-    assert_error(post_chat(server, **body), 400, "invalid_request_error", param=param)
-
-
 INT64 = 2**63
 
 
@@ -92,53 +76,6 @@ def post_json(server, route: str, raw: str) -> httpx.Response:
 
 CHAT = '"model": "tiny", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4'
 PROMPT = '"model": "tiny", "max_tokens": 4'
-
-
-@pytest.mark.parametrize(
-    ("route", "fields", "param"),
-    [
-        ("chat/completions", f'{CHAT}, "temperature": 0.7, "seed": {2**64}', "seed"),
-        ("chat/completions", f'{CHAT}, "temperature": 0.7, "seed": {-INT64 - 1}', "seed"),
-        ("chat/completions", f'{CHAT}, "temperature": 0.7, "seed": {INT64}', "seed"),
-        ("chat/completions", f'{CHAT}, "seed": 1e30', "seed"),
-        ("chat/completions", f'{CHAT}, "max_tokens": -1', "max_tokens"),
-        ("chat/completions", f'{CHAT}, "max_completion_tokens": 0', "max_completion_tokens"),
-        ("chat/completions", f'{CHAT}, "temperature": -1', "temperature"),
-        ("chat/completions", f'{CHAT}, "temperature": 1e9', "temperature"),
-        ("chat/completions", f'{CHAT}, "temperature": NaN', "temperature"),
-        ("chat/completions", f'{CHAT}, "top_p": 1.5', "top_p"),
-        ("chat/completions", f'{CHAT}, "top_p": NaN', "top_p"),
-        ("chat/completions", f'{CHAT}, "repetition_penalty": Infinity', "repetition_penalty"),
-        ("chat/completions", f'{CHAT}, "n": 0', "n"),
-        ("chat/completions", f'{CHAT}, "n": {2**70}', "n"),
-        ("chat/completions", f'{CHAT}, "stop": [""]', "stop"),
-        ("chat/completions", f'{CHAT}, "stop": ""', "stop"),
-        ("chat/completions", f'{CHAT}, "stop": [1]', "stop"),
-        ("chat/completions", f'{CHAT}, "stop": []', "stop"),
-        ("chat/completions", f'{CHAT}, "retrieval_top_k": 0', "retrieval_top_k"),
-        ("chat/completions", f'{CHAT}, "knowledge_base": ""', "knowledge_base"),
-        ("chat/completions", '"model": "", "messages": [{"role": "user", "content": "hi"}]', None),
-        ("completions", f'{PROMPT}, "prompt": [false]', None),
-        ("completions", f'{PROMPT}, "prompt": [true, 5]', None),
-        ("completions", f'{PROMPT}, "prompt": [1.5]', None),
-        ("completions", f'{PROMPT}, "prompt": [[]]', "prompt"),
-        ("completions", f'{PROMPT}, "prompt": []', "prompt"),
-        ("completions", f'{PROMPT}, "prompt": ""', "prompt"),
-        ("completions", f'{PROMPT}, "prompt": [""]', "prompt"),
-        ("completions", f'{PROMPT}, "prompt": [-1]', "prompt"),
-        ("completions", f'{PROMPT}, "prompt": [{2**64}]', None),
-        ("completions", f'{PROMPT}, "prompt": "hi", "echo": true', "echo"),
-        ("completions", f'{PROMPT}, "prompt": "hi", "best_of": 3', "best_of"),
-    ],
-)
-def test_parameter_edges_are_4xx_never_500(server, route, fields, param):
-    response = post_json(server, route, "{" + fields + "}")
-    assert response.status_code in (400, 404), response.text
-    error = response.json()["error"]
-    if param is not None:
-        assert (error["param"] or "").split(".")[0] == param, error
-    if error["param"] == "seed":
-        assert str(-INT64) in error["message"] and str(INT64 - 1) in error["message"]
 
 
 @pytest.mark.parametrize("seed", [INT64 - 1, -INT64, 0, -1])
@@ -160,19 +97,6 @@ def test_extreme_but_valid_values_are_answered(server, fields):
     body = "{" + CHAT + ", " + fields + ', "temperature": 0.9}'
     response = post_json(server, "chat/completions", body)
     assert response.status_code == 200, response.text
-
-
-def test_malformed_json_is_400(server):
-    response = httpx.post(
-        f"{server.base_url}/chat/completions",
-        content=b"{not json",
-        headers={"content-type": "application/json"},
-    )
-    assert_error(response, 400, "invalid_request_error")
-
-
-def test_unknown_route_is_404_in_openai_schema(server):
-    assert_error(httpx.get(f"{server.url}/v1/nothing-here"), 404, "not_found_error")
 
 
 def test_body_too_large_is_413(tiny_checkpoint):
@@ -226,7 +150,7 @@ def test_queue_full_is_429(tiny_checkpoint, reference):
             temperature=0,
             stream=True,
         )
-        next(iter(stream))  # the only slot is now taken
+        next(iter(stream))  # the only running place is now taken
         assert_error(post_chat(busy, max_tokens=2), 429, "rate_limit_error", "queue_full")
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(
@@ -296,18 +220,3 @@ def test_failure_after_stream_started_ends_with_error_event(server, monkeypatch)
     assert_error(response, 500, "internal_error", "generation_failed")
     monkeypatch.undo()
     assert engine.stats().running == 0
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "allowed"),
-    [
-        ("POST", "/v1/knowledge_bases/demo", "DELETE, GET"),
-        ("PUT", "/v1/knowledge_bases", "GET, POST"),
-        ("GET", "/v1/chat/completions", "POST"),
-        ("DELETE", "/v1/knowledge_bases/demo/documents", "GET, POST"),
-    ],
-)
-def test_method_not_allowed_names_every_method_of_the_path(server, method, path, allowed):
-    response = httpx.request(method, f"{server.url}{path}")
-    assert_error(response, 405, "invalid_request_error")
-    assert response.headers["allow"] == allowed

@@ -50,7 +50,9 @@ class Replica:
         raise AssertionError(f"no line starting {prefix!r}")
 
 
-def start_replica(database_url: str, tmp: Path, **env: str) -> Replica:
+def start_replica(database_url: str, tmp: Path, pause: str | None = None, **env: str) -> Replica:
+    """`pause` ("point:seconds"): the real server with a pause patched in at that point of its
+    KB writes (tests/rag/paused_writer.py)."""
     port = free_port()
     environ = {
         **{k: v for k, v in os.environ.items() if k != "XIAOPHI_MODEL"},
@@ -64,8 +66,9 @@ def start_replica(database_url: str, tmp: Path, **env: str) -> Replica:
         "XIAOPHI_KB_CHUNK_OVERLAP": "10",
         **env,
     }
+    launcher = ["-m", "tests.rag.paused_writer", pause, "serving"] if pause else ["-m", "serving"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, *launcher, "--port", str(port), "--log-level", "warning"],
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -167,7 +170,7 @@ def test_a_server_killed_mid_upload_leaves_the_kb_whole(postgres_server, tmp_pat
         upload(b, kb, ("old.txt", IDIOMS["守株待兔"].encode()))
         before = kb_state(b, kb)
         # this server stops inside its upload transaction (chunks written, postings not)
-        a = start_replica(url, tmp_path, XIAOPHI_KB_TEST_PAUSE="mid_write:60")
+        a = start_replica(url, tmp_path, pause="mid_write:60")
         try:
 
             def send() -> None:

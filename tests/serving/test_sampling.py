@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from serving.engine.base import SamplingParams
-from serving.engine.request_sampler import sample_rows
+from serving.engine.sampling import sample_rows
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 LOGITS = PROBS.log()

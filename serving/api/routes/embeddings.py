@@ -20,7 +20,7 @@ from rag.embeddings import Embedder
 from rag.errors import EmbedderUnavailable
 from serving.api.deps import KBServiceDep
 from serving.api.openapi import error_responses
-from serving.exceptions import InvalidRequestError, ModelNotFoundError
+from serving.errors import InvalidRequestError, ModelNotFoundError
 from serving.schemas import (
     MAX_EMBEDDING_INPUT_CHARS,
     MAX_EMBEDDING_INPUTS,

@@ -16,8 +16,7 @@ from rag.models import AddResult, FileResult, KnowledgeBaseInfo, Upload
 from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
 from serving.api.deps import KBServiceDep, SettingsDep
 from serving.api.openapi import error_responses
-from serving.errors import error_body
-from serving.exceptions import InvalidRequestError
+from serving.errors import InvalidRequestError, error_body
 from serving.schemas import (
     CreateKnowledgeBase,
     DeletedDocument,

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from serving.api.deps import ServiceDep
 from serving.api.openapi import error_responses
-from serving.exceptions import ModelNotFoundError
+from serving.errors import ModelNotFoundError
 from serving.schemas import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(503))
