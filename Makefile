@@ -33,7 +33,7 @@ format: install
 
 # Demo corpora → tiny pipeline → demo knowledge base → server with the UI at /ui.
 demo: install
-	$(PY) scripts/demo.py --run $(RUN)
+	$(VENV)/bin/xiaophi-demo --run $(RUN)
 
 bench-tokenizer: install
 	$(PY) -m training.benchmarks.tokenizer_bench

@@ -2,7 +2,7 @@
 # The compose `trainer` service: train once, then leave the checkpoint to the `api` service.
 #
 # - A checkpoint in $XIAOPHI_MODEL (config.json present): nothing to do, exit 0 at once.
-# - Else, with XIAOPHI_TRAIN_ARGS empty: what `make demo` does (scripts/demo.py --no-serve):
+# - Else, with XIAOPHI_TRAIN_ARGS empty: what `make demo` does (xiaophi-demo --no-serve):
 #   the tiny pipeline on the demo corpora baked into the image, then the `demo` knowledge base
 #   from the packaged documents. Finished stages are skipped, so a rerun after an interruption
 #   resumes.
@@ -23,7 +23,7 @@ fi
 started=$(date +%s)
 if [ -z "${XIAOPHI_TRAIN_ARGS:-}" ]; then
     echo "trainer: no checkpoint in $model; training the tiny demo model into $run"
-    python /app/scripts/demo.py --no-serve --run "$run" --data /app/data/demo --kb-dir "$kb_dir"
+    xiaophi-demo --no-serve --run "$run" --data /app/data/demo --kb-dir "$kb_dir"
 else
     echo "trainer: no checkpoint in $model; xiaophi-train pipeline --out $run $XIAOPHI_TRAIN_ARGS"
     # Word splitting of XIAOPHI_TRAIN_ARGS is intended: it holds several flags.

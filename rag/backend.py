@@ -20,14 +20,14 @@ from typing import Protocol, runtime_checkable
 from langchain_core.documents import Document
 
 from rag.config import KBSettings
-from rag.models import KnowledgeBaseInfo
+from rag.models import KnowledgeBaseInfo, Layout, StoredDocument
 
 
 @dataclass
 class NewDocument:
     """A parsed, split and embedded document, ready to be stored."""
 
-    info: dict  # DocumentInfo fields plus `extension`
+    info: StoredDocument
     data: bytes  # the original file
     chunks: list[Document]  # metadata: chunk_id, doc_id, filename, chunk_index, start, end, page
     vectors: list[list[float]]
@@ -43,7 +43,8 @@ class KBHeader:
 
 @runtime_checkable
 class SearchIndex(Protocol):
-    """What HybridRetriever searches: one KB's lexical and dense indexes over the same chunks."""
+    """What hybrid search (rag/hybrid_retriever.py) searches: one KB's lexical and dense
+    indexes over the same chunks."""
 
     embedding_model: str | None
     has_documents: bool
@@ -56,15 +57,15 @@ class SearchIndex(Protocol):
 
 
 #: A reindex: (document record, original bytes) of every document → the rebuilt documents.
-Rebuild = Callable[[list[tuple[dict, bytes]]], list[NewDocument]]
+Rebuild = Callable[[list[tuple[StoredDocument, bytes]]], list[NewDocument]]
 
 
 class KBBackend(Protocol):
-    def create(self, name: str, layout: dict) -> KnowledgeBaseInfo: ...
+    def create(self, name: str, layout: Layout) -> KnowledgeBaseInfo: ...
     def list(self) -> list[KnowledgeBaseInfo]: ...
     def info(self, name: str) -> KnowledgeBaseInfo: ...
     def delete(self, name: str) -> None: ...
-    def documents(self, name: str) -> list[dict]: ...
+    def documents(self, name: str) -> list[StoredDocument]: ...
     def header(self, name: str) -> KBHeader: ...
     def add(
         self,
@@ -78,8 +79,8 @@ class KBBackend(Protocol):
         `check(embedding_model, has_documents)` runs first, under the KB's write lock."""
         ...
 
-    def remove(self, name: str, doc_id: str) -> dict: ...
-    def rebuild(self, name: str, layout: dict, embedding_model: str, build: Rebuild) -> None: ...
+    def remove(self, name: str, doc_id: str) -> StoredDocument: ...
+    def rebuild(self, name: str, layout: Layout, embedding_model: str, build: Rebuild) -> None: ...
     def search_index(self, name: str) -> SearchIndex: ...
     def counts(self, name: str) -> dict[str, int]:
         """documents, chunks, vectors and lexical rows as stored (they agree in a sound KB)."""

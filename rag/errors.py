@@ -1,7 +1,7 @@
 """Typed errors of the knowledge-base service; each says what to fix and knows nothing of HTTP.
 
 A web layer maps them to statuses: NotFound → 404, InvalidInput → 400, TooLarge → 413,
-Conflict (and its Duplicate) → 409, EmbedderUnavailable and StoreUnavailable → 503.
+Conflict → 409, EmbedderUnavailable and StoreUnavailable → 503.
 """
 
 from __future__ import annotations
@@ -39,12 +39,6 @@ class Conflict(KBError):
     """The request clashes with the KB's state (it exists already, another embedder built it)."""
 
     kind = "conflict"
-
-
-class Duplicate(Conflict):
-    """The same content is already in the knowledge base."""
-
-    kind = "duplicate"
 
 
 class EmbedderUnavailable(KBError):

@@ -1,4 +1,5 @@
-"""Hybrid retrieval as a LangChain retriever: BM25 and FAISS rankings fused into one.
+"""Hybrid retrieval: BM25 and dense rankings fused into one (`hybrid_search`), and the same
+as a LangChain retriever (`HybridRetriever`).
 
 Two fusions, both weighted by `bm25_weight` / `dense_weight`:
 - `convex` (default): the candidates are both retrievers' `fetch_k` hits together, and each
@@ -12,13 +13,14 @@ Two fusions, both weighted by `bm25_weight` / `dense_weight`:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from rag.backend import SearchIndex
 from rag.rerank import Reranker, rerank
@@ -95,20 +97,11 @@ def fuse(
     raise ValueError(f"unknown fusion {fusion!r}; use convex or rrf.")
 
 
-class HybridRetriever(BaseRetriever):
-    """Returns the `k` best chunks of one knowledge base for a query.
-
-    Each Document's metadata gains `score` (higher is better: the fused score in hybrid
-    mode, the BM25 score or the cosine similarity in single modes), `bm25_rank` and `dense_rank`
-    (1-based, None when that retriever did not return the chunk in its `fetch_k`). With a
-    `reranker` (hybrid mode only) the fused ranking's first `rerank_top_n` chunks are rescored
-    (rag/rerank.py) and `score` is the reranked score.
-    """
+class SearchOptions(BaseModel):
+    """How many chunks a search returns and how it ranks them."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    index: SearchIndex
-    embeddings: Embeddings
     k: int = 5
     fetch_k: int = 50
     fusion: Fusion = "convex"
@@ -120,51 +113,92 @@ class HybridRetriever(BaseRetriever):
     rerank_top_n: int = 30
     rerank_weight: float = 1.0
 
+
+@dataclass
+class Ranked:
+    """One chunk a search returned, as stored, with how it ranked."""
+
+    chunk_id: str
+    chunk: Document
+    score: float
+    bm25_rank: int | None
+    dense_rank: int | None
+
+
+def hybrid_search(
+    index: SearchIndex, embeddings: Embeddings, query: str, options: SearchOptions
+) -> list[Ranked]:
+    """The `options.k` best chunks of `index` for `query`, best first.
+
+    `score` is higher for better: the fused score in hybrid mode, the BM25 score or the cosine
+    similarity in single modes. `bm25_rank` and `dense_rank` are 1-based, None when that
+    retriever did not return the chunk in its `fetch_k`. With a `reranker` (hybrid mode only)
+    the fused ranking's first `rerank_top_n` chunks are rescored (rag/rerank.py) and `score`
+    is the reranked score.
+    """
+    o = options
+    fetch = max(o.fetch_k, o.k)
+    bm25 = []
+    if o.mode == "bm25" or (o.mode == "hybrid" and o.bm25_weight > 0):
+        bm25 = index.bm25_search(query, fetch)
+    dense, query_vector = [], None
+    if o.mode == "dense" or (o.mode == "hybrid" and o.dense_weight > 0):
+        query_vector = embeddings.embed_query(query)
+        dense = index.dense_search(query_vector, fetch)
+    if o.mode == "bm25":
+        ranked = bm25
+    elif o.mode == "dense":
+        ranked = dense
+    else:
+        bm25_run, dense_run = bm25, dense
+        if o.fusion == "convex" and bm25 and dense:
+            bm25_run, dense_run = score_union(index, query, query_vector, bm25, dense)
+        ranked = fuse(bm25_run, dense_run, o.fusion, o.bm25_weight, o.dense_weight, o.rrf_k)
+        if o.reranker is not None:
+            ranked = rerank(
+                query,
+                ranked,
+                lambda ids: {i: d.page_content for i, d in index.chunks(ids).items()},
+                o.reranker,
+                max(o.rerank_top_n, o.k),
+                o.rerank_weight,
+            )
+    bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
+    dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
+    top = ranked[: o.k]
+    found = index.chunks([chunk_id for chunk_id, _ in top])
+    return [
+        Ranked(chunk_id, found[chunk_id], score, bm25_rank.get(chunk_id), dense_rank.get(chunk_id))
+        for chunk_id, score in top
+        if chunk_id in found  # else removed by a writer since it was ranked
+    ]
+
+
+class HybridRetriever(BaseRetriever, SearchOptions):
+    """`hybrid_search` over one knowledge base as a LangChain retriever.
+
+    Each Document is the stored chunk, its id the chunk id; its metadata gains `score`,
+    `bm25_rank` and `dense_rank` (see `hybrid_search`).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index: SearchIndex
+    embeddings: Embeddings
+
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun | None = None
     ) -> list[Document]:
-        fetch = max(self.fetch_k, self.k)
-        bm25 = []
-        if self.mode == "bm25" or (self.mode == "hybrid" and self.bm25_weight > 0):
-            bm25 = self.index.bm25_search(query, fetch)
-        dense, query_vector = [], None
-        if self.mode == "dense" or (self.mode == "hybrid" and self.dense_weight > 0):
-            query_vector = self.embeddings.embed_query(query)
-            dense = self.index.dense_search(query_vector, fetch)
-        if self.mode == "bm25":
-            ranked = bm25
-        elif self.mode == "dense":
-            ranked = dense
-        else:
-            bm25_run, dense_run = bm25, dense
-            if self.fusion == "convex" and bm25 and dense:
-                bm25_run, dense_run = score_union(self.index, query, query_vector, bm25, dense)
-            ranked = fuse(
-                bm25_run, dense_run, self.fusion, self.bm25_weight, self.dense_weight, self.rrf_k
+        return [
+            Document(
+                page_content=r.chunk.page_content,
+                metadata={
+                    **r.chunk.metadata,
+                    "score": r.score,
+                    "bm25_rank": r.bm25_rank,
+                    "dense_rank": r.dense_rank,
+                },
+                id=r.chunk_id,
             )
-            if self.reranker is not None:
-                ranked = rerank(
-                    query,
-                    ranked,
-                    lambda ids: {i: d.page_content for i, d in self.index.chunks(ids).items()},
-                    self.reranker,
-                    max(self.rerank_top_n, self.k),
-                    self.rerank_weight,
-                )
-        bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
-        dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
-        out = []
-        top = ranked[: self.k]
-        found = self.index.chunks([chunk_id for chunk_id, _ in top])
-        for chunk_id, score in top:
-            chunk = found.get(chunk_id)
-            if chunk is None:  # removed by a writer since it was ranked
-                continue
-            meta = {
-                **chunk.metadata,
-                "score": score,
-                "bm25_rank": bm25_rank.get(chunk_id),
-                "dense_rank": dense_rank.get(chunk_id),
-            }
-            out.append(Document(page_content=chunk.page_content, metadata=meta, id=chunk_id))
-        return out
+            for r in hybrid_search(self.index, self.embeddings, query, self)
+        ]

@@ -6,72 +6,71 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from langchain_community.docstore.in_memory import InMemoryDocstore
 from langchain_community.vectorstores import FAISS
 from langchain_community.vectorstores.utils import DistanceStrategy
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from rag.bm25 import BM25Index
-
-
-def empty_faiss(embeddings: Embeddings, dim: int) -> FAISS:
-    """A FAISS store scoring by inner product (our vectors are normalised, so: cosine)."""
-    import faiss
-
-    return FAISS(
-        embedding_function=embeddings,
-        index=faiss.IndexFlatIP(dim),
-        docstore=InMemoryDocstore(),
-        index_to_docstore_id={},
-        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
-    )
+from rag.models import Manifest, StoredDocument
 
 
 @dataclass
 class KBIndex:
-    """Manifest (plain JSON data) plus the two searchable indexes over the same chunk ids."""
+    """Manifest plus the two searchable indexes over the same chunk ids."""
 
-    manifest: dict
+    manifest: Manifest
     vectors: FAISS | None
     bm25: BM25Index
     version: str = ""
-    _chunks_by_doc: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _faiss_rows: dict[str, int] | None = field(default=None, repr=False)
 
+    @classmethod
+    def empty(cls, manifest: Manifest) -> KBIndex:
+        """No chunks yet: FAISS is made by the first chunks added (it needs their dimension)."""
+        return cls(manifest=manifest, vectors=None, bm25=BM25Index(manifest.bm25_tokenizer))
+
     @property
-    def documents(self) -> list[dict]:
-        return self.manifest["documents"]
+    def documents(self) -> list[StoredDocument]:
+        return self.manifest.documents
 
     @property
     def embedding_model(self) -> str | None:
-        return self.manifest.get("embedding_model")
+        return self.manifest.embedding_model
 
     @property
     def has_documents(self) -> bool:
-        return bool(self.manifest["documents"])
+        return bool(self.manifest.documents)
+
+    @property
+    def vector_count(self) -> int:
+        return len(self.vectors.index_to_docstore_id) if self.vectors is not None else 0
 
     def chunks(self, chunk_ids: Sequence[str]) -> dict[str, Document]:
-        found = {chunk_id: self.chunk(chunk_id) for chunk_id in chunk_ids}
-        return {chunk_id: doc for chunk_id, doc in found.items() if doc is not None}
+        if self.vectors is None:
+            return {}
+        return {doc.id: doc for doc in self.vectors.get_by_ids(list(chunk_ids))}
 
     def chunk(self, chunk_id: str) -> Document | None:
-        if self.vectors is None:
-            return None
-        found = self.vectors.docstore.search(chunk_id)
-        return found if isinstance(found, Document) else None
+        return self.chunks([chunk_id]).get(chunk_id)
 
     def add_chunks(
         self, chunks: list[Document], vectors: list[list[float]], embeddings: Embeddings
     ) -> None:
         ids = [c.metadata["chunk_id"] for c in chunks]
+        pairs = list(zip([c.page_content for c in chunks], vectors, strict=True))
+        metadatas = [c.metadata for c in chunks]
         if self.vectors is None:
-            self.vectors = empty_faiss(embeddings, len(vectors[0]))
-        self.vectors.add_embeddings(
-            list(zip([c.page_content for c in chunks], vectors, strict=True)),
-            metadatas=[c.metadata for c in chunks],
-            ids=ids,
-        )
+            # inner product: our vectors are normalised, so it is the cosine
+            self.vectors = FAISS.from_embeddings(
+                pairs,
+                embeddings,
+                metadatas=metadatas,
+                ids=ids,
+                distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+            )
+        else:
+            self.vectors.add_embeddings(pairs, metadatas=metadatas, ids=ids)
         self.bm25.add(ids, [c.page_content for c in chunks])
         self._faiss_rows = None
 
@@ -88,7 +87,10 @@ class KBIndex:
         return self.bm25.scores(query, chunk_ids)
 
     def stored_vectors(self, chunk_ids: Sequence[str]) -> np.ndarray:
-        """The vectors stored for `chunk_ids`, one row each."""
+        """The vectors stored for `chunk_ids`, one row each.
+
+        LangChain's FAISS wrapper has no way to hand back a stored vector, so this one method
+        reads the faiss index it wraps, through the id → row map the wrapper keeps beside it."""
         if self._faiss_rows is None:
             mapping = self.vectors.index_to_docstore_id
             self._faiss_rows = {chunk_id: row for row, chunk_id in mapping.items()}
@@ -103,11 +105,9 @@ class KBIndex:
         return [float(v) for v in vectors @ np.asarray(query_vector, dtype=np.float32)]
 
     def dense_search(self, query_vector: list[float], k: int) -> list[tuple[str, float]]:
-        if self.vectors is None or self.vectors.index.ntotal == 0:
+        if self.vector_count == 0:
             return []
-        k = min(k, self.vectors.index.ntotal)
-        scores, rows = self.vectors.index.search(np.asarray([query_vector], dtype=np.float32), k)
-        mapping = self.vectors.index_to_docstore_id
-        return [
-            (mapping[int(r)], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0
-        ]
+        hits = self.vectors.similarity_search_with_score_by_vector(
+            query_vector, k=min(k, self.vector_count)
+        )
+        return [(doc.id, float(score)) for doc, score in hits]

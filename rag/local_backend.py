@@ -16,25 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from langchain_core.embeddings import Embeddings
 
 from rag.backend import KBHeader, NewDocument, Rebuild
-from rag.bm25 import BM25Index
 from rag.config import KBSettings
 from rag.errors import Conflict, NotFound
 from rag.kb_index import KBIndex
-from rag.models import KnowledgeBaseInfo
+from rag.models import KnowledgeBaseInfo, Layout, Manifest, StoredDocument
 from rag.names import validate_kb_name
 from rag.store import KBStore, file_lock
-
-
-def info_of(manifest: dict) -> KnowledgeBaseInfo:
-    docs = manifest["documents"]
-    return KnowledgeBaseInfo(
-        name=manifest["name"],
-        documents=len(docs),
-        chunks=sum(d["chunks"] for d in docs),
-        embedding_model=manifest.get("embedding_model"),
-        created_at=manifest["created_at"],
-        updated_at=manifest["updated_at"],
-    )
 
 
 class LocalBackend:
@@ -76,7 +63,7 @@ class LocalBackend:
         )
 
     # -- knowledge bases -----------------------------------------------------------------
-    def create(self, name: str, layout: dict) -> KnowledgeBaseInfo:
+    def create(self, name: str, layout: Layout) -> KnowledgeBaseInfo:
         store = self._store(name)
         with self._kb_dir_lock():
             if store.root.exists():
@@ -87,19 +74,10 @@ class LocalBackend:
             tmp.mkdir()
             (tmp / "files").mkdir()
             now = time.time()
-            manifest = {
-                "name": name,
-                "created_at": now,
-                "updated_at": now,
-                "embedding_model": None,
-                **layout,
-                "documents": [],
-            }
-            KBStore(tmp).commit(
-                KBIndex(manifest=manifest, vectors=None, bm25=BM25Index(layout["bm25_tokenizer"]))
-            )
+            manifest = Manifest(name=name, created_at=now, updated_at=now, **layout.model_dump())
+            KBStore(tmp).commit(KBIndex.empty(manifest))
             tmp.rename(store.root)
-        return info_of(manifest)
+        return manifest.info()
 
     def list(self) -> list[KnowledgeBaseInfo]:
         out = []
@@ -107,13 +85,13 @@ class LocalBackend:
             if path.name.startswith(".") or not KBStore(path).exists():
                 continue
             try:
-                out.append(info_of(KBStore(path).read_manifest()))
+                out.append(KBStore(path).read_manifest().info())
             except (FileNotFoundError, NotFound):  # deleted while we listed
                 continue
         return out
 
     def info(self, name: str) -> KnowledgeBaseInfo:
-        return info_of(self._existing(name).read_manifest())
+        return self._existing(name).read_manifest().info()
 
     def delete(self, name: str) -> None:
         store = self._existing(name)
@@ -126,12 +104,15 @@ class LocalBackend:
         self._swept.discard(name)
 
     # -- documents -----------------------------------------------------------------------
-    def documents(self, name: str) -> list[dict]:
-        return self._existing(name).read_manifest()["documents"]
+    def documents(self, name: str) -> list[StoredDocument]:
+        return self._existing(name).read_manifest().documents
 
     def header(self, name: str) -> KBHeader:
         manifest = self._existing(name).read_manifest()
-        return _header(manifest)
+        return KBHeader(
+            embedding_model=manifest.embedding_model,
+            documents={d.id: d.filename for d in manifest.documents},
+        )
 
     def add(
         self,
@@ -145,57 +126,60 @@ class LocalBackend:
         with store.lock(self.settings.lock_timeout_s):
             index = self._load(store)
             check(index.embedding_model, index.has_documents)
-            live = {d["id"] for d in index.documents}
+            live = {d.id for d in index.documents}
             for doc in docs:
-                if doc.info["id"] in live:  # another writer added the same content meanwhile
+                if doc.info.id in live:  # another writer added the same content meanwhile
                     continue
                 store.save_original(doc.info, doc.data)
                 if doc.chunks:
                     index.add_chunks(doc.chunks, doc.vectors, self._embeddings())
-                index.manifest["documents"].append(doc.info)
-                live.add(doc.info["id"])
-                landed.append(doc.info["id"])
+                index.documents.append(doc.info)
+                live.add(doc.info.id)
+                landed.append(doc.info.id)
             if landed:
-                index.manifest["embedding_model"] = embedding_model
-                index.manifest["updated_at"] = time.time()
+                index.manifest.embedding_model = embedding_model
+                index.manifest.updated_at = time.time()
                 store.commit(index)
         return landed
 
-    def remove(self, name: str, doc_id: str) -> dict:
+    def remove(self, name: str, doc_id: str) -> StoredDocument:
         store = self._existing(name)
         with store.lock(self.settings.lock_timeout_s):
             index = self._load(store)
-            doc = next((d for d in index.documents if d["id"] == doc_id), None)
+            doc = next((d for d in index.documents if d.id == doc_id), None)
             if doc is None:
                 raise NotFound(
                     f"document {doc_id!r} is not in knowledge base {name!r}; list its documents to see the ids."
                 )
-            index.remove_chunks([f"{doc_id}:{i}" for i in range(doc["chunks"])])
-            index.manifest["documents"] = [d for d in index.documents if d["id"] != doc_id]
-            index.manifest["updated_at"] = time.time()
+            index.remove_chunks(doc.chunk_ids)
+            index.manifest.documents = [d for d in index.documents if d.id != doc_id]
+            index.manifest.updated_at = time.time()
             store.commit(index)
         return doc
 
-    def rebuild(self, name: str, layout: dict, embedding_model: str, build: Rebuild) -> None:
+    def rebuild(self, name: str, layout: Layout, embedding_model: str, build: Rebuild) -> None:
         store = self._existing(name)
         with store.lock(self.settings.lock_timeout_s):
             old = store.read_manifest()
-            originals = [(d, store.original_path(d).read_bytes()) for d in old["documents"]]
+            originals = [(d, store.original_path(d).read_bytes()) for d in old.documents]
             docs = build(originals)
-            manifest = {**old, **layout, "documents": [], "embedding_model": embedding_model}
-            index = KBIndex(
-                manifest=manifest, vectors=None, bm25=BM25Index(layout["bm25_tokenizer"])
+            manifest = old.model_copy(
+                update={
+                    **layout.model_dump(),
+                    "embedding_model": embedding_model,
+                    "documents": [doc.info for doc in docs],
+                    "updated_at": time.time(),
+                }
             )
+            index = KBIndex.empty(manifest)
             for doc in docs:
                 if doc.chunks:
                     index.add_chunks(doc.chunks, doc.vectors, self._embeddings())
-                manifest["documents"].append(doc.info)
-            manifest["updated_at"] = time.time()
             store.commit(index)
 
-    def originals(self, name: str) -> Iterator[tuple[dict, bytes]]:
+    def originals(self, name: str) -> Iterator[tuple[StoredDocument, bytes]]:
         store = self._existing(name)
-        for doc in store.read_manifest()["documents"]:
+        for doc in store.read_manifest().documents:
             yield doc, store.original_path(doc).read_bytes()
 
     # -- search --------------------------------------------------------------------------
@@ -216,8 +200,8 @@ class LocalBackend:
         index = self._load(self._existing(name))
         return {
             "documents": len(index.documents),
-            "chunks": sum(d["chunks"] for d in index.documents),
-            "vectors": index.vectors.index.ntotal if index.vectors is not None else 0,
+            "chunks": sum(d.chunks for d in index.documents),
+            "vectors": index.vector_count,
             "lexical_rows": len(index.bm25),
         }
 
@@ -226,10 +210,3 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
-
-
-def _header(manifest: dict) -> KBHeader:
-    return KBHeader(
-        embedding_model=manifest.get("embedding_model"),
-        documents={d["id"]: d["filename"] for d in manifest["documents"]},
-    )

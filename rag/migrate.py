@@ -14,10 +14,9 @@ from rag.backend import NewDocument
 from rag.config import KBSettings
 from rag.errors import Conflict, KBError
 from rag.local_backend import LocalBackend
+from rag.models import Layout, Manifest
 from rag.names import validate_kb_name
 from rag.postgres_backend import PostgresBackend
-
-LAYOUT_KEYS = ("bm25_tokenizer", "chunk_size", "chunk_overlap", "chunk_unit")
 
 
 @dataclass
@@ -26,21 +25,21 @@ class Migrated:
     counts: dict[str, int]
 
 
-def local_documents(local: LocalBackend, name: str) -> tuple[dict, list[NewDocument]]:
+def local_documents(local: LocalBackend, name: str) -> tuple[Manifest, list[NewDocument]]:
     """A local KB's manifest and its documents with their stored chunks and vectors."""
     index = local.search_index(name)
-    originals = dict((d["id"], data) for d, data in local.originals(name))
+    originals = {d.id: data for d, data in local.originals(name)}
     docs = []
     for doc in index.documents:
-        ids = [f"{doc['id']}:{i}" for i in range(doc["chunks"])]
+        ids = doc.chunk_ids
         found = index.chunks(ids)
         if len(found) != len(ids):
             raise KBError(
-                f"knowledge base {name!r}: document {doc['id']} lists {len(ids)} chunks but "
+                f"knowledge base {name!r}: document {doc.id} lists {len(ids)} chunks but "
                 f"{len(found)} are stored; run `xiaophi-kb reindex {name}` before migrating."
             )
         vectors = index.stored_vectors(ids).tolist() if ids else []
-        docs.append(NewDocument(doc, originals[doc["id"]], [found[i] for i in ids], vectors))
+        docs.append(NewDocument(doc, originals[doc.id], [found[i] for i in ids], vectors))
     return index.manifest, docs
 
 
@@ -58,7 +57,7 @@ def migrate_to_postgres(
         for name in wanted:
             manifest, docs = local_documents(local, name)
             try:
-                target.create(name, {k: manifest[k] for k in LAYOUT_KEYS})
+                target.create(name, Layout.model_validate(manifest, from_attributes=True))
             except Conflict:
                 before = f" (migrated before it: {', '.join(m.name for m in done)})" if done else ""
                 raise Conflict(
@@ -67,8 +66,8 @@ def migrate_to_postgres(
                 ) from None
             try:
                 if docs:
-                    target.add(name, docs, manifest.get("embedding_model"), lambda *_: None)
-                target.set_times(name, manifest["created_at"], manifest["updated_at"])
+                    target.add(name, docs, manifest.embedding_model, lambda *_: None)
+                target.set_times(name, manifest.created_at, manifest.updated_at)
                 want, got = local.counts(name), target.counts(name)
                 if want != got:
                     raise KBError(

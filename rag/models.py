@@ -1,10 +1,14 @@
-"""What the knowledge-base service returns: plain pydantic models, ready to serialise as JSON."""
+"""What the knowledge-base service returns and keeps: plain pydantic models, ready for JSON.
+
+The API's models (KnowledgeBaseInfo, DocumentInfo, …) and, built on them, what a KB records of
+itself (Layout, StoredDocument, and the local backend's Manifest).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Upload(BaseModel):
@@ -33,6 +37,54 @@ class DocumentInfo(BaseModel):
     encoding: str
     pages: int | None = None
     added_at: float
+
+
+def chunk_id(doc_id: str, index: int) -> str:
+    """The id of a document's `index`-th chunk."""
+    return f"{doc_id}:{index}"
+
+
+class StoredDocument(DocumentInfo):
+    """A document as its KB records it: what the API shows, plus its original's extension."""
+
+    extension: str
+
+    @property
+    def chunk_ids(self) -> list[str]:
+        return [chunk_id(self.id, i) for i in range(self.chunks)]
+
+    def public(self) -> DocumentInfo:
+        return DocumentInfo.model_validate(self.model_dump(exclude={"extension"}))
+
+
+class Layout(BaseModel):
+    """How a KB's documents were split and tokenised; recorded when it is created or rebuilt."""
+
+    bm25_tokenizer: str
+    chunk_size: int
+    chunk_overlap: int
+    chunk_unit: str
+
+
+class Manifest(Layout):
+    """A local KB version's `manifest.json`: the KB, its layout and its documents."""
+
+    name: str
+    created_at: float
+    updated_at: float
+    embedding_model: str | None = None
+    documents: list[StoredDocument] = Field(default_factory=list)
+    faiss_pkl_sha256: str | None = None  # of faiss/index.pkl, checked before it is unpickled
+
+    def info(self) -> KnowledgeBaseInfo:
+        return KnowledgeBaseInfo(
+            name=self.name,
+            documents=len(self.documents),
+            chunks=sum(d.chunks for d in self.documents),
+            embedding_model=self.embedding_model,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
 
 
 class FileResult(BaseModel):

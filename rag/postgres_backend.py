@@ -13,7 +13,8 @@ its KB requests answer StoreUnavailable (503) until the database is back.
 
 LangChain's own PGVector stores are not used: they commit vectors in their own sessions, which
 could not share the transaction that makes a document, its chunks and its BM25 rows one write.
-Retrieval still goes through LangChain (HybridRetriever over PgSearchIndex).
+Retrieval is the same hybrid search as the local backend's (rag/hybrid_retriever.py over
+PgSearchIndex).
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
+from langchain_core.documents import Document
 from psycopg import sql
 
 from rag.backend import KBHeader, NewDocument, Rebuild
 from rag.bm25 import BM25Index
 from rag.config import KBSettings
 from rag.errors import Conflict, KBError, NotFound, StoreUnavailable
-from rag.models import KnowledgeBaseInfo
+from rag.models import KnowledgeBaseInfo, Layout, StoredDocument
 from rag.postgres_schema import hnsw_index_name, hnsw_index_sql, migrate
 from rag.postgres_search import KBRow, PgSearchIndex, vector_text
-from rag.store import test_pause
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ class PostgresBackend:
         )
 
     # -- knowledge bases -----------------------------------------------------------------
-    def create(self, name: str, layout: dict) -> KnowledgeBaseInfo:
-        bm25 = BM25Index(layout["bm25_tokenizer"])  # the parameters the local backend saves
+    def create(self, name: str, layout: Layout) -> KnowledgeBaseInfo:
+        bm25 = BM25Index(layout.bm25_tokenizer)  # the parameters the local backend saves
         now = time.time()
         with self._connection() as conn:
             row = conn.execute(
@@ -154,7 +155,7 @@ class PostgresBackend:
                 "(name, created_at, updated_at, layout, bm25_k1, bm25_b, bm25_unigram_weight) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
                 f"RETURNING {_KB_COLUMNS}",
-                (name, now, now, json.dumps(layout), bm25.k1, bm25.b, bm25.unigram_weight),
+                (name, now, now, layout.model_dump_json(), bm25.k1, bm25.b, bm25.unigram_weight),
             ).fetchone()
             conn.commit()
         if row is None:
@@ -210,13 +211,13 @@ class PostgresBackend:
             logger.warning("vector index of KB %s left for later: %s", kb_id, exc)
 
     # -- documents -----------------------------------------------------------------------
-    def documents(self, name: str) -> list[dict]:
+    def documents(self, name: str) -> list[StoredDocument]:
         with self._connection() as conn:
             kb = self._kb(conn, name)
             rows = conn.execute(
                 "SELECT info FROM xiaophi_documents WHERE kb_id = %s ORDER BY seq", (kb.id,)
             ).fetchall()
-        return [r[0] for r in rows]
+        return [StoredDocument.model_validate(r[0]) for r in rows]
 
     def header(self, name: str) -> KBHeader:
         with self._connection() as conn:
@@ -253,7 +254,7 @@ class PostgresBackend:
             self._ensure_vector_index(name, dim)
         with self._write(name) as (conn, kb):
             check(kb.embedding_model, kb.n_chunks > 0 or self._has_documents(conn, kb.id))
-            ids = [d.info["id"] for d in docs]
+            ids = [d.info.id for d in docs]
             present = {
                 r[0]
                 for r in conn.execute(
@@ -263,17 +264,26 @@ class PostgresBackend:
             }
             new = []
             for d in docs:  # also drops repeats within `docs`
-                if d.info["id"] not in present:
-                    present.add(d.info["id"])
+                if d.info.id not in present:
+                    present.add(d.info.id)
                     new.append(d)
             if new:
-                self._insert(conn, kb, new)
-                conn.execute(
-                    "UPDATE xiaophi_kbs SET embedding_model = %s, updated_at = %s WHERE id = %s",
-                    (embedding_model, time.time(), kb.id),
-                )
-                test_pause("before_commit")
-        return [d.info["id"] for d in new]
+                self._add_new(conn, kb, new, embedding_model)
+        return [d.info.id for d in new]
+
+    def _add_new(
+        self,
+        conn: psycopg.Connection,
+        kb: KBRow,
+        docs: Sequence[NewDocument],
+        embedding_model: str,
+    ) -> None:
+        """Everything an upload writes, inside the caller's transaction (committed after)."""
+        self._insert(conn, kb, docs)
+        conn.execute(
+            "UPDATE xiaophi_kbs SET embedding_model = %s, updated_at = %s WHERE id = %s",
+            (embedding_model, time.time(), kb.id),
+        )
 
     @staticmethod
     def _has_documents(conn: psycopg.Connection, kb_id: int) -> bool:
@@ -286,17 +296,25 @@ class PostgresBackend:
 
     def _insert(self, conn: psycopg.Connection, kb: KBRow, docs: Sequence[NewDocument]) -> None:
         """Documents, chunks, postings and term counts of `docs`, inside the caller's transaction."""
-        tokenize = BM25Index(kb.layout["bm25_tokenizer"]).tokenize
         with conn.cursor().copy(
             "COPY xiaophi_documents (kb_id, doc_id, info, original) FROM STDIN"
         ) as copy:
             for d in docs:
-                copy.write_row(
-                    (kb.id, d.info["id"], json.dumps(d.info, ensure_ascii=False), d.data)
-                )
+                info = json.dumps(d.info.model_dump(mode="json"), ensure_ascii=False)
+                copy.write_row((kb.id, d.info.id, info, d.data))
         chunks = [(d, c, v) for d in docs for c, v in _zip_vectors(d)]
-        if not chunks:
-            return
+        if chunks:
+            rows, counts = self._insert_chunks(conn, kb, chunks)
+            self._insert_postings(conn, kb, rows, counts)
+
+    @staticmethod
+    def _insert_chunks(
+        conn: psycopg.Connection,
+        kb: KBRow,
+        chunks: list[tuple[NewDocument, Document, list[float] | None]],
+    ) -> tuple[list[int], list[Counter[str]]]:
+        """The chunk rows; returns their row ids and term counts, for the postings."""
+        tokenize = BM25Index(kb.layout["bm25_tokenizer"]).tokenize
         rows = [
             r[0]
             for r in conn.execute(
@@ -313,7 +331,7 @@ class PostgresBackend:
                     (
                         row_id,
                         kb.id,
-                        d.info["id"],
+                        d.info.id,
                         c.metadata["chunk_id"],
                         c.page_content,
                         json.dumps(c.metadata, ensure_ascii=False),
@@ -322,7 +340,13 @@ class PostgresBackend:
                         sum(tf.values()),
                     )
                 )
-        test_pause("mid_write")
+        return rows, counts
+
+    @staticmethod
+    def _insert_postings(
+        conn: psycopg.Connection, kb: KBRow, rows: list[int], counts: list[Counter[str]]
+    ) -> None:
+        """The BM25 postings and term counts of the chunk rows just inserted; the KB's totals."""
         df: Counter[str] = Counter()
         postings = []
         for row_id, tf in zip(rows, counts, strict=True):
@@ -352,10 +376,10 @@ class PostgresBackend:
         conn.execute(
             "UPDATE xiaophi_kbs SET n_chunks = n_chunks + %s, total_len = total_len + %s "
             "WHERE id = %s",
-            (len(chunks), sum(sum(tf.values()) for tf in counts), kb.id),
+            (len(rows), sum(sum(tf.values()) for tf in counts), kb.id),
         )
 
-    def remove(self, name: str, doc_id: str) -> dict:
+    def remove(self, name: str, doc_id: str) -> StoredDocument:
         with self._write(name) as (conn, kb):
             row = conn.execute(
                 "SELECT info FROM xiaophi_documents WHERE kb_id = %s AND doc_id = %s",
@@ -372,7 +396,7 @@ class PostgresBackend:
             conn.execute(
                 "UPDATE xiaophi_kbs SET updated_at = %s WHERE id = %s", (time.time(), kb.id)
             )
-        return row[0]
+        return StoredDocument.model_validate(row[0])
 
     @staticmethod
     def _remove_chunks(conn: psycopg.Connection, kb_id: int, where: str, params: tuple) -> None:
@@ -403,7 +427,7 @@ class PostgresBackend:
         )
         conn.execute(f"DELETE FROM xiaophi_chunks WHERE kb_id = %s AND {where}", (kb_id, *params))
 
-    def rebuild(self, name: str, layout: dict, embedding_model: str, build: Rebuild) -> None:
+    def rebuild(self, name: str, layout: Layout, embedding_model: str, build: Rebuild) -> None:
         with self._write(name) as (conn, kb):
             rows = conn.execute(
                 "SELECT info, original FROM xiaophi_documents WHERE kb_id = %s ORDER BY seq",
@@ -411,7 +435,8 @@ class PostgresBackend:
             ).fetchall()
         # the slow part (splitting, embedding) outside the lock; the KB is rebuilt below only
         # if no writer changed its documents meanwhile
-        docs = build([(info, bytes(data)) for info, data in rows])
+        originals = [(StoredDocument.model_validate(info), bytes(data)) for info, data in rows]
+        docs = build(originals)
         dim = next((len(d.vectors[0]) for d in docs if d.vectors), None)
         old_dim = kb.dim
         if dim is not None and dim != kb.dim:
@@ -424,20 +449,20 @@ class PostgresBackend:
                     "SELECT doc_id FROM xiaophi_documents WHERE kb_id = %s ORDER BY seq", (kb.id,)
                 )
             ]
-            if current != [info["id"] for info, _ in rows]:
+            if current != [doc.id for doc, _ in originals]:
                 raise Conflict(
                     f"knowledge base {name!r} changed while it was reindexed; run the reindex again."
                 )
             conn.execute("DELETE FROM xiaophi_postings WHERE kb_id = %s", (kb.id,))
             conn.execute("DELETE FROM xiaophi_terms WHERE kb_id = %s", (kb.id,))
             conn.execute("DELETE FROM xiaophi_documents WHERE kb_id = %s", (kb.id,))  # + chunks
-            bm25 = BM25Index(layout["bm25_tokenizer"])
+            bm25 = BM25Index(layout.bm25_tokenizer)
             conn.execute(
                 "UPDATE xiaophi_kbs SET n_chunks = 0, total_len = 0, layout = %s, dim = %s, "
                 "embedding_model = %s, updated_at = %s, bm25_k1 = %s, bm25_b = %s, "
                 "bm25_unigram_weight = %s WHERE id = %s",
                 (
-                    json.dumps(layout),
+                    layout.model_dump_json(),
                     dim,
                     embedding_model,
                     time.time(),

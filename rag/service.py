@@ -20,21 +20,23 @@ from rag.backend import KBBackend, NewDocument, SearchIndex, backend_for
 from rag.config import KBSettings
 from rag.embeddings import Embedder, embedder_for
 from rag.errors import Conflict, InvalidInput, KBError, TooLarge
-from rag.hybrid_retriever import HybridRetriever, Mode
+from rag.hybrid_retriever import HybridRetriever, Mode, SearchOptions, hybrid_search
 from rag.loaders import load_bytes
 from rag.models import (
     AddResult,
     DocumentInfo,
     FileResult,
     KnowledgeBaseInfo,
+    Layout,
     ReindexResult,
     SearchHit,
+    StoredDocument,
     Upload,
+    chunk_id,
 )
 from rag.names import validate_filename, validate_kb_name
 from rag.rerank import CrossEncoderReranker, Reranker
 from rag.splitter import split_pages
-from rag.store import test_pause
 
 MAX_QUERY_CHARS = 2000
 
@@ -43,19 +45,13 @@ MAX_QUERY_CHARS = 2000
 class _Prepared:
     """A parsed, split and embedded upload waiting to be committed."""
 
-    info: DocumentInfo
-    extension: str
+    info: StoredDocument
     data: bytes
     chunks: list[Document]
     vectors: list[list[float]]
 
     def new_document(self) -> NewDocument:
-        return NewDocument(
-            info={**self.info.model_dump(), "extension": self.extension},
-            data=self.data,
-            chunks=self.chunks,
-            vectors=self.vectors,
-        )
+        return NewDocument(info=self.info, data=self.data, chunks=self.chunks, vectors=self.vectors)
 
 
 class KnowledgeBaseService:
@@ -98,15 +94,9 @@ class KnowledgeBaseService:
     def close(self) -> None:
         self.backend.close()
 
-    def _layout(self) -> dict:
+    def _layout(self) -> Layout:
         """How this service splits and tokenises: recorded with each KB it creates or rebuilds."""
-        s = self.settings
-        return {
-            "bm25_tokenizer": s.bm25_tokenizer,
-            "chunk_size": s.chunk_size,
-            "chunk_overlap": s.chunk_overlap,
-            "chunk_unit": s.chunk_unit,
-        }
+        return Layout.model_validate(self.settings, from_attributes=True)
 
     def _index(self, name: str) -> SearchIndex:
         return self.backend.search_index(validate_kb_name(name))
@@ -138,7 +128,7 @@ class KnowledgeBaseService:
 
     # -- documents -----------------------------------------------------------------------
     def list_documents(self, name: str) -> list[DocumentInfo]:
-        return [DocumentInfo(**d) for d in self.backend.documents(validate_kb_name(name))]
+        return [d.public() for d in self.backend.documents(validate_kb_name(name))]
 
     def _prepare(self, upload: Upload, doc_id_taken: dict[str, str]) -> _Prepared | FileResult:
         filename = upload.filename
@@ -164,9 +154,9 @@ class KnowledgeBaseService:
             return FileResult(
                 filename=filename, status="rejected", error=exc.kind, reason=exc.message
             )
-        extension = PurePath(filename).suffix.lower()
+        # outside the try: an embedder that cannot count tokens is the server's fault, not the file's
         chunks = self._split(loaded.pages, doc_id, filename)
-        info = DocumentInfo(
+        info = StoredDocument(
             id=doc_id,
             filename=filename,
             sha256=sha,
@@ -176,9 +166,10 @@ class KnowledgeBaseService:
             encoding=loaded.encoding,
             pages=len(loaded.pages) if loaded.format == "pdf" else None,
             added_at=time.time(),
+            extension=PurePath(filename).suffix.lower(),
         )
         doc_id_taken[doc_id] = filename
-        return _Prepared(info, extension, upload.data, chunks, [])
+        return _Prepared(info, upload.data, chunks, [])
 
     def _chunk_length(self) -> Callable[[str], int]:
         """What chunk sizes count (`chunk_unit`): characters, or the embedder's tokens."""
@@ -210,7 +201,6 @@ class KnowledgeBaseService:
         for p in new:
             p.vectors = vectors[offset : offset + len(p.chunks)]
             offset += len(p.chunks)
-        test_pause("after_embed")
         landed: set[str] = set()
         if new:
 
@@ -225,7 +215,9 @@ class KnowledgeBaseService:
                 results.append(item)
             elif item.info.id in landed:
                 results.append(
-                    FileResult(filename=item.info.filename, status="added", document=item.info)
+                    FileResult(
+                        filename=item.info.filename, status="added", document=item.info.public()
+                    )
                 )
             else:  # another writer added the same content meanwhile
                 results.append(
@@ -239,8 +231,7 @@ class KnowledgeBaseService:
         return AddResult(knowledge_base=name, results=results)
 
     def delete_document(self, name: str, doc_id: str) -> DocumentInfo:
-        doc = self.backend.remove(validate_kb_name(name), doc_id)
-        return DocumentInfo(**doc)
+        return self.backend.remove(validate_kb_name(name), doc_id).public()
 
     def _split(self, pages: list, doc_id: str, filename: str) -> list[Document]:
         """Chunks of a document's pages, with this service's settings; ids `<doc_id>:<index>`."""
@@ -252,7 +243,7 @@ class KnowledgeBaseService:
             self._chunk_length(),
         )
         for chunk in chunks:
-            chunk.metadata["chunk_id"] = f"{doc_id}:{chunk.metadata['chunk_index']}"
+            chunk.metadata["chunk_id"] = chunk_id(doc_id, chunk.metadata["chunk_index"])
         return chunks
 
     def reindex(self, name: str) -> ReindexResult:
@@ -260,14 +251,14 @@ class KnowledgeBaseService:
         name = validate_kb_name(name)
         start = time.time()
 
-        def build(originals: list[tuple[dict, bytes]]) -> list[NewDocument]:
+        def build(originals: list[tuple[StoredDocument, bytes]]) -> list[NewDocument]:
             out = []
             for doc, data in originals:
-                loaded = load_bytes(data, doc["filename"], self.settings.max_unzipped_bytes)
-                chunks = self._split(loaded.pages, doc["id"], doc["filename"])
+                loaded = load_bytes(data, doc.filename, self.settings.max_unzipped_bytes)
+                chunks = self._split(loaded.pages, doc.id, doc.filename)
                 out.append(
                     NewDocument(
-                        info={**doc, "chunks": len(chunks)},
+                        info=doc.model_copy(update={"chunks": len(chunks)}),
                         data=data,
                         chunks=chunks,
                         vectors=self._embed(chunks),
@@ -286,16 +277,9 @@ class KnowledgeBaseService:
         )
 
     # -- search --------------------------------------------------------------------------
-    def retriever(
-        self, name: str, top_k: int | None = None, mode: Mode = "hybrid"
-    ) -> HybridRetriever:
-        """A LangChain retriever over the KB as it is now (RAG chat plugs this in)."""
-        index = self._index(name)
-        self._check_embedder(index.embedding_model, index.has_documents, name)
+    def _search_options(self, top_k: int | None, mode: Mode) -> SearchOptions:
         s = self.settings
-        return HybridRetriever(
-            index=index,
-            embeddings=self.embedder.embeddings,
+        return SearchOptions(
             k=top_k or s.top_k,
             fetch_k=s.fetch_k,
             fusion=s.fusion,
@@ -306,6 +290,22 @@ class KnowledgeBaseService:
             reranker=self.reranker if mode == "hybrid" else None,
             rerank_top_n=s.rerank_top_n,
             rerank_weight=s.rerank_weight,
+        )
+
+    def _search_index(self, name: str) -> SearchIndex:
+        """The KB's index, once it is known to be searchable with this service's embedder."""
+        index = self._index(name)
+        self._check_embedder(index.embedding_model, index.has_documents, name)
+        return index
+
+    def retriever(
+        self, name: str, top_k: int | None = None, mode: Mode = "hybrid"
+    ) -> HybridRetriever:
+        """A LangChain retriever over the KB as it is now (for LangChain chains)."""
+        return HybridRetriever(
+            index=self._search_index(name),
+            embeddings=self.embedder.embeddings,
+            **dict(self._search_options(top_k, mode)),
         )
 
     def search(
@@ -321,20 +321,22 @@ class KnowledgeBaseService:
             raise InvalidInput(f"top_k={top_k} is out of range; use 1 to 100.")
         if mode not in ("hybrid", "bm25", "dense"):
             raise InvalidInput(f"search mode {mode!r} is unknown; use hybrid, bm25 or dense.")
-        docs = self.retriever(name, top_k, mode).invoke(query)
+        index = self._search_index(name)
+        options = self._search_options(top_k, mode)
+        ranked = hybrid_search(index, self.embedder.embeddings, query, options)
         return [
             SearchHit(
-                chunk_id=d.id,
-                document_id=d.metadata["doc_id"],
-                filename=d.metadata["filename"],
-                chunk_index=d.metadata["chunk_index"],
-                page=d.metadata.get("page"),
-                start=d.metadata["start"],
-                end=d.metadata["end"],
-                text=d.page_content,
-                score=d.metadata["score"],
-                bm25_rank=d.metadata["bm25_rank"],
-                dense_rank=d.metadata["dense_rank"],
+                chunk_id=r.chunk_id,
+                document_id=r.chunk.metadata["doc_id"],
+                filename=r.chunk.metadata["filename"],
+                chunk_index=r.chunk.metadata["chunk_index"],
+                page=r.chunk.metadata.get("page"),
+                start=r.chunk.metadata["start"],
+                end=r.chunk.metadata["end"],
+                text=r.chunk.page_content,
+                score=r.score,
+                bm25_rank=r.bm25_rank,
+                dense_rank=r.dense_rank,
             )
-            for d in docs
+            for r in ranked
         ]

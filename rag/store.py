@@ -34,22 +34,13 @@ from langchain_core.embeddings import Embeddings
 from rag.bm25 import BM25Index
 from rag.errors import Conflict, KBError, NotFound
 from rag.kb_index import KBIndex
+from rag.models import Manifest, StoredDocument
 
 CURRENT = "CURRENT"
 LOCK = "kb.lock"
 MANIFEST = "manifest.json"
 FILES = "files"
 _VERSION = re.compile(r"v(\d{6,})")
-
-
-def test_pause(point: str) -> None:
-    """Test hook: with XIAOPHI_KB_TEST_PAUSE=point:seconds, announce and sleep at `point`
-    so a test can kill the process there."""
-    spec = os.environ.get("XIAOPHI_KB_TEST_PAUSE", "")
-    name, _, seconds = spec.partition(":")
-    if name == point:
-        print(f"XIAOPHI_KB_PAUSED {point}", flush=True)
-        time.sleep(float(seconds or 30))
 
 
 def _sha256_file(path: Path) -> str:
@@ -98,6 +89,10 @@ def file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _read_manifest(folder: Path) -> Manifest:
+    return Manifest.model_validate_json((folder / MANIFEST).read_text(encoding="utf-8"))
+
+
 class KBStore:
     """The folder of one knowledge base: versions, the CURRENT pointer, originals, the lock."""
 
@@ -117,11 +112,11 @@ class KBStore:
                 f"knowledge base {self.name!r} does not exist; create it first."
             ) from None
 
-    def read_manifest(self, version: str | None = None) -> dict:
+    def read_manifest(self, version: str | None = None) -> Manifest:
         for attempt in range(5):
             v = version or self.current_version()
             try:
-                return json.loads((self.root / v / MANIFEST).read_text(encoding="utf-8"))
+                return _read_manifest(self.root / v)
             except FileNotFoundError:
                 if version or attempt == 4:
                     raise
@@ -142,11 +137,11 @@ class KBStore:
 
     def _load_version(self, version: str, embeddings: Embeddings) -> KBIndex:
         folder = self.root / version
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = _read_manifest(folder)
         vectors = None
-        if manifest.get("faiss_pkl_sha256"):
+        if manifest.faiss_pkl_sha256:
             pkl = folder / "faiss" / "index.pkl"
-            if _sha256_file(pkl) != manifest["faiss_pkl_sha256"]:
+            if _sha256_file(pkl) != manifest.faiss_pkl_sha256:
                 raise KBError(
                     f"knowledge base {self.name!r}: {pkl} does not match its manifest; refusing to load it."
                 )
@@ -159,8 +154,8 @@ class KBStore:
         bm25 = BM25Index.load(folder)
         return KBIndex(manifest=manifest, vectors=vectors, bm25=bm25, version=version)
 
-    def original_path(self, doc: dict) -> Path:
-        return self.root / FILES / f"{doc['id']}{doc['extension']}"
+    def original_path(self, doc: StoredDocument) -> Path:
+        return self.root / FILES / f"{doc.id}{doc.extension}"
 
     # -- writing (hold `lock()` around these) --------------------------------------------
     @contextlib.contextmanager
@@ -193,7 +188,7 @@ class KBStore:
         except OSError:  # deleted meanwhile, or a read-only folder: leave it to the next writer
             return False
 
-    def save_original(self, doc: dict, data: bytes) -> None:
+    def save_original(self, doc: StoredDocument, data: bytes) -> None:
         path = self.original_path(doc)
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
@@ -203,15 +198,14 @@ class KBStore:
         """Write `index` as the next version and make it current; returns the version name."""
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
-        manifest = dict(index.manifest)
-        manifest["faiss_pkl_sha256"] = None
+        manifest = index.manifest.model_copy(update={"faiss_pkl_sha256": None})
         if index.vectors is not None:
             index.vectors.save_local(str(tmp / "faiss"))
-            manifest["faiss_pkl_sha256"] = _sha256_file(tmp / "faiss" / "index.pkl")
-        test_pause("mid_write")
+            manifest.faiss_pkl_sha256 = _sha256_file(tmp / "faiss" / "index.pkl")
         index.bm25.save(tmp)
         (tmp / MANIFEST).write_text(
-            json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
+            json.dumps(manifest.model_dump(mode="json"), ensure_ascii=False, indent=1),
+            encoding="utf-8",
         )
         for path in tmp.rglob("*"):
             if path.is_file():
@@ -220,17 +214,15 @@ class KBStore:
         version = self._next_version()
         previous = self.current_version() if self.exists() else None
         os.rename(tmp, self.root / version)
-        test_pause("before_commit")
-        pointer = self.root / f".tmp-{uuid.uuid4().hex}-{CURRENT}"
-        with pointer.open("w", encoding="utf-8") as fh:
-            fh.write(version)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(pointer, self.root / CURRENT)
-        _fsync_dir(self.root)
+        self._make_current(version)
         index.manifest, index.version = manifest, version
         self._clean(version, previous)
         return version
+
+    def _make_current(self, version: str) -> None:
+        """The commit itself: CURRENT names `version` (an atomic rename, then made durable)."""
+        write_file_atomic(self.root / CURRENT, version.encode("utf-8"))
+        _fsync_dir(self.root)
 
     def _versions(self) -> list[str]:
         """Version folder names, oldest first."""
@@ -256,7 +248,7 @@ class KBStore:
         live = set()
         for v in keep:
             with contextlib.suppress(FileNotFoundError):
-                live |= {f"{d['id']}{d['extension']}" for d in self.read_manifest(v)["documents"]}
+                live |= {f"{d.id}{d.extension}" for d in self.read_manifest(v).documents}
         files = self.root / FILES
         if files.is_dir():
             for path in files.iterdir():  # also write_file_atomic's `.tmp-*` of a killed writer

@@ -19,6 +19,7 @@ PACKAGES = ["training", "serving", "rag", "ui"]
 USED_WITHOUT_IMPORT = {
     "tensorboard": "transformers' Trainer writes its logs through it (report_to)",
     "python-multipart": "FastAPI/Starlette parse the multipart uploads with it",
+    "faiss-cpu": "LangChain's FAISS vector store imports it (rag/kb_index.py builds one)",
 }
 
 

@@ -1,11 +1,11 @@
-"""The page's only way to the model: HTTP calls to a xiaophi server (OpenAI routes + KB routes).
+"""The page's only way to the model: a xiaophi server's OpenAI routes (chat streams through the
+`openai` client) and its KB routes (plain HTTP).
 
 Every failure becomes a `UIError` whose message a Chinese-speaking user can read in the page.
 """
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import openai
+from openai.types.chat import ChatCompletionChunk
 
 # Generation can take a while on CPU; connecting should not.
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
@@ -137,7 +139,8 @@ def _error_from_body(status: int, body: Any) -> UIError:
     return UIError(text, status=status, code=code, results=results)
 
 
-def _error_from_response(response: httpx.Response) -> UIError:
+def _error_from_response(response: Any) -> UIError:
+    """`response`: an httpx response, or the openai client's (same interface, from httpx2)."""
     try:
         body: Any = response.json()
     except ValueError:
@@ -153,16 +156,25 @@ class XiaophiClient:
         api_url: str,
         api_key: str | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            base_url=self.api_url, headers=headers, timeout=timeout, transport=transport
+        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+        self._openai = openai.OpenAI(
+            base_url=f"{self.api_url}/v1",
+            # the client insists on a key; without one no Authorization header goes (see below)
+            api_key=api_key or "unused",
+            timeout=openai.Timeout(**timeout.as_dict())
+            if isinstance(timeout, httpx.Timeout)
+            else timeout,
+            max_retries=0,  # the user retries; a busy server's 429 is shown, not waited out
         )
+        # as the KB routes: a server that wants a key says 401 "missing", not "wrong"
+        self._no_key_headers = {} if api_key else {"Authorization": openai.Omit()}
 
     def close(self) -> None:
         self._http.close()
+        self._openai.close()
 
     def __enter__(self) -> XiaophiClient:
         return self
@@ -172,12 +184,14 @@ class XiaophiClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _connection_error(self, exc: httpx.HTTPError) -> UIError:
-        if isinstance(exc, httpx.TimeoutException):
+    def _connection_error(self, exc: Exception) -> UIError:
+        """`exc`: an httpx error, or the openai client's APIConnectionError wrapping one."""
+        if isinstance(exc, (httpx.TimeoutException, openai.APITimeoutError)):
             return UIError(f"API 服务器 {self.api_url} 响应超时，请稍后再试。")
+        cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError) else exc
         return UIError(
             f"无法连接到 API 服务器 {self.api_url}：请确认 xiaophi-serve 已启动、地址正确。"
-            f"（{type(exc).__name__}）"
+            f"（{type(cause or exc).__name__}）"
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -261,52 +275,46 @@ class XiaophiClient:
             if not models:
                 raise UIError("API 服务器没有可用的模型。")
             model = models[0]
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "stream": True,
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "max_tokens": settings.max_tokens,
-            **settings.extra,
-        }
+        extra_body = dict(settings.extra)
         if settings.knowledge_base:
-            body["knowledge_base"] = settings.knowledge_base
+            extra_body["knowledge_base"] = settings.knowledge_base
         try:
-            with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _error_from_response(response)
-                yield from _parse_chat_stream(response.iter_lines())
-        except httpx.HTTPError as exc:
-            raise self._connection_error(exc) from exc
-
-
-def _parse_chat_stream(lines: Iterator[str]) -> Iterator[str | list[Source]]:
-    finished = False
-    for line in lines:
-        if not line.startswith("data:"):
-            continue  # blank separators, comments, keep-alives
-        data = line[len("data:") :].strip()
-        if data == "[DONE]":
-            finished = True
-            break
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            continue
-        if "error" in chunk:
-            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-            raise UIError(
-                f"生成过程中出错。服务器说：{error.get('message') or chunk['error']}",
-                code=error.get("code"),
+            stream = self._openai.chat.completions.create(
+                model=model,
+                messages=messages,
+                stream=True,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_tokens,
+                extra_body=extra_body,
+                extra_headers=self._no_key_headers,
             )
-        if chunk.get("sources"):
-            yield [Source.from_api(s) for s in chunk["sources"]]
-        for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                yield text
+            with stream:
+                yield from _chat_events(stream)
+        except openai.APIStatusError as exc:  # refused before the stream began
+            raise _error_from_response(exc.response) from exc
+        except openai.APIConnectionError as exc:  # timeouts included
+            raise self._connection_error(exc) from exc
+        except openai.APIError as exc:  # an error event in the stream
+            body = exc.body if isinstance(exc.body, dict) else {}
+            raise UIError(
+                f"生成过程中出错。服务器说：{body.get('message') or exc.message}",
+                code=body.get("code"),
+            ) from exc
+
+
+def _chat_events(chunks: Iterator[ChatCompletionChunk]) -> Iterator[str | list[Source]]:
+    """Text deltas and the sources (a RAG answer's extra `sources` field) of a chat stream."""
+    finished = False
+    for chunk in chunks:
+        sources = (chunk.model_extra or {}).get("sources")
+        if sources:
+            yield [Source.from_api(s) for s in sources]
+        for choice in chunk.choices:
+            if choice.delta and choice.delta.content:
+                yield choice.delta.content
+            finished = finished or choice.finish_reason is not None
+    # the client ends quietly when the connection closes early; an answer always says why it ended
     if not finished:
         raise UIError("回答中途断开了（连接被关闭），请重试。")
 

@@ -256,7 +256,7 @@ def test_scripts_parse():
 
 
 def fake_bin(tmp_path: Path) -> Path:
-    """`python` and `xiaophi-train` stand-ins that log their arguments and write a checkpoint."""
+    """`xiaophi-demo` and `xiaophi-train` stand-ins that log their arguments and write a checkpoint."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     body = """#!/bin/sh
@@ -268,7 +268,7 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$run/dpo" && echo '{}' > "$run/dpo/config.json"
 """
-    for name in ("python", "xiaophi-train"):
+    for name in ("xiaophi-demo", "xiaophi-train"):
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
     return bin_dir
@@ -304,7 +304,7 @@ def test_trainer_runs_the_demo_steps_without_a_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr
     call = (tmp_path / "calls.log").read_text().strip()
     assert call == (
-        f"python /app/scripts/demo.py --no-serve --run {model.parent} --data /app/data/demo "
+        f"xiaophi-demo --no-serve --run {model.parent} --data /app/data/demo "
         f"--kb-dir {tmp_path / 'kb'}"
     )
     assert "done in" in result.stdout

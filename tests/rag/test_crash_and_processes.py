@@ -32,12 +32,11 @@ def start_add(
     }
     if database_url:
         env |= {"XIAOPHI_KB_BACKEND": "postgres", "XIAOPHI_KB_DATABASE_URL": database_url}
-    if pause:
-        env["XIAOPHI_KB_TEST_PAUSE"] = pause
+    # paused: the real CLI with a pause patched in at that point (tests/rag/paused_writer.py)
+    launcher = ["-m", "tests.rag.paused_writer", pause, "rag"] if pause else ["-m", "rag"]
     cmd = [
         sys.executable,
-        "-m",
-        "rag",
+        *launcher,
         "--kb-dir",
         str(kb_dir),
         "--embedding-model",

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from rag.config import KBSettings
 from rag.service import KnowledgeBaseService
 from tests.rag.conftest import IDIOMS, save_static_embedder
-
-DEMO_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
-
-
-def load_demo_script():
-    spec = importlib.util.spec_from_file_location("demo_script", DEMO_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from ui import demo
 
 
 def test_a_retrained_embedder_reindexes_the_demo_kb(tmp_path, monkeypatch):
-    demo = load_demo_script()
     docs = tmp_path / "docs"
     docs.mkdir()
     for word, text in IDIOMS.items():

@@ -124,9 +124,19 @@ def _kb_index(texts: dict[str, str]):
 
     from rag.embeddings import HashingEmbeddings
     from rag.kb_index import KBIndex
+    from rag.models import Manifest
 
     embeddings = HashingEmbeddings(64)
-    index = KBIndex(manifest={"documents": []}, vectors=None, bm25=BM25Index("chargram"))
+    manifest = Manifest(
+        name="t",
+        created_at=0.0,
+        updated_at=0.0,
+        bm25_tokenizer="chargram",
+        chunk_size=100,
+        chunk_overlap=0,
+        chunk_unit="chars",
+    )
+    index = KBIndex.empty(manifest)
     chunks = [Document(page_content=t, metadata={"chunk_id": i}) for i, t in texts.items()]
     index.add_chunks(chunks, embeddings.embed_documents(list(texts.values())), embeddings)
     return index, embeddings

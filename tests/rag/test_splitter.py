@@ -84,7 +84,7 @@ def test_chunk_sizes_can_count_the_embedders_tokens(tmp_path):
     assert len(chunks) > 2
     assert all(counter(c.page_content) <= 20 for c in chunks)
     assert max(len(c.page_content) for c in chunks) > 40  # sized in tokens, not characters
-    assert by_tokens._index("t").manifest["chunk_unit"] == "tokens"
+    assert by_tokens._index("t").manifest.chunk_unit == "tokens"
 
 
 def test_token_chunks_need_an_embedder_with_a_tokenizer(tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
+from tests.serving.conftest import serve
 from ui.client import ChatSettings, Source, UIError, XiaophiClient
 
 QUICK = ChatSettings(temperature=0.0, max_tokens=8)
@@ -133,3 +137,70 @@ def test_wrong_or_missing_key_is_readable(keyed_server):
         assert client.list_knowledge_bases() == []
         text, _ = collect(client.stream_chat([{"role": "user", "content": "你好"}], QUICK))
         assert text
+
+
+def fake_chat_server(stream_lines: list[str], seen: list[dict]):
+    """An OpenAI-compatible app whose chat stream is `stream_lines` (SSE data lines, as sent);
+    the headers of each chat request go to `seen`."""
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: Request):
+        seen.append(dict(request.headers))
+        return StreamingResponse(
+            iter(f"data: {line}\n\n" for line in stream_lines), media_type="text/event-stream"
+        )
+
+    return app
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra) -> str:
+    choices = (
+        []
+        if content is None and finish is None
+        else [
+            {"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish}
+        ]
+    )
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+    return json.dumps({**body, "choices": choices, **extra}, ensure_ascii=False)
+
+
+def test_stream_chat_through_the_openai_client_reads_text_sources_and_failures():
+    hello = [{"role": "user", "content": "你好"}]
+    source = {"filename": "a.txt", "text": "守株待兔", "score": 0.5, "chunk_index": 1}
+    cases = {
+        "whole": [
+            chunk("你"),
+            chunk("好"),
+            chunk(finish="stop"),
+            chunk(sources=[source]),
+            "[DONE]",
+        ],
+        "error": [chunk("你"), json.dumps({"error": {"message": "显存不足", "code": "oom"}})],
+        "cut": [chunk("你")],  # the connection closes before the answer says it ended
+    }
+    seen: list[dict] = []
+    for case, lines in cases.items():
+        with serve(fake_chat_server(lines, seen)) as url, XiaophiClient(url) as client:
+            events = client.stream_chat(hello, QUICK)
+            if case == "whole":
+                text, sources = collect(events)
+                assert text == "你好"
+                assert [
+                    [(s.filename, s.snippet, s.score, s.chunk_index) for s in found]
+                    for found in sources
+                ] == [[("a.txt", "守株待兔", 0.5, 1)]]
+            elif case == "error":
+                with pytest.raises(UIError, match="生成过程中出错。服务器说：显存不足") as info:
+                    collect(events)
+                assert info.value.code == "oom"
+            else:
+                with pytest.raises(UIError, match="回答中途断开了"):
+                    collect(events)
+    # without a key the client sends no Authorization header (as the KB routes do)
+    assert seen and all("authorization" not in headers for headers in seen)

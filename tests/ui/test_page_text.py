@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ui.app import (
+from ui.client import Source, UploadResult
+from ui.page_text import (
     ERROR_TITLE,
     api_messages,
     format_documents,
@@ -10,7 +11,6 @@ from ui.app import (
     format_upload_results,
     message_text,
 )
-from ui.client import Source, UploadResult
 
 
 def test_history_sent_to_the_api_skips_sources_and_error_notes():

@@ -1,4 +1,4 @@
-"""`make demo`: from a fresh clone to a served page.
+"""`xiaophi-demo` (what `make demo` runs): from a fresh clone to a served page.
 
 Builds the demo corpora (once), runs the tiny pipeline (finished stages are skipped), fills the
 `demo` knowledge base from packaged documents (duplicates are recognised), then starts
@@ -99,15 +99,15 @@ def raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="xiaophi-demo", description=__doc__)
     parser.add_argument("--run", default="runs/tiny")
     parser.add_argument("--data", default="data/demo")
     parser.add_argument("--kb-dir", default="kb")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-serve", action="store_true", help="Prepare everything, then exit.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = time.time()
     run_dir, data = Path(args.run), Path(args.data)
 
