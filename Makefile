@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check
+.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -63,8 +63,25 @@ endif
 # not go through `install`: it uses the venv's Python when there is one, else python3.
 # Extra flags: make gpu-check GPU_CHECK_ARGS="--smoke" (or "--out DIR/gpu_check.json").
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+# The recipe's pydantic models are the one package the check needs beyond torch/transformers/
+# accelerate. A machine without pydantic gets it from .whl/ (`make gpu-wheels` here, with network;
+# carry .whl along), installed into a scratch folder, never into that machine's environment.
 gpu-check:
-	$(GPU_PY) -m training.benchmarks.gpu_check $(GPU_CHECK_ARGS)
+	@if $(GPU_PY) -c "import pydantic" 2>/dev/null || ! ls .whl/pydantic-*.whl >/dev/null 2>&1; then \
+		$(GPU_PY) -m training.benchmarks.gpu_check $(GPU_CHECK_ARGS); \
+	else \
+		site=$$(mktemp -d) && \
+		$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --target $$site .whl/*.whl && \
+		PYTHONPATH=$$site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m training.benchmarks.gpu_check $(GPU_CHECK_ARGS); \
+	fi
+
+# pydantic and what it needs, as wheels for the GPU machine's Python (3.12, manylinux x86_64), at
+# the versions this venv runs.
+GPU_WHEELS = pydantic pydantic-core annotated-types typing-inspection typing-extensions
+gpu-wheels: install
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -c "import importlib.metadata as m; print(*(f'{n}=={m.version(n)}' for n in '$(GPU_WHEELS)'.split()))")
 
 # The compose stack for real (root; installs docker.io/docker-compose/debootstrap when missing,
 # starts and stops its own dockerd, builds a local base image): see docker/smoke.sh.

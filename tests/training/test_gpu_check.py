@@ -38,7 +38,7 @@ BLOCKED = [
 ]
 
 
-def blocking_env(tmp_path: Path) -> dict:
+def blocking_env(tmp_path: Path, blocked: list[str] = BLOCKED) -> dict:
     """Environment whose interpreters (children included) see `BLOCKED` as absent: a
     sitecustomize on PYTHONPATH sets `sys.modules[name] = None` before any user code runs."""
     site = tmp_path / "site"
@@ -49,7 +49,7 @@ def blocking_env(tmp_path: Path) -> dict:
             import pkgutil
             import sys
 
-            blocked = {BLOCKED!r}
+            blocked = {blocked!r}
             names = set(blocked) | {{
                 m.name for m in pkgutil.iter_modules() if m.name.startswith(tuple(blocked))
             }}
@@ -61,6 +61,20 @@ def blocking_env(tmp_path: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
     return env
+
+
+def test_a_machine_without_pydantic_is_told_how_to_bring_it(tmp_path):
+    env = blocking_env(tmp_path, [*BLOCKED, "pydantic"])
+    run = subprocess.run(
+        [sys.executable, "-m", "training.benchmarks.gpu_check", "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "pydantic is missing" in run.stderr and "make gpu-wheels" in run.stderr
 
 
 @pytest.mark.slow

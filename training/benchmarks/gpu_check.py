@@ -19,8 +19,9 @@ its traceback printed above the table. Logs of every child land beside `--out`. 
 - throughput: output tokens/s of `slots` at 1, 64 and 256 concurrent requests beside HF
   `generate` (one stream, static batch 64), with the goals for an H200 and PASS/MISS.
 
-Needs torch and transformers (Trainer: accelerate) and nothing else outside this repository: no
-FastAPI, trl, datasets, LangChain, Gradio or pydantic-settings. This module imports only the
+Needs torch and transformers (Trainer: accelerate) and pydantic (the recipe's models; `make
+gpu-check` installs it from `.whl/` where it is missing) and nothing else outside this repository:
+no FastAPI, trl, datasets, LangChain, Gradio or pydantic-settings. This module imports only the
 standard library at the top; each child imports what its section needs.
 Exit status 1 when a correctness check FAILs or a section has an ERROR; a MISS is a finding.
 """
@@ -518,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         run_child(args.child.split(","), Path(args.results), json.loads(args.deadlines), args.smoke)
         return 0
 
+    import importlib.util
+
+    if importlib.util.find_spec("pydantic") is None:
+        parser.error(
+            "pydantic is missing (the recipe's models need it): run `make gpu-wheels` on a machine "
+            "with network, copy the .whl/ folder here, and run `make gpu-check` again."
+        )
     if not args.smoke:
         import torch  # only to ask; the children do the CUDA work
 
