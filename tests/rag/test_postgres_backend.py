@@ -116,7 +116,7 @@ def test_sql_bm25_is_the_local_bm25_whenever_it_says_it_is_exact(
         "bm25", [Upload(filename=f"{i}.txt", data=t.encode()) for i, t in enumerate(texts)]
     )
     index = service._index("bm25")
-    local = BM25Index("chargram")
+    local = BM25Index(service.settings.bm25_tokenizer)  # the KB's own tokens (the default)
     docs = {d.filename: d.id for d in service.list_documents("bm25")}
     local.add([f"{docs[f'{i}.txt']}:0" for i in range(len(texts))], texts)
     queries = [t[:6] for t in texts[::17]] + ["的是了", "我们这个在", texts[5][2:9] + "的的的"]
