@@ -69,19 +69,3 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
-
-
-def supports_documents(tokenizer) -> bool:
-    """Whether `tokenizer`'s chat template renders transformers' `documents` argument: a probe
-    document's text must show up in the prompt (a template that ignores `documents` drops it)."""
-    probe = "xiaophi-document-probe-7f3a"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}],
-            documents=[{"title": "t", "text": probe}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-    except Exception:  # no template, or one that cannot take documents
-        return False
-    return probe in text

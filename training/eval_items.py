@@ -125,14 +125,10 @@ def chat_prompt(tokenizer_path: str, question: str, documents: list[dict] | None
     )
     if rendered != plain:
         return rendered
-    from training.chat_format import DOCUMENTS_INSTRUCTION
+    from training.chat_format import documents_text
 
-    context = "\n\n".join(
-        [DOCUMENTS_INSTRUCTION]
-        + [f"[{i}] {d['title']}\n{d['text']}" for i, d in enumerate(documents, start=1)]
-    )
     return tokenizer.apply_chat_template(
-        [{"role": "system", "content": context}, *messages],
+        [{"role": "system", "content": documents_text(documents)}, *messages],
         add_generation_prompt=True,
         tokenize=False,
     )

@@ -71,10 +71,19 @@ def test_cli_flags_override_recipe_fields():
         ({"embedder.tokenizer": "word"}, "--embedder.tokenizer"),
         ({"pretrain.max_steps": True}, "--pretrain.max_steps takes a value, not True"),
         ({"embedder.lr": False}, "--embedder.lr takes a value, not False"),
+        ({"eval.models": ["untrained", "gpt"]}, "eval.models has 'gpt'; set --eval.models"),
+        ({"eval.split": "train"}, "--eval.split to 'dev' or 'test'"),
+        ({"pretrain.schedule": "linear"}, "--pretrain.schedule to 'cosine' or 'wsd'"),
+        ({"dpo.decay_fraction": 1.5}, "--dpo.decay_fraction must be at most 1"),
+        ({"decoding.repetition_penalties": ["-1"]}, "--decoding.repetition_penalties"),
+        ({"decoding.sampling": ["0.7:2"]}, "--decoding.sampling"),
+        ({"model.num_kv_heads": 3}, "--model.num_kv_heads"),
+        ({"model.attn_implementation": "flash"}, "--model.attn_implementation"),
+        ({"embedder.enabled": "maybe"}, "--embedder.enabled"),
     ],
 )
 def test_bad_values_name_the_flag_to_change(overrides, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_recipe("tiny", overrides)
 
 
@@ -159,25 +168,6 @@ def test_flag_values_keep_their_yaml_meaning():
     assert recipe.data.dpo == ["a.jsonl", "b.jsonl"] and recipe.tokenizer.max_chars is None
     assert recipe.decoding.repetition_penalties == ["1.0", "1.25"]
     assert recipe.eval.models == ["sft"] and recipe.data.probe == "123"
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"eval.models": ["untrained", "gpt"]}, "eval.models has 'gpt'; set --eval.models"),
-        ({"eval.split": "train"}, "--eval.split to 'dev' or 'test'"),
-        ({"pretrain.schedule": "linear"}, "--pretrain.schedule to 'cosine' or 'wsd'"),
-        ({"dpo.decay_fraction": 1.5}, "--dpo.decay_fraction must be at most 1"),
-        ({"decoding.repetition_penalties": ["-1"]}, "--decoding.repetition_penalties"),
-        ({"decoding.sampling": ["0.7:2"]}, "--decoding.sampling"),
-        ({"model.num_kv_heads": 3}, "--model.num_kv_heads"),
-        ({"model.attn_implementation": "flash"}, "--model.attn_implementation"),
-        ({"embedder.enabled": "maybe"}, "--embedder.enabled"),
-    ],
-)
-def test_more_bad_values_name_the_flag_to_change(overrides, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        load_recipe("tiny", overrides)
 
 
 def test_unknown_sections_are_refused_by_name(tmp_path):
