@@ -192,6 +192,13 @@ class SFTStageConfig(TrainConfig):
     max_steps: AtLeastOne = Field(100, description="Optimizer steps.")
     lr: float = Field(5e-4, description="Peak learning rate.")
     packing: bool = Field(False, description="Pack conversations into seq_len blocks.")
+    max_train_samples: int = Field(
+        0,
+        ge=0,
+        description="Train on a random sample (seeded by `seed`) of this many conversations; "
+        "0 = all. Tokenising a large file costs time even when max_steps reaches only a "
+        "fraction of it.",
+    )
     max_eval_samples: int = Field(256, description="Held-out conversations for eval loss.")
 
 

@@ -45,6 +45,9 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     cfg = recipe.sft
     model, tokenizer = load_model_and_tokenizer(run_dir / "pretrain", STAGE)
     train_data = load_sft_dataset(recipe.data.sft)
+    available = len(train_data)
+    if 0 < cfg.max_train_samples < available:
+        train_data = train_data.shuffle(seed=cfg.seed).select(range(cfg.max_train_samples))
     eval_data = load_sft_dataset([recipe.data.sft_eval])
     eval_data = eval_data.select(range(min(cfg.max_eval_samples, len(eval_data))))
 
@@ -63,7 +66,11 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         trainer,
         run,
         throughput,
-        trained_on={"train_conversations": len(train_data), "eval_conversations": len(eval_data)},
+        trained_on={
+            "train_conversations": len(train_data),
+            "train_conversations_available": available,
+            "eval_conversations": len(eval_data),
+        },
         metrics={
             "eval_loss_before": rounded(run.baseline_eval_loss),
             "eval_loss": round(run.final_eval["eval_loss"], 4),

@@ -193,6 +193,7 @@ def trainer_report(
         "stage": stage,
         **trained_on,
         "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
         "resumed": run.resumed,
         **parallelism(trainer),
         "train_loss_first": loss_history(history)[0][1],

@@ -144,6 +144,27 @@ def test_a_recipe_change_for_stages_not_finished_takes_the_run_over(
     assert json.loads((copy / "training_summary.json").read_text())["stages"]["dpo"]["steps"] == 6
 
 
+def test_sft_trains_on_a_seeded_sample_when_max_train_samples_is_set(
+    finished_run, tiny_data, tmp_path
+):
+    """Only the sample is tokenised and trained on: 12 steps x 4 conversations go once through
+    the whole file (48) but 6 times round a sample of 8."""
+    _, run, summary = finished_run
+    full = summary["stages"]["sft"]
+    assert full["train_conversations"] == full["train_conversations_available"] == 48
+    assert full["epochs"] == pytest.approx(1, abs=0.01)
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for stage in ("tokenizer", "pretrain"):
+        shutil.copytree(run / stage, copy / stage)
+    shutil.copy(run / "recipe.json", copy)
+    sampled = load_recipe("tiny", tiny_overrides(tiny_data, **{"sft.max_train_samples": 8}))
+    report = run_single_stage(sampled, copy, "sft")
+    assert report["train_conversations"] == 8
+    assert report["train_conversations_available"] == full["train_conversations_available"]
+    assert report["epochs"] == pytest.approx(6, abs=0.01)
+
+
 def test_tokenizer_and_model_vocabulary_mismatch_is_refused(finished_run, tmp_path):
     _, run, _ = finished_run
     from training.tokenizer import train_tokenizer
