@@ -223,12 +223,33 @@ def add_in_batches(
     return chunks, time.perf_counter() - start
 
 
-def rank_metrics(ranks: list[int | None]) -> dict:
-    """recall@1/5/10 and MRR@10 from each query's first relevant rank (None: not in the top 10)."""
+#: Character budgets for the length-fair recall: a query counts when its first relevant chunk
+#: starts within this many characters of returned text (chunks of any size compare fairly).
+CHAR_BUDGETS = (1500, 3000)
+#: Hits fetched per query: enough to fill the largest budget with the smallest chunks tried.
+FETCH = 20
+
+
+def rank_metrics(ranks: list[int | None], offsets: list[int | None] | None = None) -> dict:
+    """recall@1/5/10 and MRR@10 from each query's first relevant rank (None: not fetched);
+    with `offsets` (characters of returned text before that chunk) also recall@<C>ch."""
     n = len(ranks)
     row = {f"recall@{k}": round(sum(1 for r in ranks if r and r <= k) / n, 4) for k in (1, 5, 10)}
     row["mrr"] = round(sum(1 / r for r in ranks if r and r <= 10) / n, 4)
+    for budget in CHAR_BUDGETS if offsets is not None else ():
+        found = sum(1 for o in offsets if o is not None and o < budget)
+        row[f"recall@{budget}ch"] = round(found / n, 4)
     return row
+
+
+def first_relevant(texts_and_hits, relevant, target) -> tuple[int | None, int | None]:
+    """(rank, characters returned before it) of the first relevant item, or (None, None)."""
+    chars = 0
+    for rank, (text, item) in enumerate(texts_and_hits, start=1):
+        if relevant(item, target):
+            return rank, chars
+        chars += len(text)
+    return None, None
 
 
 def quality(service, kb: str, queries: list[tuple[str, str]], relevant, dense_weights=()) -> dict:
@@ -241,13 +262,13 @@ def quality(service, kb: str, queries: list[tuple[str, str]], relevant, dense_we
     out = {}
     for label, mode, weight in runs:
         service.settings.dense_weight = default_weight if weight is None else weight
-        ranks = []
+        ranks, offsets = [], []
         for query, target in queries:
-            hits = service.search(kb, query, top_k=10, mode=mode)
-            ranks.append(
-                next((r for r, h in enumerate(hits, start=1) if relevant(h, target)), None)
-            )
-        out[label] = rank_metrics(ranks)
+            hits = service.search(kb, query, top_k=FETCH, mode=mode)
+            rank, chars = first_relevant([(h.text, h) for h in hits], relevant, target)
+            ranks.append(rank)
+            offsets.append(chars)
+        out[label] = rank_metrics(ranks, offsets)
     service.settings.dense_weight = default_weight
     return out
 
@@ -310,21 +331,14 @@ class BM25Baseline:
 def baseline_metrics(baseline, chunks: list[BenchChunk], queries, relevant) -> dict:
     import numpy as np
 
-    ranks = []
+    ranks, offsets = [], []
     for query, target in queries:
         scores = baseline.scores(query)
-        top = np.argsort(-scores, kind="stable")[:10]
-        ranks.append(
-            next(
-                (
-                    r
-                    for r, i in enumerate(top, start=1)
-                    if scores[i] > 0 and relevant(chunks[i], target)
-                ),
-                None,
-            )
-        )
-    return rank_metrics(ranks)
+        top = [i for i in np.argsort(-scores, kind="stable")[:FETCH] if scores[i] > 0]
+        rank, chars = first_relevant([(chunks[i].text, chunks[i]) for i in top], relevant, target)
+        ranks.append(rank)
+        offsets.append(chars)
+    return rank_metrics(ranks, offsets)
 
 
 def latency(service, kb: str, queries: list[str], mode: str) -> dict:
@@ -513,14 +527,17 @@ def markdown(report: dict) -> str:
         f"hybrid = {report['fusion']['method']} fusion, BM25 weight {report['fusion']['bm25_weight']}, "
         f"dense weight {report['fusion']['dense_weight']}; {report['split']} queries",
         "",
-        "| query set | method | recall@1 | recall@5 | recall@10 | MRR@10 |",
-        "|---|---|---|---|---|---|",
+        "| query set | method | recall@1 | recall@5 | recall@10 | MRR@10 | "
+        + " | ".join(f"recall@{c:,} chars" for c in CHAR_BUDGETS)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(CHAR_BUDGETS),
     ]
     for name, block in report["quality"].items():
         for method, row in block["methods"].items():
+            chars = " | ".join(str(row.get(f"recall@{c}ch", "–")) for c in CHAR_BUDGETS)
             lines.append(
                 f"| {name} ({block['queries']} q) | {method} | {row['recall@1']} | {row['recall@5']} | "
-                f"{row['recall@10']} | {row['mrr']} |"
+                f"{row['recall@10']} | {row['mrr']} | {chars} |"
             )
     lines += [
         "",

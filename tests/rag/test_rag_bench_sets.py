@@ -9,8 +9,10 @@ from rag.benchmarks.rag_bench import (
     BM25Baseline,
     TfidfBaseline,
     baseline_metrics,
+    first_relevant,
     news_from_tagged,
     overlaps,
+    rank_metrics,
     split_half,
 )
 
@@ -60,3 +62,24 @@ def test_baselines_rank_the_planted_chunk_first(baseline):
     # the last query shares nothing with any chunk: it must count as a miss, not a lucky rank
     assert metrics["recall@1"] == pytest.approx(0.75)
     assert metrics["mrr"] == pytest.approx(0.75)
+
+
+def test_length_fair_recall_counts_characters_returned_before_the_first_relevant_chunk():
+    def rank(sizes: list[int], relevant_at: int | None):
+        items = [("字" * size, i == relevant_at) for i, size in enumerate(sizes)]
+        return first_relevant(items, lambda item, _: item, None)
+
+    # found second behind one 2,000-character chunk; third behind two short ones; never
+    behind_long, behind_short, missed = (
+        rank([2000, 300], 1),
+        rank([100, 100, 300], 2),
+        rank([50], None),
+    )
+    assert behind_long == (2, 2000) and behind_short == (3, 200) and missed == (None, None)
+    ranks, offsets = zip(behind_long, behind_short, missed, strict=True)
+    row = rank_metrics(list(ranks), list(offsets))
+    # recall@1 sees neither; recall@5 both; by characters returned only the one behind short
+    # chunks is within 1,500, both within 3,000
+    assert row["recall@1"] == 0 and row["recall@5"] == pytest.approx(2 / 3, abs=1e-4)
+    assert row["recall@1500ch"] == pytest.approx(1 / 3, abs=1e-4)
+    assert row["recall@3000ch"] == pytest.approx(2 / 3, abs=1e-4)
