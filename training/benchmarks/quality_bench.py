@@ -225,12 +225,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"the reference's {REFERENCE_STEPS} steps)",
         flush=True,
     )
+    scale = "" if args.budget_scale == 1 else f"_x{args.budget_scale:g}"
+    grid_file = out / f"grid_{args.split}{scale}.json"
     rows = [untrained_row(out, args.split)]
     for name, overrides in grid.items():
         rows.append(run_row(name, overrides, budget, out, args.split))
         print(format_rows(rows[-1:], args.split).splitlines()[-1], flush=True)
-        scale = "" if args.budget_scale == 1 else f"_x{args.budget_scale:g}"
-        (out / f"grid_{args.split}{scale}.json").write_text(
+        grid_file.write_text(
             json.dumps(
                 {"machine": machine, "budget_flops": budget, "rows": rows},
                 ensure_ascii=False,
