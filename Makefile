@@ -36,29 +36,29 @@ demo: install
 	$(VENV)/bin/xiaophi-demo --run $(RUN)
 
 bench-tokenizer: install
-	$(PY) -m training.benchmarks.tokenizer_bench
+	$(PY) -m bench.tokenizer_bench
 
 bench-train: install
-	$(PY) -m training.benchmarks.train_bench
+	$(PY) -m bench.train_bench
 
 # The tiny recipe's pretraining over a grid at one fixed FLOP budget, scored through lm-eval on
 # the dev split (bits/char, cloze and letter accuracies), wall time beside each row.
 bench-quality: install
-	$(PY) -m training.benchmarks.quality_bench $(QUALITY_ARGS)
+	$(PY) -m bench.quality_bench $(QUALITY_ARGS)
 
 bench-serve: install
-	$(PY) -m serving.benchmarks.serve_bench
+	$(PY) -m bench.serve_bench
 
-# BACKEND=postgres: the postgres backend beside the local one (rag/benchmarks/backend_bench.py)
+# BACKEND=postgres: the postgres backend beside the local one (bench/backend_bench.py)
 BACKEND ?= local
 bench-rag: install
 ifeq ($(BACKEND),postgres)
-	$(PY) -m rag.benchmarks.backend_bench $(BENCH_ARGS)
+	$(PY) -m bench.backend_bench $(BENCH_ARGS)
 else
-	$(PY) -m rag.benchmarks.rag_bench $(BENCH_ARGS)
+	$(PY) -m bench.rag_bench $(BENCH_ARGS)
 endif
 
-# Every GPU figure and check in one run of at most 8 minutes (see training/benchmarks/gpu_check.py).
+# Every GPU figure and check in one run of at most 8 minutes (see bench/gpu_check.py).
 # Meant for a bare CUDA machine with torch + transformers + accelerate and no network, so it does
 # not go through `install`: it uses the venv's Python when there is one, else python3.
 # Extra flags: make gpu-check GPU_CHECK_ARGS="--smoke" (or "--out DIR/gpu_check.json").
@@ -68,11 +68,11 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 # carry .whl along), installed into a scratch folder, never into that machine's environment.
 gpu-check:
 	@if $(GPU_PY) -c "import pydantic" 2>/dev/null || ! ls .whl/pydantic-*.whl >/dev/null 2>&1; then \
-		$(GPU_PY) -m training.benchmarks.gpu_check $(GPU_CHECK_ARGS); \
+		$(GPU_PY) -m bench.gpu_check $(GPU_CHECK_ARGS); \
 	else \
 		site=$$(mktemp -d) && \
 		$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --target $$site .whl/*.whl && \
-		PYTHONPATH=$$site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m training.benchmarks.gpu_check $(GPU_CHECK_ARGS); \
+		PYTHONPATH=$$site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m bench.gpu_check $(GPU_CHECK_ARGS); \
 	fi
 
 # pydantic and what it needs, as wheels for the GPU machine's Python (3.12, manylinux x86_64), at

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "runs/tiny/embedder"
-# Chosen together on the benchmark's dev queries (`python -m rag.benchmarks.fusion_dev`): with
+# Chosen together on the benchmark's dev queries (`python -m bench.fusion_dev`): with
 # `chargram-weighted` BM25 only a dense weight of 0.2 keeps hybrid at or above both single methods
 # on every metric of every dev query kind.
 DEFAULT_BM25_TOKENIZER = "chargram-weighted"
@@ -110,7 +110,7 @@ class KBSettings(BaseSettings):
         ge=0,
         description=(
             "Weight of the dense retriever in the fusion (BM25's is bm25_weight). The default was "
-            "chosen on a dev split disjoint from the benchmark (`python -m rag.benchmarks.fusion_dev`)."
+            "chosen on a dev split disjoint from the benchmark (`python -m bench.fusion_dev`)."
         ),
     )
     lock_timeout_s: float = Field(

@@ -22,7 +22,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from pydantic import BaseModel, ConfigDict
 
-from rag.backend import SearchIndex
+from rag.backends.base import SearchIndex
 from rag.rerank import Reranker, rerank
 
 Mode = Literal["hybrid", "bm25", "dense"]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rag.backend import NewDocument
+from rag.backends.base import NewDocument
+from rag.backends.local import LocalBackend
+from rag.backends.postgres import PostgresBackend
 from rag.config import KBSettings
 from rag.errors import Conflict, KBError
-from rag.local_backend import LocalBackend
 from rag.models import Layout, Manifest
 from rag.names import validate_kb_name
-from rag.postgres_backend import PostgresBackend
 
 
 @dataclass

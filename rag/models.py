@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+MAX_QUERY_CHARS = 2000  # a search query; a chat's retrieval query keeps its last this many
+
 
 class Upload(BaseModel):
     """One file to add: its name as the user gave it and its bytes."""

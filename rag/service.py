@@ -1,6 +1,6 @@
 """KnowledgeBaseService: the one API the CLI and the HTTP routes call. Knows nothing of HTTP.
 
-The service checks, parses, splits and embeds uploads; a backend (rag/backend.py: a folder per KB,
+The service checks, parses, splits and embeds uploads; a backend (rag/backends/base.py: a folder per KB,
 or PostgreSQL) stores them. The slow parts of adding run before the backend takes the KB's write
 lock, so concurrent uploads to one KB overlap and all land.
 """
@@ -16,13 +16,15 @@ from pathlib import PurePath
 
 from langchain_core.documents import Document
 
-from rag.backend import KBBackend, NewDocument, SearchIndex, backend_for
+from rag.backends import backend_for
+from rag.backends.base import KBBackend, NewDocument, SearchIndex
 from rag.config import KBSettings
 from rag.embeddings import Embedder, embedder_for
 from rag.errors import Conflict, InvalidInput, KBError, TooLarge
 from rag.hybrid_retriever import HybridRetriever, Mode, SearchOptions, hybrid_search
 from rag.loaders import load_bytes
 from rag.models import (
+    MAX_QUERY_CHARS,
     AddResult,
     DocumentInfo,
     FileResult,
@@ -37,8 +39,6 @@ from rag.models import (
 from rag.names import validate_filename, validate_kb_name
 from rag.rerank import CrossEncoderReranker, Reranker
 from rag.splitter import split_pages
-
-MAX_QUERY_CHARS = 2000
 
 
 @dataclass

@@ -96,10 +96,10 @@ def create_app(
 
     # With API keys configured, nothing but /health answers without one: the guard is the
     # outermost middleware, so it covers every route, the page and the docs included. A browser
-    # logs in to the page once (ui/login.py); its session stands for the key it typed.
+    # logs in to the page once (serving/api/page_login.py); its session stands for the key it typed.
     logins = None
     if settings.ui and settings.api_keys:
-        from ui.login import PageLogins
+        from serving.api.page_login import PageLogins
 
         logins = PageLogins(lambda key: key_is_valid(settings.api_keys, key))
     app.add_middleware(ApiKeyGuard, keys=settings.api_keys, browser=logins)
@@ -119,7 +119,7 @@ def create_app(
     if settings.ui:
         # Imported here so gradio loads only when the page is served; the page calls this
         # server over HTTP like any other client, with the key its user logged in with.
-        from ui.mount import local_api_url, mount
+        from serving.api.page import local_api_url, mount
 
         mount(
             app,

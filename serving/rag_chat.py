@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rag.models import SearchHit
-from rag.service import MAX_QUERY_CHARS
+from rag.models import MAX_QUERY_CHARS, SearchHit
 from serving.errors import InvalidRequestError
 from serving.schemas import Source
 

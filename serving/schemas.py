@@ -11,9 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
 
-from rag.models import DocumentInfo, FileResult, KnowledgeBaseInfo, SearchHit
+from rag.models import MAX_QUERY_CHARS, DocumentInfo, FileResult, KnowledgeBaseInfo, SearchHit
 from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
-from rag.service import MAX_QUERY_CHARS
 
 # ------------------------------------------------------------------ requests
 

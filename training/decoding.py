@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from training.config import DecodingConfig
-from training.eval_metrics import char_f1, is_loop
-from training.probe import probe_questions
+from training.eval.metrics import char_f1, is_loop
+from training.eval.probe import probe_questions
 
 
 def candidates(cfg: DecodingConfig) -> list[dict]:

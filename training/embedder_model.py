@@ -117,7 +117,7 @@ def apply_sif_weights(model, token_ids: list, a: float) -> torch.Tensor:
     Smooth inverse frequency (Arora, Liang and Ma, ICLR 2017): a mean of token vectors is
     dominated by frequent tokens (的, 之, 曰 …) that say little about a text; weighting them
     down makes the mean lean on the rare, telling ones. Training with in-batch negatives only
-    partly learns this through vector norms; on the dev queries of `rag.benchmarks.fusion_dev`
+    partly learns this through vector norms; on the dev queries of `bench.fusion_dev`
     the weighting lifts dense MRR@10 on both query kinds. Returns the weights applied.
     """
     import numpy as np

@@ -107,7 +107,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
     if not is_main_process():
         return {"ran_this_time": ran, "world_size": world_size()}
     summary_path = run_dir / SUMMARY_FILE
-    if not ran and summary_path.exists():  # nothing new: the summary (and its probe) still holds
+    if not ran and summary_path.exists():  # nothing new: the summary still holds
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         summary["ran_this_time"] = []
         return summary
@@ -119,10 +119,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
 def build_summary(
     recipe: Recipe, run_dir: Path, reports: dict, ran: list[str], wall: float
 ) -> dict:
-    from training.probe import probe_model
-
     final = stage_dir(run_dir, FINAL_STAGE)
-    probe = probe_model(final, recipe.data.probe) if Path(recipe.data.probe).exists() else []
     return {
         "recipe": recipe.to_dict(),
         "data": data_summary(recipe),
@@ -132,7 +129,7 @@ def build_summary(
         "wall_time_s": round(wall, 2),
         "wall_time_s_all_stages": round(sum(r.get("wall_time_s", 0) for r in reports.values()), 2),
         "tokens_per_s": {s: r["tokens_per_s"] for s, r in reports.items() if r.get("tokens_per_s")},
-        "probe": probe,
+        "probe": reports.get("eval", {}).get("probe", []),
         "decoding": {
             s: reports[s]["decoding"] for s in ("sft", "dpo") if "decoding" in reports.get(s, {})
         },

@@ -66,7 +66,7 @@ def _embedder_pairs_exist(recipe: Recipe) -> None:
 
 
 def _heldout_loads(recipe: Recipe) -> None:
-    from training.eval_items import load_heldout
+    from training.eval.items import load_heldout
 
     if any(t.startswith("xiaophi") for t in recipe.eval.tasks):
         load_heldout(recipe.eval.heldout)  # a missing file says how to build it
@@ -119,7 +119,7 @@ STAGES: list[Stage] = [
     ),
     Stage(
         "eval",
-        "training.eval_stage",
+        "training.eval.stage",
         (*_SFT, "dpo.", "eval."),
         wanted=lambda r: r.eval.enabled,
         check=_heldout_loads,

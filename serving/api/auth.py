@@ -2,7 +2,7 @@
 
 `ApiKeyGuard` is a middleware, so it covers every route, mounted apps (the page, the docs)
 included: `Authorization: Bearer <key>`, or for the page at /ui the session of a browser that
-logged in with a key (see ui/login.py). It is the only key check; `key_is_valid` is its
+logged in with a key (see serving/api/page_login.py). It is the only key check; `key_is_valid` is its
 comparison. The paths it leaves open are those /openapi.json documents so (serving/api/openapi.py).
 """
 

@@ -16,10 +16,10 @@ import sys
 import time
 from collections.abc import Callable
 
+from rag.backends.local_store import KBStore
+from rag.backends.postgres import PostgresBackend
 from rag.bm25 import BM25Index
-from rag.postgres_backend import PostgresBackend
 from rag.service import KnowledgeBaseService
-from rag.store import KBStore
 
 
 def pause(point: str, seconds: float) -> None:

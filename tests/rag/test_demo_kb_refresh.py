@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from demo import cli as demo
 from rag.config import KBSettings
 from rag.service import KnowledgeBaseService
 from tests.rag.conftest import IDIOMS, save_static_embedder
-from ui import demo
 
 
 def test_a_retrained_embedder_reindexes_the_demo_kb(tmp_path, monkeypatch):

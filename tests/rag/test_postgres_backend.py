@@ -11,14 +11,14 @@ import psycopg
 import pytest
 
 from rag import postgres_search
+from rag.backends.postgres_schema import SCHEMA_VERSION
 from rag.bm25 import BM25Index
 from rag.config import KBSettings
 from rag.errors import KBError, StoreUnavailable
 from rag.models import Upload
-from rag.postgres_schema import SCHEMA_VERSION
-from rag.scratch_postgres import ScratchPostgres
 from rag.service import KnowledgeBaseService
 from tests.rag.conftest import IDIOMS
+from tools.scratch_postgres import ScratchPostgres
 
 TABLES = ["xiaophi_documents", "xiaophi_chunks", "xiaophi_postings", "xiaophi_terms"]
 
@@ -225,7 +225,7 @@ def test_settings_name_what_is_missing():
 
 
 def test_term_arrays_reach_the_database_as_written(database_url):
-    from rag.postgres_backend import array_text
+    from rag.backends.postgres import array_text
 
     terms = ["守株", 'a"b', "c\\d", "{e,f}", "g h", "NULL", ""]
     with psycopg.connect(database_url) as conn:

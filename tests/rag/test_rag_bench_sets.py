@@ -1,10 +1,10 @@
-"""The benchmark's new query kind and its baselines (rag/benchmarks/rag_bench.py), on tiny data."""
+"""The benchmark's new query kind and its baselines (bench/rag_bench.py), on tiny data."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from rag.benchmarks.rag_bench import (
+from bench.rag_bench import (
     BenchChunk,
     BM25Baseline,
     TfidfBaseline,

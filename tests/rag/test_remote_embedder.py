@@ -205,7 +205,7 @@ def test_errors_name_the_url_and_the_setting_to_fix(remote, tmp_path):
 
 
 def test_remote_settings(monkeypatch):
-    monkeypatch.delenv("XIAOPHI_KB_EMBEDDING_MODEL", raising=False)  # ui/demo.py sets it
+    monkeypatch.delenv("XIAOPHI_KB_EMBEDDING_MODEL", raising=False)  # demo/cli.py sets it
     with pytest.raises(ValidationError, match="XIAOPHI_KB_EMBEDDING_MODEL"):
         KBSettings(embedding_url="http://host:8000/v1")  # which model would it ask for?
     with pytest.raises(ValidationError, match="http"):

@@ -77,7 +77,7 @@ def test_fusion_weights_zero_out_a_retriever_and_unknown_fusion_is_refused():
 
 
 def test_fusion_dev_rule_picks_the_best_mrr_among_hybrids_no_worse_than_either_method():
-    from rag.benchmarks.fusion_dev import choose
+    from bench.fusion_dev import choose
 
     def row(r1, r5, r10, mrr):
         return {"recall@1": r1, "recall@5": r5, "recall@10": r10, "mrr": mrr}
@@ -122,8 +122,8 @@ def test_bm25_scores_of_given_chunks_match_search_and_follow_edits():
 def _kb_index(texts: dict[str, str]):
     from langchain_core.documents import Document
 
+    from rag.backends.kb_index import KBIndex
     from rag.embeddings import HashingEmbeddings
-    from rag.kb_index import KBIndex
     from rag.models import Manifest
 
     embeddings = HashingEmbeddings(64)

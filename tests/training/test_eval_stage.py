@@ -44,9 +44,16 @@ def test_pipeline_ends_with_the_eval_table_and_writes_decoding_defaults(tiny_dat
     assert (
         "idiom_mc (n=3)" in ev["table"] and (tmp_path / "run" / "eval" / "results.json").is_file()
     )
+    # the eval stage asks the run's chat model (dpo) the first probe questions
+    assert ev_report_probe(tmp_path / "run") == summary["probe"]
+    assert len(summary["probe"]) == 3 and all("answer" in p for p in summary["probe"])
     for stage in ("sft", "dpo"):
         decoding = summary["decoding"][stage]
         chosen = decoding["chosen"]["settings"]
         config = json.loads((tmp_path / "run" / stage / "generation_config.json").read_text())
         assert config.get("repetition_penalty", 1.0) == chosen["repetition_penalty"]
         assert len(decoding["candidates"]) == 2 and decoding["probes"] == 4
+
+
+def ev_report_probe(run):
+    return json.loads((run / "eval" / "stage_report.json").read_text())["probe"]

@@ -16,9 +16,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training import eval_items
-from training.eval_metrics import char_f1, is_loop
-from training.evaluate import LOCAL_TASKS, evaluate
+from training.eval import items as eval_items
+from training.eval.harness import LOCAL_TASKS, evaluate
+from training.eval.metrics import char_f1, is_loop
 
 SUBJECTS = {
     "idiom": [

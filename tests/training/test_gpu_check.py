@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.benchmarks import gpu_check
+from bench import gpu_check
 
 REPO = Path(__file__).resolve().parents[2]
 #: What a bare CUDA machine lacks (or what the check must not need); `langchain` blocks every
@@ -66,7 +66,7 @@ def blocking_env(tmp_path: Path, blocked: list[str] = BLOCKED) -> dict:
 def test_a_machine_without_pydantic_is_told_how_to_bring_it(tmp_path):
     env = blocking_env(tmp_path, [*BLOCKED, "pydantic"])
     run = subprocess.run(
-        [sys.executable, "-m", "training.benchmarks.gpu_check", "--smoke"],
+        [sys.executable, "-m", "bench.gpu_check", "--smoke"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -88,7 +88,7 @@ def test_smoke_run_has_every_row_and_passes_without_the_web_stack(tmp_path):
 
     out = tmp_path / "out" / "gpu_check.json"
     run = subprocess.run(
-        [sys.executable, "-m", "training.benchmarks.gpu_check", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -47,7 +47,6 @@ def test_pipeline_learns_and_writes_a_summary(finished_run):
     assert set(summary["tokens_per_s"]) == {"pretrain", "sft", "dpo"}
     on_disk = json.loads((run / "training_summary.json").read_text())
     assert on_disk["stages"]["pretrain"]["steps"] == 12
-    assert len(summary["probe"]) == 3 and all("answer" in p for p in summary["probe"])
 
 
 def test_every_stage_is_a_plain_hf_checkpoint_with_the_chat_template(finished_run):

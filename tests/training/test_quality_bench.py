@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.benchmarks.quality_bench import main
+from bench.quality_bench import main
 
 
 @pytest.mark.parametrize("scale", ["0", "-1"])

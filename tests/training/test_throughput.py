@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from bench.gpu_pretrain_bench import main as gpu_bench
 from tests.conftest import TINY_TEXTS
-from training.benchmarks.gpu_pretrain_bench import main as gpu_bench
 from training.config import ModelConfig
 from training.model_factory import build_model
 from training.throughput import bf16_peak_flops, flops_per_token

@@ -1,4 +1,4 @@
-"""`make demo` end to end (ui/demo.py) on the real demo corpora: the shipped `tiny` recipe runs
+"""`make demo` end to end (demo/cli.py) on the real demo corpora: the shipped `tiny` recipe runs
 every stage and visibly learns, the demo knowledge base is filled, and the server answers
 through the official openai client with sources — then a second start skips all training."""
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 def start_demo(cwd: Path, port: int) -> tuple[subprocess.Popen, list[str]]:
     """Run the demo (`xiaophi-demo`) until it prints its banner; return the process and its output so far."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ui.demo", "--port", str(port)],
+        [sys.executable, "-m", "demo", "--port", str(port)],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

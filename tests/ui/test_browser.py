@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from gradio.utils import get_upload_folder
 
 from tests.serving.conftest import serve
-from ui import screenshot
+from tools import screenshot
 
 CHROMIUM = os.environ.get("XIAOPHI_CHROMIUM", screenshot.CHROMIUM)
 
@@ -116,7 +116,7 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
 @pytest.fixture
 def page_without_api(dead_url) -> Iterator[str]:
     """The stand-alone page pointed at an address where no API listens."""
-    from ui.mount import mount
+    from serving.api.page import mount
 
     with serve(mount(FastAPI(), dead_url)) as url:
         yield f"{url}/ui/"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
+from serving.api.page import local_api_url, mount
 from serving.config import Settings
 from tests.serving.conftest import serve
 from tests.ui.conftest import call_page
 from ui.cli import parse_args
-from ui.mount import local_api_url, mount
 
 
 def test_page_is_served_at_ui(ui_server):

@@ -25,6 +25,10 @@ Held-out guarantee: held-out idioms, words and 歇后语 are chosen first (by `s
 them is the subject of any training record, no training record contains a held-out string of
 4+ characters (the idiom itself, a 歇后语's first half, a gold explanation), and this is checked
 again over the finished training files before `build_demo` returns.
+
+Kept as one module: which records go into which file, deduplicated and checked against the
+held-out items, is one procedure (`build_corpora` → `verify_held_out` → the files); how entries
+are phrased is in demo_chats.py, which items are held out in demo_heldout.py.
 """
 
 from __future__ import annotations
@@ -32,25 +36,41 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# --------------------------------------------------------------------------------------------
+from training.data.demo_chats import (
+    IDIOM_QUESTIONS,
+    Record,
+    character_chat,
+    character_prose,
+    dialogue_chat,
+    grounded_chats,
+    idiom_answer,
+    idiom_extra_chat,
+    idiom_meaning_chat,
+    idiom_prose,
+    review_chat,
+    word_answer,
+    word_chat,
+    word_prose,
+    xiehouyu_chat,
+    xiehouyu_prose,
+)
+from training.data.demo_heldout import (
+    N_PROBE,
+    HeldOut,
+    SubstringBlocker,
+    choose_held_out,
+)
 from training.data.demo_sources import (
     HSK_ATTRIBUTION,
-    MAX_ANSWER_CHARS,
     SOURCES,
-    Character,
-    Idiom,
     Raw,
-    Word,
-    Xiehouyu,
     load_raw,
-    trim_answer,
 )
 
 # Where `xiaophi-train data demo` writes by default, and where it keeps the downloaded archives.
@@ -58,12 +78,8 @@ DEFAULT_OUT_DIR = Path("data/demo")
 DEFAULT_CACHE_DIR = Path("data/.cache/pkgs")
 
 # Sizes: held-out items, eval slices and caps that keep the build well under a minute.
-N_HELD_IDIOMS = 300
-N_PROBE = 50
 N_DEV_WORDS = 50
 N_DEV_XIEHOUYU = 50
-N_HELD_WORDS = 200
-N_HELD_XIEHOUYU = 150
 PRETRAIN_EVAL_FRACTION = 0.015
 PRETRAIN_EVAL_MAX = 3000
 DIALOGUE_EVAL_FRACTION = 0.05
@@ -71,276 +87,11 @@ N_SFT_CHARACTERS = 4000
 N_SFT_REVIEWS = 3000
 MAX_REVIEW_CHARS = 150
 MIN_PRETRAIN_CHARS = 4
-MIN_BLOCKED_CHARS = 4
-SYSTEM_FRACTION = 0.1
-
-SYSTEM_PROMPTS = (
-    "你是小Phi，一个乐于助人的中文助手。",
-    "你是一位耐心的语文老师，回答简明扼要。",
-    "请用简洁的中文回答用户的问题。",
-)
-IDIOM_QUESTIONS = (
-    "“{w}”是什么意思？",
-    "成语“{w}”怎么解释？",
-    "请解释一下“{w}”这个成语。",
-    "{w}是什么意思",
-    "“{w}”这个成语是什么意思？",
-    "你知道“{w}”的意思吗？",
-)
-WORD_QUESTIONS = (
-    "“{w}”是什么意思？",
-    "解释词语“{w}”。",
-    "“{w}”这个词怎么解释？",
-    "{w}的意思是什么？",
-)
-XIEHOUYU_QUESTIONS = (
-    "歇后语“{q}”的下一句是什么？",
-    "{q}——下一句是什么？",
-    "“{q}”，后半句是什么？",
-    "请补全歇后语：{q}——",
-)
-SENTIMENT_QUESTION = "判断这条评论的情感是正面还是负面：\n{t}"
-#: Grounded SFT: dictionary entries given as documents (short ones, to fit a small context).
-N_GROUNDED = 3000
-N_GROUNDED_UNANSWERABLE = 600
-GROUNDED_DOCUMENTS = 3
-GROUNDED_MAX_CHARS = 28
-NO_MATCHING_DOCUMENT = "资料中没有关于“{w}”的内容。"
-
-
-# --------------------------------------------------------------------------------------------
-# Held-out selection and the substring blocker
-# --------------------------------------------------------------------------------------------
-
-_HAN = re.compile(r"^[\u4e00-\u9fff]+$")
-
-
-@dataclass
-class HeldOut:
-    idioms: list[Idiom]  # the first N_PROBE go to the probe
-    words: list[Word]
-    xiehouyu: list[Xiehouyu]
-
-    @property
-    def keys(self) -> set[str]:
-        """Every held-out subject: no training record may be about one of these."""
-        return (
-            {i.word for i in self.idioms}
-            | {w.word for w in self.words}
-            | {x.riddle for x in self.xiehouyu}
-        )
-
-    def blocked_strings(self) -> set[str]:
-        """Strings no training record may contain: subjects and gold answers of 4+ chars."""
-        strings = set(self.keys)
-        strings |= {idiom_answer(i) for i in self.idioms}
-        strings |= {word_answer(w) for w in self.words}
-        return {s for s in strings if len(s) >= MIN_BLOCKED_CHARS}
-
-
-def choose_held_out(raw: Raw, seed: int) -> HeldOut:
-    """Pick held-out idioms, words and 歇后语 deterministically, before anything else is built."""
-    rng = random.Random(seed)
-    explanation_counts: dict[str, int] = defaultdict(int)
-    for idiom in raw.idioms:
-        explanation_counts[idiom.explanation] += 1
-    idiom_words = {i.word for i in raw.idioms}
-    idioms = [
-        i
-        for i in raw.idioms
-        if len(i.word) >= 4
-        and _HAN.match(i.word)
-        and 8 <= len(i.explanation) <= MAX_ANSWER_CHARS
-        and explanation_counts[i.explanation] == 1
-        and not i.explanation.startswith(("同", "见"))
-    ]
-    words = [
-        w
-        for w in raw.words
-        if w.word not in idiom_words
-        and _HAN.match(w.word)
-        and 6 <= len(w.definition) <= MAX_ANSWER_CHARS
-    ]
-    xiehouyu = [x for x in raw.xiehouyu if len(x.riddle) >= 4]
-    return HeldOut(
-        idioms=rng.sample(idioms, N_HELD_IDIOMS),
-        words=rng.sample(words, N_HELD_WORDS),
-        xiehouyu=rng.sample(xiehouyu, N_HELD_XIEHOUYU),
-    )
-
-
-class SubstringBlocker:
-    """Finds which of many fixed strings (each ≥ k chars) occur in a text.
-
-    Every needle is indexed by its first k characters; a text's set of k-character windows is
-    intersected with that index and only the hits are verified.
-    """
-
-    def __init__(self, needles: Iterable[str], k: int = MIN_BLOCKED_CHARS) -> None:
-        self.k = k
-        self.by_prefix: dict[str, list[str]] = defaultdict(list)
-        for needle in needles:
-            if len(needle) < k:
-                raise ValueError(f"needle {needle!r} is shorter than {k} characters")
-            self.by_prefix[needle[:k]].append(needle)
-        self.prefixes = frozenset(self.by_prefix)
-
-    def find(self, text: str) -> list[str]:
-        k = self.k
-        windows = {text[i : i + k] for i in range(len(text) - k + 1)}
-        hits = windows & self.prefixes
-        return [n for p in hits for n in self.by_prefix[p] if n in text]
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering: entries as prose (pretraining), questions with gold answers (SFT), pairs
-# --------------------------------------------------------------------------------------------
-
-
-def idiom_answer(idiom: Idiom) -> str:
-    return trim_answer(idiom.explanation)
-
-
-def word_answer(word: Word) -> str:
-    return trim_answer(word.definition)
-
-
-def xiehouyu_answer(x: Xiehouyu) -> str:
-    first, *others = x.answers
-    also = "、".join(f"“{a}”" for a in others)
-    return f"{x.riddle}——{first}" + (f"（也说{also}）" if also else "")
-
-
-def idiom_prose(idiom: Idiom, rng: random.Random) -> str:
-    parts = [
-        rng.choice(
-            (
-                f"{idiom.word}（{idiom.pinyin}）：{idiom.explanation}",
-                f"成语“{idiom.word}”，读作{idiom.pinyin}，意思是：{idiom.explanation}",
-                f"【{idiom.word}】{idiom.explanation}",
-            )
-        )
-    ]
-    if idiom.derivation:
-        parts.append(f"出处：{idiom.derivation}")
-    if idiom.example:
-        parts.append(f"例句：{idiom.example}")
-    return "\n".join(parts)
-
-
-def word_prose(word: Word, rng: random.Random) -> str:
-    return rng.choice(
-        (
-            f"{word.word}：{word.definition}",
-            f"“{word.word}”的意思是：{word.definition}",
-            f"词语“{word.word}”，释义：{word.definition}",
-        )
-    )
-
-
-def character_prose(c: Character) -> str:
-    radical = f"，部首是{c.radical}" if c.radical else ""
-    strokes = f"，共{c.strokes}画" if c.strokes.isdigit() else ""
-    return f"“{c.char}”字读作{c.pinyin}{radical}{strokes}。"
-
-
-def xiehouyu_prose(x: Xiehouyu, rng: random.Random) -> str:
-    text = xiehouyu_answer(x)
-    return text + "。" if rng.random() < 0.5 else f"歇后语：{text}。"
-
-
-def chat(question: str, answer: str, rng: random.Random, system: str | None = None) -> list[dict]:
-    messages = []
-    if system is None and rng.random() < SYSTEM_FRACTION:
-        system = rng.choice(SYSTEM_PROMPTS)
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": question})
-    messages.append({"role": "assistant", "content": answer})
-    return messages
-
-
-def idiom_meaning_chat(idiom: Idiom, rng: random.Random) -> list[dict]:
-    return chat(rng.choice(IDIOM_QUESTIONS).format(w=idiom.word), idiom_answer(idiom), rng)
-
-
-def idiom_extra_chat(idiom: Idiom, rng: random.Random) -> list[dict] | None:
-    """One more honest question about the idiom: its pinyin, origin or an example."""
-    options = []
-    if idiom.pinyin:
-        options.append((f"“{idiom.word}”怎么读？", f"“{idiom.word}”读作{idiom.pinyin}。"))
-    if idiom.derivation:
-        options.append((f"成语“{idiom.word}”出自哪里？", trim_answer(idiom.derivation)))
-    if idiom.example:
-        options.append((f"用“{idiom.word}”造个句子。", trim_answer(idiom.example)))
-    if not options:
-        return None
-    question, answer = rng.choice(options)
-    return chat(question, answer, rng)
-
-
-def grounded_chats(entries: list[tuple[str, str]], rng: random.Random) -> Iterator[Record]:
-    """Questions answered from documents: the right entry among distractors, the answer taken
-    from it; and questions no document answers, answered so."""
-    short = [(w, a) for w, a in entries if len(a) <= GROUNDED_MAX_CHARS]
-    if len(short) <= GROUNDED_DOCUMENTS:
-        return
-    for n in range(min(N_GROUNDED + N_GROUNDED_UNANSWERABLE, len(short))):
-        subject, answer = rng.choice(short)
-        others = [e for e in rng.sample(short, GROUNDED_DOCUMENTS + 1) if e[0] != subject]
-        if n < N_GROUNDED:
-            docs = [(subject, answer), *others[: GROUNDED_DOCUMENTS - 1]]
-            rng.shuffle(docs)
-        else:
-            docs, answer = others[:GROUNDED_DOCUMENTS], NO_MATCHING_DOCUMENT.format(w=subject)
-        question = rng.choice(IDIOM_QUESTIONS[:1] + WORD_QUESTIONS[:1]).format(w=subject)
-        yield (
-            {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ],
-                "documents": [{"title": w, "text": a} for w, a in docs],
-                "source": "grounded",
-            },
-            "grounded",
-        )
-
-
-def word_chat(word: Word, rng: random.Random) -> list[dict]:
-    return chat(rng.choice(WORD_QUESTIONS).format(w=word.word), word_answer(word), rng)
-
-
-def xiehouyu_chat(x: Xiehouyu, rng: random.Random) -> list[dict]:
-    return chat(rng.choice(XIEHOUYU_QUESTIONS).format(q=x.riddle), xiehouyu_answer(x), rng)
-
-
-def character_chat(c: Character, rng: random.Random) -> list[dict]:
-    if c.radical and rng.random() < 0.3:
-        return chat(f"“{c.char}”字的部首是什么？", f"“{c.char}”字的部首是{c.radical}。", rng)
-    return chat(f"“{c.char}”字怎么读？", f"“{c.char}”读作{c.pinyin}。", rng)
-
-
-def review_chat(text: str, label: str, rng: random.Random) -> list[dict]:
-    return chat(SENTIMENT_QUESTION.format(t=text), f"{label}。", rng)
-
-
-def dialogue_chat(turns: list[str], rng: random.Random) -> list[dict]:
-    """Alternating user/assistant turns; a trailing user turn is dropped."""
-    turns = turns[: len(turns) // 2 * 2]
-    messages = []
-    if rng.random() < 0.3:
-        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    for i, turn in enumerate(turns):
-        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": turn})
-    return messages
 
 
 # --------------------------------------------------------------------------------------------
 # Assembling the files
 # --------------------------------------------------------------------------------------------
-
-Record = tuple[dict, str]  # (json row without `source` for pairs/probe, source name)
 
 
 @dataclass
@@ -657,7 +408,13 @@ def sources_markdown() -> str:
 
 
 #: The modules whose code decides what a demo build writes (their source is its fingerprint).
-BUILDER_MODULES = ("demo.py", "demo_sources.py", "demo_kb.py")
+BUILDER_MODULES = (
+    "demo.py",
+    "demo_chats.py",
+    "demo_heldout.py",
+    "demo_sources.py",
+    "demo_kb.py",
+)
 
 
 def builder_fingerprint() -> str:

@@ -25,7 +25,7 @@ MIN_ICT_SENTENCE = 6
 
 
 def bench_held_out(word: str) -> bool:
-    """The benchmark's held-out tenth of idioms (sha1 % 10 == 0): `rag.benchmarks.rag_bench`
+    """The benchmark's held-out tenth of idioms (sha1 % 10 == 0): `bench.rag_bench`
     asks only these, and the embedder's training drops every pair and text about them."""
     return int(hashlib.sha1(word.encode("utf-8")).hexdigest(), 16) % 10 == 0
 
@@ -119,7 +119,7 @@ class HeldOutFilter:
 
     def __init__(self, pairs: list[tuple[str, str]], texts: Iterable[str] = ()):
         texts = list(texts)
-        from training.data.demo import SubstringBlocker
+        from training.data.demo_heldout import SubstringBlocker
 
         subjects = {a for a, _ in pairs if bench_held_out(a)}
         for text in texts:

@@ -15,6 +15,9 @@ Formats (one record per row):
 check first, then load with ``datasets.load_dataset`` and convert to one canonical shape:
 SFT becomes a ``messages`` column; DPO becomes trl's conversational
 ``prompt`` / ``chosen`` / ``rejected`` lists of messages.
+
+Kept as one module: the checks and the loaders are two readings of one documented format; apart,
+a format change could reach one and not the other.
 """
 
 from __future__ import annotations
@@ -111,7 +114,10 @@ def _text_row_problem(row: Row) -> RowProblem:
 
 def _documents_problem(value: Any) -> RowProblem:
     if not isinstance(value, list):
-        return "documents", f'must be a list of {{"title": ..., "text": ...}}; got {_describe(value)}'
+        return (
+            "documents",
+            f'must be a list of {{"title": ..., "text": ...}}; got {_describe(value)}',
+        )
     for i, doc in enumerate(value):
         if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
             return f"documents[{i}]", 'must be an object with a string "text" (and "title")'
@@ -444,7 +450,9 @@ def load_sft_dataset(paths: PathsLike) -> datasets.Dataset:
     files = _as_paths(paths)
     check_files(files, "sft")
     if any(_has_documents(path) for path in files):
-        parts = [_load_converted(path, _sft_document_record, SFT_DOCUMENT_FEATURES) for path in files]
+        parts = [
+            _load_converted(path, _sft_document_record, SFT_DOCUMENT_FEATURES) for path in files
+        ]
     else:
         parts = [_load_converted(path, _sft_record, SFT_FEATURES) for path in files]
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -459,9 +467,7 @@ def _sft_record(row: Row) -> Row:
 
 
 def _sft_document_record(row: Row) -> Row:
-    docs = [
-        {"title": d.get("title") or "", "text": d["text"]} for d in row.get("documents") or []
-    ]
+    docs = [{"title": d.get("title") or "", "text": d["text"]} for d in row.get("documents") or []]
     return {"messages": sft_messages(row), "chat_template_kwargs": {"documents": docs}}
 
 

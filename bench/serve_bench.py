@@ -6,7 +6,7 @@ throughput, output tokens/s and TTFT / TPOT / ITL percentiles. The baseline gene
 same prompts one after another with `model.generate` in this process (before the server
 starts, so the two never share the CPU). Greedy decoding makes both produce the same tokens.
 
-    python -m serving.benchmarks.serve_bench [--model DIR | --preset tiny|seed] [--concurrency 1 8 32]
+    python -m bench.serve_bench [--model DIR | --preset tiny|seed] [--concurrency 1 8 32]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from serving.benchmarks.bench_model import BENCH_TEXTS, build_checkpoint  # noqa: E402
+from bench.bench_model import BENCH_TEXTS, build_checkpoint  # noqa: E402
 from serving.engine.loading import engine_process_threads  # noqa: E402
 
 

@@ -1,8 +1,9 @@
-"""The pipeline's last stage: the run's models through `training.evaluate` (lm-eval).
+"""The pipeline's last stage: the run's models through `training.eval.harness` (lm-eval).
 
 Evaluates what `eval.models` lists (the untrained model of the same shape and seed, and finished
 stage folders) on the held-out `eval.split` and publishes `<run>/eval/` with `results.json` (every
-score with its 95% interval) and the printed table.
+score with its 95% interval) and the printed table, with the run's chat model's greedy answers to
+the first probe questions (`data.probe`) as the report's `probe`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from training.config import Recipe
 from training.stage_dirs import stage_dir, write_json
 
 STAGE = "eval"
+CHAT_STAGES = ("dpo", "sft")  # the run's chat model: the last of these that finished
 
 
 def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     """Evaluate `eval.models` of `run_dir`; write the scores into `work` (published as
     `run_dir/eval`)."""
-    from training.evaluate import evaluate, format_table
+    from training.eval.harness import evaluate, format_table
+    from training.eval.probe import probe_model
     from training.model_factory import build_model
     from training.tokenizer import load_tokenizer
 
@@ -51,6 +54,19 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
             max_new_tokens=cfg.max_new_tokens,
         )
     table = format_table(columns)
+    chat = next(
+        (
+            stage_dir(run_dir, s)
+            for s in CHAT_STAGES
+            if (stage_dir(run_dir, s) / "config.json").is_file()
+        ),
+        None,
+    )
+    probe = (
+        probe_model(chat, recipe.data.probe)
+        if chat is not None and Path(recipe.data.probe).exists()
+        else []
+    )
     report = {
         "stage": STAGE,
         "split": cfg.split,
@@ -58,6 +74,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         "bpc_max_chars": cfg.bpc_max_chars or None,
         "results": columns,
         "table": table,
+        "probe": probe,
         "wall_time_s": round(time.time() - started, 2),
     }
     (work / "table.txt").write_text(table + "\n", encoding="utf-8")

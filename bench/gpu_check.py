@@ -1,8 +1,8 @@
 """`make gpu-check`: every GPU-only figure and check of the project in one run of at most 8 minutes
 on one CUDA card, printed as one table headed by the card's name.
 
-    python -m training.benchmarks.gpu_check [--out bench_out/gpu_check.json]
-    python -m training.benchmarks.gpu_check --smoke     # tiny sizes, CPU is fine: checks the script
+    python -m bench.gpu_check [--out bench_out/gpu_check.json]
+    python -m bench.gpu_check --smoke     # tiny sizes, CPU is fine: checks the script
 
 Sections, each in a child process of its own with a time budget (BUDGETS: 65, 150, 85, 60 and
 80 s, 440 s in all; time a section leaves unused passes to the next, and the whole run stops at
@@ -15,7 +15,7 @@ its traceback printed above the table. Logs of every child land beside `--out`. 
 - learn: 300 Trainer steps, bf16 + torch.compile, of the seed model's widths with 4 layers on a
   repeating token pattern: the last logged loss must be under a quarter of the first (if
   compilation fails, that is reported as a FAIL and the same run repeated without it);
-- engine: the `slots` engine's correctness on the device (`serving.benchmarks.gpu_engine_check`);
+- engine: the `slots` engine's correctness on the device (`bench.gpu_engine_check`);
 - throughput: output tokens/s of `slots` at 1, 64 and 256 concurrent requests beside HF
   `generate` (one stream, static batch 64), with the goals for an H200 and PASS/MISS.
 
@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Full-mode time budget of each section (seconds, child start-up included); they add up to
 #: 440 s, and the driver never lets a child run past TOTAL_BUDGET_S.
@@ -169,7 +169,7 @@ def environment(device: str) -> dict:
 
 
 def section_pretrain(rec: Recorder, budget: Budget, name: str, smoke: bool, workdir: Path) -> None:
-    from training.benchmarks.gpu_pretrain_bench import SETTINGS, run_setting
+    from bench.gpu_pretrain_bench import SETTINGS, run_setting
 
     setting = "a_seed_article" if name == "pretrain_a" else "b_project_defaults"
     with rec.guard(name):
@@ -215,7 +215,7 @@ def pattern_blocks(vocab: int, period: int, seq_len: int, n_blocks: int, seed: i
     determines the next, so a model that learns anything drives the loss towards zero."""
     import numpy as np
 
-    from training.benchmarks.gpu_pretrain_bench import TokenBlocks
+    from bench.gpu_pretrain_bench import TokenBlocks
 
     rng = np.random.default_rng(seed)
     cycle = rng.permutation(vocab)[:period]
@@ -229,7 +229,7 @@ def learning_run(smoke: bool, compile_: bool, workdir: Path, deadline: float) ->
     """300 steps of the pretrain Trainer path (bf16 on CUDA) on `pattern_blocks`; the loss log."""
     import torch
 
-    from training.benchmarks.gpu_pretrain_bench import make_trainer
+    from bench.gpu_pretrain_bench import make_trainer
     from training.config import load_recipe
     from training.model_factory import build_model
     from training.tokenizer import train_tokenizer
@@ -346,7 +346,7 @@ def run_child(sections: list[str], results: Path, deadlines: dict, smoke: bool) 
             elif name == "learn":
                 section_learn(rec, budget, smoke, Path(tmp))
             else:
-                from serving.benchmarks import gpu_engine_check
+                from bench import gpu_engine_check
 
                 check = (
                     gpu_engine_check.check_engine
@@ -396,7 +396,7 @@ def run_group(group, results: Path, log: Path, timeout: float, smoke: bool) -> t
     command = [
         sys.executable,
         "-m",
-        "training.benchmarks.gpu_check",
+        "bench.gpu_check",
         "--child",
         ",".join(group),
         "--results",

@@ -57,13 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"{figures['steps']} | {figures['tokens_per_s']:,} | {figures['wall_time_s']} s |"
     )
     if torch.cuda.is_available():
-        from training.benchmarks.gpu_pretrain_bench import main as gpu_main
+        from bench.gpu_pretrain_bench import main as gpu_main
 
         gpu_main([])
     else:
-        print(
-            "no CUDA device: skipped the GPU benchmark (python -m training.benchmarks.gpu_pretrain_bench)"
-        )
+        print("no CUDA device: skipped the GPU benchmark (python -m bench.gpu_pretrain_bench)")
     return figures
 
 

@@ -1,6 +1,6 @@
 """Scores for generated answers: character F1 against the gold text, loops and stops.
 
-Shared by the lm-eval generation tasks (training/eval_tasks) and the decoding-defaults search
+Shared by the lm-eval generation tasks (training/eval/tasks) and the decoding-defaults search
 (training/decoding.py), so both count a loop the same way.
 """
 

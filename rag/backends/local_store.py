@@ -31,9 +31,9 @@ from langchain_community.vectorstores import FAISS
 from langchain_community.vectorstores.utils import DistanceStrategy
 from langchain_core.embeddings import Embeddings
 
+from rag.backends.kb_index import KBIndex
 from rag.bm25 import BM25Index
 from rag.errors import Conflict, KBError, NotFound
-from rag.kb_index import KBIndex
 from rag.models import Manifest, StoredDocument
 
 CURRENT = "CURRENT"

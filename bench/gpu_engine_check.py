@@ -3,7 +3,7 @@ device at hand (CUDA in bf16 on a GPU machine; CPU in smoke mode).
 
 It drives `SlotBatcher` and `run_batching_loop` directly: they need only torch, so the check runs
 on a bare CUDA machine (no FastAPI, no event loop, no engine process). The model is the `seed`
-preset of `serving.benchmarks.bench_model` with random weights (speed and equality do not
+preset of `bench.bench_model` with random weights (speed and equality do not
 depend on what the weights say).
 
 Correctness rules, stated once:
@@ -18,7 +18,7 @@ Correctness rules, stated once:
   fed the wrong token fails by a wide margin. Exact agreement with bf16 `generate` is counted and
   shown beside it.
 
-The driver (`training.benchmarks.gpu_check`) passes `rec` (rows: `rec.add(row_id, figure=,
+The driver (`bench.gpu_check`) passes `rec` (rows: `rec.add(row_id, figure=,
 goal=, result=, note=, value=)`, `rec.guard(*row_ids)` turns an exception into ERROR rows) and
 `budget` (`budget.left()` seconds); a sub-check that does not fit its time is recorded as SKIP.
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serving.benchmarks.bench_model import BENCH_TEXTS, build_model
+from bench.bench_model import BENCH_TEXTS, build_model
 from serving.engine.base import SamplingParams
 from serving.engine.slot_batching import Job, SlotBatcher, run_batching_loop
 

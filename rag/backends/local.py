@@ -1,5 +1,5 @@
-"""The `local` backend: each KB a crash-safe folder under `kb_dir` (rag/store.py), searched in
-memory (rag/kb_index.py). Writers of one KB take its file lock; readers never wait.
+"""The `local` backend: each KB a crash-safe folder under `kb_dir` (rag/backends/local_store.py), searched in
+memory (rag/backends/kb_index.py). Writers of one KB take its file lock; readers never wait.
 
 The first time a backend touches a KB it sweeps away what a writer killed mid-commit left there
 (KBStore.sweep). Loaded indexes are cached per KB until a writer replaces the version.
@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 from langchain_core.embeddings import Embeddings
 
-from rag.backend import KBHeader, NewDocument, Rebuild
+from rag.backends.base import KBHeader, NewDocument, Rebuild
+from rag.backends.kb_index import KBIndex
+from rag.backends.local_store import KBStore, file_lock
 from rag.config import KBSettings
 from rag.errors import Conflict, NotFound
-from rag.kb_index import KBIndex
 from rag.models import KnowledgeBaseInfo, Layout, Manifest, StoredDocument
 from rag.names import validate_kb_name
-from rag.store import KBStore, file_lock
 
 
 class LocalBackend:

@@ -16,14 +16,7 @@ least as good as both single methods on all four averaged metrics of every dev q
 one with the highest MRR@10 averaged over the kinds (a tie goes to the higher mean of all
 metrics). The tool prints `None` when no hybrid passes.
 
-The shipped defaults (convex, BM25 and dense weights 1 / 1) were chosen by this tool when it had
-the idiom kind only (three tiny embedders, seeds 0, 1, 42). With the title kind added, no weight
-of the tiny embedder passes the rule, before or after smooth-inverse-frequency weighting and
-union scoring (convex 0.05 comes closest: below BM25 on titles only in recall@5 and, by 0.0004,
-MRR), so the defaults were left as they are: they suit a real embedder, and the tiny one is a
-working example rather than a retriever to tune the product for.
-
-    python -m rag.benchmarks.fusion_dev --embedder runs/a/embedder runs/b/embedder
+    python -m bench.fusion_dev --embedder runs/a/embedder runs/b/embedder
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-from rag.benchmarks.rag_bench import (
+from bench.rag_bench import (
     add_in_batches,
     held_out,
     idiom_set,

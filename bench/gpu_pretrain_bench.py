@@ -3,7 +3,7 @@ seq 512) on random tokens, through the project's own pretrain path (model factor
 arguments, throughput/MFU callback). Needs only torch and transformers (plus pyyaml, which
 transformers brings), so it runs on a bare CUDA machine with this repository checked out:
 
-    python -m training.benchmarks.gpu_pretrain_bench            # both settings, prints a table
+    python -m bench.gpu_pretrain_bench            # both settings, prints a table
 
 (a) the seed article's settings: eager attention, Adafactor, micro-batch 4 x accumulation 32;
 (b) the project's defaults: sdpa, fused AdamW, bf16, torch.compile, micro-batch 64.
@@ -11,7 +11,7 @@ transformers brings), so it runs on a bare CUDA machine with this repository che
 
 It avoids `training.pretrain` (which imports pyarrow, a `datasets` dependency that a bare CUDA
 machine lacks) and adapts the Trainer arguments to the installed transformers, so it also runs
-where transformers is older than the project's own venv. `training.benchmarks.gpu_check` reuses
+where transformers is older than the project's own venv. `bench.gpu_check` reuses
 `run_setting` and `make_trainer`.
 """
 

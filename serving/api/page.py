@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 if TYPE_CHECKING:
-    from ui.login import PageLogins
+    from serving.api.page_login import PageLogins
 
 
 def local_api_url(host: str, port: int) -> str:

@@ -1,6 +1,6 @@
 """Take the README's screenshot: drive the page in headless Chromium through a RAG answer.
 
-    python -m ui.screenshot --url http://127.0.0.1:8000/ui/ --kb 三国演义 \\
+    python -m tools.screenshot --url http://127.0.0.1:8000/ui/ --kb 三国演义 \\
         --file data/demo/kb_docs/三国演义_第二回_gbk.txt --question "董卓是谁？" --out docs/ui.png
 
 Needs the `playwright` package (dev extra) and a Chromium binary (Debian: `apt-get install
@@ -121,7 +121,7 @@ def rag_walkthrough(page: Any, url: str, kb: str, files: list[Path], question: s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m ui.screenshot", description=__doc__.splitlines()[0]
+        prog="python -m tools.screenshot", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000/ui/", help="the page")
     parser.add_argument("--kb", required=True, help="name of a new knowledge base")

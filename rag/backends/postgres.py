@@ -1,5 +1,5 @@
 """The `postgres` backend: every KB in one PostgreSQL database (pgvector), shared by any number
-of servers. Schema: rag/postgres_schema.py; search: rag/postgres_search.py.
+of servers. Schema: rag/backends/postgres_schema.py; search: rag/backends/postgres_search.py.
 
 Every write is one transaction that first locks the KB's row (`SELECT … FOR UPDATE`): writers of
 one KB take turns, on every server, and a document lands whole or not at all — a server killed
@@ -15,6 +15,9 @@ LangChain's own PGVector stores are not used: they commit vectors in their own s
 could not share the transaction that makes a document, its chunks and its BM25 rows one write.
 Retrieval is the same hybrid search as the local backend's (rag/hybrid_retriever.py over
 PgSearchIndex).
+
+Kept as one module: one class whose methods are the transactions of every write, each taking the
+same KB row lock; reading them side by side is how their ordering is checked.
 """
 
 from __future__ import annotations
@@ -33,13 +36,13 @@ import psycopg_pool
 from langchain_core.documents import Document
 from psycopg import sql
 
-from rag.backend import KBHeader, NewDocument, Rebuild
+from rag.backends.base import KBHeader, NewDocument, Rebuild
+from rag.backends.postgres_schema import hnsw_index_name, hnsw_index_sql, migrate
+from rag.backends.postgres_search import KBRow, PgSearchIndex, vector_text
 from rag.bm25 import BM25Index
 from rag.config import KBSettings
 from rag.errors import Conflict, KBError, NotFound, StoreUnavailable
 from rag.models import KnowledgeBaseInfo, Layout, StoredDocument
-from rag.postgres_schema import hnsw_index_name, hnsw_index_sql, migrate
-from rag.postgres_search import KBRow, PgSearchIndex, vector_text
 
 logger = logging.getLogger(__name__)
 

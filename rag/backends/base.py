@@ -1,9 +1,9 @@
 """Where knowledge bases are kept: the seam between KnowledgeBaseService and its storage.
 
 Two backends keep the same KBs with the same results:
-- `local` (rag/local_backend.py): a folder per KB beside one server, FAISS and BM25 in memory,
+- `local` (rag/backends/local.py): a folder per KB beside one server, FAISS and BM25 in memory,
   a file lock per KB for its one writer at a time. The embedded default.
-- `postgres` (rag/postgres_backend.py): every KB in one PostgreSQL database with pgvector that
+- `postgres` (rag/backends/postgres.py): every KB in one PostgreSQL database with pgvector that
   any number of servers share; BM25 is computed in SQL, so no process loads a whole KB.
 
 The service does everything that needs no storage (checking, parsing, splitting, embedding) and
@@ -19,7 +19,6 @@ from typing import Protocol, runtime_checkable
 
 from langchain_core.documents import Document
 
-from rag.config import KBSettings
 from rag.models import KnowledgeBaseInfo, Layout, StoredDocument
 
 
@@ -91,13 +90,3 @@ class KBBackend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def backend_for(settings: KBSettings) -> KBBackend:
-    if settings.backend == "postgres":
-        from rag.postgres_backend import PostgresBackend
-
-        return PostgresBackend(settings)
-    from rag.local_backend import LocalBackend
-
-    return LocalBackend(settings)

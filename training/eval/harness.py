@@ -1,6 +1,6 @@
 """`xiaophi-train eval`: a checkpoint through lm-evaluation-harness (its HF model backend).
 
-The local tasks (`xiaophi_*`, YAML in training/eval_tasks/, shipped with the package) read the
+The local tasks (`xiaophi_*`, YAML in training/eval/tasks/, shipped with the package) read the
 demo's held-out data; any other task name goes to lm-eval's own registry unchanged (for example
 `ceval-valid` or `cmmlu`, for users who have those datasets).
 """
@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-TASKS_DIR = Path(__file__).parent / "eval_tasks"
+TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_PREFIX = "xiaophi"
 #: Task name → (the metric reported first, the metrics reported).
 LOCAL_TASKS = {
@@ -37,7 +37,7 @@ def _hflm_class():
     from lm_eval.api.registry import register_model
     from lm_eval.models.huggingface import HFLM
 
-    from training.eval_tasks.tasks import LIMIT_MARK, STOPPED_MARK
+    from training.eval.tasks.tasks import LIMIT_MARK, STOPPED_MARK
 
     class XiaophiLM(HFLM):
         """lm-eval's HF model, with two changes for small Chinese BPE models:

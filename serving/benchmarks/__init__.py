@@ -1,1 +1,0 @@
-"""Serving benchmarks (`make bench-serve`)."""

@@ -1,0 +1,1 @@
+"""Developer tools that ship with no package: page screenshots, a scratch PostgreSQL."""
