@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check gpu-wheels
+.PHONY: install system-packages test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# The Debian packages the tests need (Chromium, a CJK font, docker-compose): installed when
+# missing, as root or through sudo; otherwise the script prints the command to run.
+system-packages:
+	bash tools/system_packages.sh
+
+test: install system-packages
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install system-packages
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
