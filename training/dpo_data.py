@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from training import progress
 from training.config import Recipe
 from training.model_factory import load_model_and_tokenizer
 
@@ -63,21 +64,18 @@ def generate_answers(
         out = model.generate(**batch, generation_config=config)
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        progress.report(done=len(answers), total=len(prompts), unit="answers")
     return answers
 
 
 def build_pairs(recipe: Recipe, model, tokenizer) -> list[dict]:
-    from training.data.formats import load_sft_dataset
+    from training.data.formats import iter_sft_conversations
 
     cfg = recipe.dpo
-    dataset = load_sft_dataset(recipe.data.sft)
-    conversations = dataset["messages"]
+    rows = list(iter_sft_conversations(recipe.data.sft))
+    conversations = [row["messages"] for row in rows]
     # a grounded conversation's answer comes from its documents, which a DPO prompt lacks
-    grounded = (
-        [bool(k["documents"]) for k in dataset["chat_template_kwargs"]]
-        if "chat_template_kwargs" in dataset.column_names
-        else [False] * len(conversations)
-    )
+    grounded = [bool(row["documents"]) for row in rows]
     order = list(range(len(conversations)))
     random.Random(cfg.seed).shuffle(order)
     prompts, golds = [], []

@@ -39,15 +39,14 @@ def build_sft_config(recipe: Recipe, run_dir: Path, stage: str = STAGE) -> SFTCo
 def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     """Fine-tune `run_dir/pretrain` on the SFT data; save into `work` (published as
     `run_dir/sft`)."""
-    from training.data.formats import load_sft_dataset
+    from training.data.formats import check_files, load_sft_dataset
 
     run_dir = Path(run_dir)
     cfg = recipe.sft
     model, tokenizer = load_model_and_tokenizer(run_dir / "pretrain", STAGE)
-    train_data = load_sft_dataset(recipe.data.sft)
-    available = len(train_data)
-    if 0 < cfg.max_train_samples < available:
-        train_data = train_data.shuffle(seed=cfg.seed).select(range(cfg.max_train_samples))
+    available = sum(check_files(recipe.data.sft, "sft").values())
+    # only the seeded sample is converted and tokenised, not every conversation
+    train_data = load_sft_dataset(recipe.data.sft, sample=cfg.max_train_samples, seed=cfg.seed)
     eval_data = load_sft_dataset([recipe.data.sft_eval])
     eval_data = eval_data.select(range(min(cfg.max_eval_samples, len(eval_data))))
 

@@ -314,3 +314,50 @@ def test_loader_refuses_bad_file(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [{"messages": GOOD_MESSAGES}, {"prompt": "q"}])
     with pytest.raises(DataError, match="row 2"):
         load_sft_dataset(path)
+
+
+# --- reading a sample of many conversations -------------------------------------------------
+
+
+def chats(n: int, tag: str) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"{tag}问题{i}"},
+                {"role": "assistant", "content": f"{tag}回答{i}"},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def test_a_sample_is_the_rows_a_shuffled_select_keeps(tmp_path):
+    """sample=n converts only n conversations, and exactly those (in that order) that shuffling
+    the whole dataset and taking the first n would give: the same training data as before."""
+    one = write_jsonl(tmp_path / "one.jsonl", chats(40, "甲"))
+    whole = load_sft_dataset([one])
+    expected = whole.shuffle(seed=7).select(range(9))["messages"]
+    assert load_sft_dataset([one], sample=9, seed=7)["messages"] == expected
+    assert len(load_sft_dataset([one], sample=100, seed=7)) == 40  # more than there are: all
+
+
+def test_a_sample_across_files_keeps_the_draw_order(tmp_path):
+    plain = write_jsonl(tmp_path / "plain.jsonl", chats(25, "甲"))
+    rows = chats(30, "乙")
+    rows[3]["documents"] = [{"title": "资料", "text": "乙的资料"}]
+    grounded = write_jsonl(tmp_path / "grounded.jsonl", rows)
+    whole = load_sft_dataset([plain, grounded])
+    expected = whole.shuffle(seed=3).select(range(20))
+    sample = load_sft_dataset([plain, grounded], sample=20, seed=3)
+    assert sample["messages"] == expected["messages"]
+    assert sample["chat_template_kwargs"] == expected["chat_template_kwargs"]
+    assert {m[0]["content"][0] for m in sample["messages"]} == {"甲", "乙"}  # both files drawn
+
+
+def test_a_file_changed_after_its_check_is_checked_again(tmp_path):
+    path = write_jsonl(tmp_path / "sft.jsonl", chats(3, "甲"))
+    assert check_files([path], "sft") == {str(path): 3}
+    write_jsonl(path, [*chats(3, "甲"), {"messages": []}])
+    with pytest.raises(DataError) as info:
+        check_files([path], "sft")
+    assert info.value.row == 4

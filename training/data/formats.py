@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import pyarrow as pa
@@ -311,10 +311,25 @@ def _check_file_exists(path: Path, kind: str) -> None:
         raise DataError(path, "is empty; add records or remove it from the list")
 
 
-def _check_rows(path: Path, kind: str) -> int:
-    """Validate every row of one file in a single streaming pass; returns the row count."""
+class CheckedFile(NamedTuple):
+    records: int
+    has_documents: bool  # an sft row carries `documents`
+
+
+#: Files checked in this process, by (path, kind, size, mtime): a pipeline checks every file
+#: before long work starts and its stages load them again; while a file is unchanged the second
+#: look costs nothing.
+_CHECKED: dict[tuple[str, str, int, int], CheckedFile] = {}
+
+
+def _check_rows(path: Path, kind: str) -> CheckedFile:
+    """Validate every row of one file in a single streaming pass (once per unchanged file)."""
+    stat = path.stat()
+    key = (str(path.resolve()), kind, stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return _CHECKED[key]
     check = ROW_CHECKS[kind]
-    count = 0
+    count, documents = 0, False
     for row_no, row in READERS[path.suffix.lower()](path):
         if not isinstance(row, dict):
             raise DataError(path, f"must be a JSON object; got {_describe(row)}", row=row_no)
@@ -323,9 +338,11 @@ def _check_rows(path: Path, kind: str) -> int:
             field, message = problem
             raise DataError(path, message, row=row_no, field=field)
         count += 1
+        documents = documents or bool(row.get("documents"))
     if count == 0:
         raise DataError(path, "has no records (only blank lines); add records or remove the file")
-    return count
+    _CHECKED[key] = CheckedFile(count, documents)
+    return _CHECKED[key]
 
 
 def check_files(paths: PathsLike, kind: str) -> dict[str, int]:
@@ -339,7 +356,7 @@ def check_files(paths: PathsLike, kind: str) -> dict[str, int]:
         raise DataError("(no files)", f"no {kind} data files were given; pass at least one path")
     for path in files:
         _check_file_exists(path, kind)
-    return {str(path): _check_rows(path, kind) for path in files}
+    return {str(path): _check_rows(path, kind).records for path in files}
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,18 +395,28 @@ def _load_file(path: Path) -> datasets.Dataset:
 
 
 def _load_converted(
-    path: Path, convert: Callable[[Row], Row], features: datasets.Features
+    path: Path,
+    convert: Callable[[Row], Row],
+    features: datasets.Features,
+    records: int,
+    rows: list[int] | None = None,
 ) -> datasets.Dataset:
-    """One sft/dpo file converted row by row to `features`.
+    """One sft/dpo file (of `records` checked rows) converted row by row to `features`; only
+    `rows` (indices, in that order) when given.
 
     pyarrow infers one type per column; when a field is a string in some rows and a list in
     others it cannot, and we build the Dataset from our own (already checked) rows instead.
     """
     try:
         ds = _load_file(path)
+        if len(ds) != records:  # the rows would not line up with `rows`: read them ourselves
+            raise pa.ArrowInvalid(f"{len(ds)} rows read, {records} checked")
     except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid, pa.ArrowTypeError):
-        rows = (convert(row) for _, row in READERS[path.suffix.lower()](path))
-        return datasets.Dataset.from_list(list(rows), features=features)
+        all_rows = [row for _, row in READERS[path.suffix.lower()](path)]
+        picked = all_rows if rows is None else [all_rows[i] for i in rows]
+        return datasets.Dataset.from_list([convert(row) for row in picked], features=features)
+    if rows is not None:
+        ds = ds.select(rows)
     return ds.map(convert, remove_columns=ds.column_names, features=features)
 
 
@@ -445,21 +472,60 @@ def dpo_record(row: Row) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def load_sft_dataset(paths: PathsLike) -> datasets.Dataset:
-    """SFT conversations as a Dataset with one column, `messages`."""
+def load_sft_dataset(paths: PathsLike, sample: int = 0, seed: int = 0) -> datasets.Dataset:
+    """SFT conversations as a Dataset with one column, `messages` (plus `chat_template_kwargs`
+    when any row has documents).
+
+    `sample` > 0 keeps that many conversations, exactly those (in that order) that
+    `.shuffle(seed=seed).select(range(sample))` of the whole dataset would keep — only they are
+    converted.
+    """
+    files = _as_paths(paths)
+    counts = check_files(files, "sft")
+    if any(_check_rows(path, "sft").has_documents for path in files):
+        convert, features = _sft_document_record, SFT_DOCUMENT_FEATURES
+    else:
+        convert, features = _sft_record, SFT_FEATURES
+    total = sum(counts.values())
+    picked = _shuffled_indices(total, seed)[:sample] if 0 < sample < total else None
+    parts, offset = [], 0
+    for path in files:
+        records = counts[str(path)]
+        rows = None
+        if picked is not None:
+            rows = [i - offset for i in picked if offset <= i < offset + records]
+        parts.append(_load_converted(path, convert, features, records, rows))
+        offset += records
+    dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if picked is not None and len(parts) > 1:
+        # each file's picks are in draw order; put the files' picks back into one draw order
+        grouped = sorted(range(len(picked)), key=lambda k: (_file_of(picked[k], counts), k))
+        position = {k: at for at, k in enumerate(grouped)}
+        dataset = dataset.select([position[k] for k in range(len(picked))])
+    return dataset
+
+
+def _shuffled_indices(total: int, seed: int) -> list[int]:
+    """The row order `Dataset.shuffle(seed=seed)` gives a dataset of `total` rows."""
+    return datasets.Dataset.from_dict({"i": list(range(total))}).shuffle(seed=seed)["i"]
+
+
+def _file_of(index: int, counts: dict[str, int]) -> int:
+    for n, records in enumerate(counts.values()):
+        if index < records:
+            return n
+        index -= records
+    raise IndexError(index)
+
+
+def iter_sft_conversations(paths: PathsLike) -> Iterator[Row]:
+    """Every checked SFT row as ``{"messages", "documents"}``, in file order, without building
+    a Dataset (for reading a few conversations out of many)."""
     files = _as_paths(paths)
     check_files(files, "sft")
-    if any(_has_documents(path) for path in files):
-        parts = [
-            _load_converted(path, _sft_document_record, SFT_DOCUMENT_FEATURES) for path in files
-        ]
-    else:
-        parts = [_load_converted(path, _sft_record, SFT_FEATURES) for path in files]
-    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-
-
-def _has_documents(path: Path) -> bool:
-    return any(row.get("documents") for _, row in READERS[path.suffix.lower()](path))
+    for path in files:
+        for _, row in READERS[path.suffix.lower()](path):
+            yield {"messages": sft_messages(row), "documents": row.get("documents") or []}
 
 
 def _sft_record(row: Row) -> Row:
@@ -474,6 +540,6 @@ def _sft_document_record(row: Row) -> Row:
 def load_dpo_dataset(paths: PathsLike) -> datasets.Dataset:
     """Preference pairs as a Dataset with `prompt` (ending in a user turn), `chosen`, `rejected`."""
     files = _as_paths(paths)
-    check_files(files, "dpo")
-    parts = [_load_converted(path, dpo_record, DPO_FEATURES) for path in files]
+    counts = check_files(files, "dpo")
+    parts = [_load_converted(path, dpo_record, DPO_FEATURES, counts[str(path)]) for path in files]
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
