@@ -254,7 +254,9 @@ class EmbedderConfig(Section):
         description="Drop pairs and texts about the idioms `make bench-rag` queries "
         "(sha1 % 10 == 0).",
     )
-    num_threads: int = Field(1, description="Torch intra-op threads while training the embedder.")
+    num_threads: int = Field(
+        0, description="Torch intra-op threads while training the embedder (0 = one per core)."
+    )
     max_steps: int = Field(800, description="Training steps.")
     batch_size: int = Field(1024, description="Pairs per batch (in-batch negatives).")
     hidden_size: int = Field(256, description="Embedding width (static) or encoder width (bert).")
@@ -359,6 +361,7 @@ class EvalConfig(Section):
 _RUNTIME_KNOBS = {
     "data": ("num_proc",),
     "eval": ("batch_size",),
+    "embedder": ("num_threads",),
     **{
         stage: (
             "eval_steps",
@@ -411,10 +414,17 @@ class Recipe(BaseModel):
         """The fields that decide what a run produces (runtime knobs such as num_proc left out)."""
         d = self.to_dict()
         d.pop("name", None)
-        for section, knobs in _RUNTIME_KNOBS.items():
-            for knob in knobs:
-                d[section].pop(knob, None)
-        return d
+        return without_runtime_knobs(d)
+
+
+def without_runtime_knobs(fingerprint: dict) -> dict:
+    """`fingerprint` less the runtime knobs — also those a stored run's fingerprint kept because
+    they became knobs after it was written."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint.items()}
+    for section, knobs in _RUNTIME_KNOBS.items():
+        for knob in knobs:
+            d.get(section, {}).pop(knob, None)
+    return d
 
 
 SECTION_MODELS: dict[str, type[Section]] = {

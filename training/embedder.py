@@ -16,6 +16,7 @@ The saved folder is a plain sentence-transformers model, so
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import time
@@ -68,7 +69,7 @@ def train_embedder(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
     try:
         return _train(pairs, Path(out_dir), cfg, eval_pairs, rng, texts)
     finally:

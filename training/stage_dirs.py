@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from training.config import Recipe
+from training.config import Recipe, without_runtime_knobs
 from training.stages import STAGE_NAMES, STAGES
 
 RECIPE_FILE = "recipe.json"
@@ -84,7 +84,9 @@ def check_run_dir(run_dir: Path, recipe: Recipe) -> bool:
     if marker.exists():
         stored = json.loads(marker.read_text(encoding="utf-8"))
         # fields added to the recipe after this run started read as their defaults
-        have = _with_defaults(stored.get("fingerprint", {}), Recipe().fingerprint())
+        have = without_runtime_knobs(
+            _with_defaults(stored.get("fingerprint", {}), Recipe().fingerprint())
+        )
         if have == wanted:
             return True
         diffs = _differences(have, wanted)
