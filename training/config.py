@@ -189,6 +189,23 @@ class TrainConfig(Section):
 
 class PretrainConfig(TrainConfig):
     eval_max_blocks: int = Field(64, description="Held-out blocks for perplexity.")
+    max_time_s: float = Field(
+        0,
+        ge=0,
+        description="Seconds the training loop may take (0 = no limit): it stops at max_steps or "
+        "when this runs out, the wsd decay fitted to end by then (training.time_budget); the "
+        "report says how many steps ran.",
+    )
+
+    @model_validator(mode="after")
+    def _budget_needs_wsd(self) -> PretrainConfig:
+        if self.max_time_s and self.schedule != "wsd":
+            raise ValueError(
+                "pretrain.max_time_s needs --pretrain.schedule wsd (a budget moves the decay to "
+                "wherever the time runs out; cosine decays over max_steps); or set "
+                "--pretrain.max_time_s 0."
+            )
+        return self
 
 
 class SFTStageConfig(TrainConfig):

@@ -21,6 +21,7 @@ from training.config import Recipe
 from training.distributed import is_main_process, wait_for
 from training.model_factory import build_model, check_vocab_fits, count_parameters
 from training.throughput import attach_throughput
+from training.time_budget import attach_time_budget
 from training.tokenizer import load_tokenizer
 from training.trainer_args import (
     last_logged,
@@ -138,6 +139,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         data_collator=default_data_collator,
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
+    budget = attach_time_budget(trainer, cfg.max_steps, cfg) if cfg.max_time_s else None
 
     run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
@@ -163,5 +165,9 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
             "eval_loss": round(run.final_eval["eval_loss"], 4),
             "perplexity": perplexity(run.final_eval["eval_loss"]),
             "mfu_last": last_logged(history, "mfu"),
+            "max_steps": cfg.max_steps,
+            "max_time_s": cfg.max_time_s or None,
+            # what ended training: max_steps, or the time budget with fewer steps
+            "stopped_by": budget.stopped_by if budget is not None else "max_steps",
         },
     )
