@@ -1,15 +1,18 @@
 """`xiaophi-demo` (what `make demo` runs): from a fresh clone to a served page.
 
-Builds the demo corpora (once), runs the tiny pipeline (finished stages are skipped), fills the
-`demo` knowledge base from packaged documents (duplicates are recognised), then starts
-`xiaophi-serve` with the UI and prints the URL, a curl call and an openai snippet once the
-server is healthy. Ctrl-C stops the server.
+Builds the demo corpora (once; the build's output goes to `data/demo/build.log`), runs the tiny
+pipeline (finished stages are skipped; a line per stage on the console, each stage's output in
+`runs/tiny/logs/`), fills the `demo` knowledge base from packaged documents (duplicates are
+recognised), then starts `xiaophi-serve` with the UI and prints the URL, a curl call and an
+openai snippet once the server is healthy. Ctrl-C stops the server. `--verbose` shows
+everything the build and the stages print instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,8 +31,36 @@ def step(title: str, started: float) -> None:
     print(f"\n==> [{time.time() - started:5.1f}s] {title}", flush=True)
 
 
-def run(*args: str) -> None:
-    subprocess.run([str(BIN / args[0]), *args[1:]], check=True)
+def run(*args: str, log: Path | None = None) -> None:
+    """Run one of our console scripts; with `log`, its output goes to that file (appended), and
+    a failure shows the file's last lines and its path."""
+    command = [str(BIN / args[0]), *args[1:]]
+    if log is None:
+        result = subprocess.run(command)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as out:
+            result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        if log is not None:
+            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+            print("\n".join(tail), file=sys.stderr)
+        where = f"; its full output is in {log}" if log is not None else " (its output is above)"
+        raise SystemExit(
+            f"xiaophi-demo: `{' '.join(args[:3])} …` failed with exit code {result.returncode}{where}"
+        )
+
+
+def corpus_line(data: Path, log: Path) -> str:
+    """One line about the corpora just built, from their summary.json (the table is in `log`)."""
+    summary = json.loads((data / "summary.json").read_text(encoding="utf-8"))
+    files = summary.get("files", {})
+    records = sum(f.get("records", 0) for f in files.values())
+    chars = sum(f.get("characters", 0) for f in files.values())
+    return (
+        f"    {len(files)} files, {records:,} records, {chars / 1e6:.1f}M characters in {data} "
+        f"(built in {summary.get('build_seconds', '?')} s; per-source table: {log})"
+    )
 
 
 def fill_demo_kb(kb_dir: Path, embedder: Path, docs: Path, name: str = "demo") -> None:
@@ -109,17 +140,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-serve", action="store_true", help="Prepare everything, then exit.")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Show everything the corpus build and the training stages print, instead of one "
+        "line per step and stage (their full output is otherwise in log files).",
+    )
     args = parser.parse_args(argv)
     started = time.time()
     run_dir, data = Path(args.run), Path(args.data)
+    try:
+        prepare(args, run_dir, data, started)
+    except KeyboardInterrupt:
+        raise SystemExit(
+            "xiaophi-demo: interrupted; run it again to go on where it stopped."
+        ) from None
+    if args.no_serve:
+        step("ready (not serving: --no-serve)", started)
+        return
+    serve(args, run_dir, started)
 
+
+def prepare(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
+    """Corpora (when missing or stale), the pipeline, the demo knowledge base."""
     status = build_status(data)
     if status != "current":
         if status == "stale":
             step(f"{data} was built by another version of the demo builder: rebuilding it", started)
         else:
             step("building the demo corpora from packaged text", started)
-        run("xiaophi-train", "data", "demo", "--out", str(data))
+        build_log = None if args.verbose else data / "build.log"
+        run("xiaophi-train", "data", "demo", "--out", str(data), log=build_log)
+        if build_log is not None:
+            print(corpus_line(data, build_log), flush=True)
         if status == "stale" and (run_dir / "pretrain").is_dir():
             print(
                 f"    note: {run_dir} was trained on the previous corpora and is kept; delete it "
@@ -127,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     step("training the tiny model (finished stages are skipped)", started)
-    run("xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir))
+    verbose = ["--verbose"] if args.verbose else []
+    run("xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir), *verbose)
     step("filling the demo knowledge base", started)
     fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
-    if args.no_serve:
-        step("ready (not serving: --no-serve)", started)
-        return
 
+
+def serve(args: argparse.Namespace, run_dir: Path, started: float) -> None:
     step("starting the server", started)
     url = f"http://{args.host}:{args.port}"
     env = {

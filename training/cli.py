@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGE_NAMES:
         if stage != "eval":  # `eval` below also takes a checkpoint folder
             add_recipe_flags(sub.add_parser(stage, help=f"Run the {stage} stage only."))
-    add_recipe_flags(sub.add_parser("pipeline", help="Run every stage, skipping finished ones."))
+    pipeline = sub.add_parser("pipeline", help="Run every stage, skipping finished ones.")
+    add_recipe_flags(pipeline)
+    pipeline.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Stream every stage's own output (Trainer logs, progress bars, library warnings) to "
+        "the console, as it comes, instead of a progress line per stage on the console and the "
+        "output in <out>/logs/<stage>.log.",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -153,24 +161,16 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "eval":
             cmd_eval(args)
         elif args.command == "pipeline":
-            from training.pipeline import SUMMARY_FILE, run_pipeline
+            from training.pipeline import run_pipeline
+            from training.stage_console import StageConsole, logs_dir
+            from training.stage_figures import pipeline_ending
 
-            summary = run_pipeline(recipe_from_args(args), Path(args.out))
+            console = StageConsole.for_terminal(verbose=args.verbose)
+            summary = run_pipeline(recipe_from_args(args), Path(args.out), console=console)
             if not is_main_process():  # one launch, one printed summary
                 return
-            print(
-                json.dumps(
-                    {
-                        k: summary[k]
-                        for k in ("final_model", "wall_time_s", "tokens_per_s", "probe")
-                    },
-                    ensure_ascii=False,
-                    indent=2,
-                )
-            )
-            if summary.get("eval"):
-                print(f"\neval ({summary['eval']['split']} split):\n{summary['eval']['table']}")
-            print(f"summary: {Path(args.out) / SUMMARY_FILE}")
+            logs = None if args.verbose else logs_dir(args.out)
+            console.say(pipeline_ending(summary, Path(args.out), logs))
         else:
             from training.pipeline import run_single_stage
 
@@ -187,6 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     except (DataError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"xiaophi-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C is not a bug: the stage's line said where it stopped (its log has the traceback).
+        print(
+            "xiaophi-train: interrupted. Finished stages are kept and a Trainer stage resumes "
+            "from its last checkpoint: run the same command again to go on.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 The stages are listed in `training.stages`; this runner gives each a fresh `<stage>.partial`
 folder, then publishes it with the stage's report. Under a multi-process launch every process
 runs this same code: the Trainer stages run in all of them, the rest in the main process only
-(see `training.distributed`).
+(see `training.distributed`). What the console shows meanwhile, and where each stage's own output
+goes (`<run>/logs/<stage>.log`), is `training.stage_console`'s business.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from training.config import Recipe
 from training.distributed import check_launch_fits_device, is_main_process, wait_for, world_size
+from training.stage_console import StageConsole
 from training.stage_dirs import (
     RECIPE_FILE,
     check_run_dir,
@@ -83,12 +85,18 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage | str) -> dict:
     return report
 
 
-def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
+def run_pipeline(
+    recipe: Recipe, run_dir: Path, log=print, console: StageConsole | None = None
+) -> dict:
     """Every stage not finished yet, then the summary. Under a multi-process launch only the main
-    process logs and writes the summary; the others return what they ran."""
+    process logs and writes the summary; the others return what they ran.
+
+    Each stage's start and end (with its figures) go to `log`, its own output where it goes; with
+    a `console` (`StageConsole.for_terminal`, what `xiaophi-train pipeline` uses) each stage shows
+    a progress line instead and its output goes to `<run>/logs/<stage>.log`."""
     run_dir = Path(run_dir)
-    if not is_main_process():
-        log = _silent
+    if console is None:
+        console = StageConsole(log=log)  # says nothing outside the main process
     stages = wanted_stages(recipe)
     preflight(recipe, run_dir, stages)
     started = time.time()
@@ -96,14 +104,13 @@ def run_pipeline(recipe: Recipe, run_dir: Path, log=print) -> dict:
     for stage in stages:
         name = stage.name
         if is_finished(run_dir, name):
-            log(f"[{name}] finished earlier in {stage_dir(run_dir, name)}, skipping")
+            console.skipped(name, stage_dir(run_dir, name))
             reports[name] = read_stage_report(run_dir, name)
             continue
-        log(f"[{name}] running")
-        t0 = time.time()
-        reports[name] = run_stage(recipe, run_dir, stage)
+        reports[name] = console.run(
+            name, run_dir, lambda stage=stage: run_stage(recipe, run_dir, stage)
+        )
         ran.append(name)
-        log(f"[{name}] done in {time.time() - t0:.1f}s")
     if not is_main_process():
         return {"ran_this_time": ran, "world_size": world_size()}
     summary_path = run_dir / SUMMARY_FILE
@@ -174,7 +181,3 @@ def run_single_stage(recipe: Recipe, run_dir: Path, name: str) -> dict:
     # The run's summary no longer describes it; the next `pipeline` call writes a fresh one.
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     return report
-
-
-def _silent(*_args, **_kwargs) -> None:
-    pass

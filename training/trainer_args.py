@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
+from training import progress
 from training.config import TrainConfig
 from training.distributed import world_size
 from training.stage_dirs import checkpoints_dir
@@ -139,6 +140,8 @@ def train_resumably(
         # mark it prepared, and train() would then never wrap it in DistributedDataParallel:
         # every process would train its own replica on unsynchronised gradients.
         trainer.args.eval_on_start = True
+    if progress.active() is not None:  # the pipeline shows this stage's line on the console
+        trainer.add_callback(ProgressCallback())
     start = time.time()
     result = trainer.train(resume_from_checkpoint=True if resumed else None)
     wall = time.time() - start
@@ -149,6 +152,27 @@ def train_resumably(
         trainer.evaluate() if evaluate else {},
         baseline_eval_loss(trainer) if baseline else None,
     )
+
+
+class ProgressCallback(TrainerCallback):
+    """Steps done of the total, and the last logged loss, for the stage's console line
+    (`training.progress`); a step only sets a few attributes there."""
+
+    loss = ""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        progress.report(done=state.global_step, total=state.max_steps, unit="steps")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        progress.report(done=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and isinstance(logs.get("loss"), (int, float)):
+            self.loss = f"loss {logs['loss']:.3f}"
+            progress.report(detail=self.loss)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        progress.report(detail=f"{self.loss} · evaluating and saving".lstrip(" ·"))
 
 
 def has_checkpoint(run_dir: Path, stage: str) -> bool:

@@ -186,6 +186,14 @@ def test_whole_pipeline_in_two_processes_writes_each_stage_once(tiny_data, tmp_p
         assert summary["stages"][stage]["world_size"] == 2
     AutoModelForCausalLM.from_pretrained(run / "dpo")
     assert not list(run.glob("*.partial"))
+    # the main process alone shows a line per stage; every process's output has a log file
+    stages = ("tokenizer", "pretrain", "sft", "dpo-data", "dpo")
+    for stage in stages:
+        assert proc.stdout.count(f"{stage:<10} done in ") == 1, proc.stdout
+        assert (run / "logs" / f"{stage}.log").is_file()
+    for stage in ("pretrain", "sft", "dpo"):  # those the other process trains in too
+        assert (run / "logs" / f"{stage}.rank1.log").is_file()
+    assert "{'loss':" in (run / "logs" / "pretrain.log").read_text()
 
 
 def test_fsdp_config_is_refused_on_cpu_with_the_reason(launch_setup, tmp_path):

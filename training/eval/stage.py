@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from training import progress
 from training.config import Recipe
 from training.stage_dirs import stage_dir, write_json
 
@@ -30,7 +31,8 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     cfg = recipe.eval
     started = time.time()
     columns = {}
-    for name in cfg.models:
+    for done, name in enumerate(cfg.models):
+        progress.report(done=done, total=len(cfg.models), unit="models", detail=f"now: {name}")
         if name == "untrained":
             tok_dir = run_dir / "tokenizer"
             model = build_model(recipe.model, load_tokenizer(tok_dir), seed=recipe.pretrain.seed)
@@ -53,6 +55,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
         )
+    progress.report(done=len(cfg.models), detail="asking the probe questions")
     table = format_table(columns)
     chat = next(
         (
