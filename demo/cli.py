@@ -2,9 +2,9 @@
 
 Builds the demo corpora (once; the build's output goes to `data/demo/build.log`), runs the tiny
 pipeline (finished stages are skipped; a line per stage on the console, each stage's output in
-`runs/tiny/logs/`), fills the `demo` knowledge base from packaged documents (duplicates are
-recognised), then starts `xiaophi-serve` with the UI and prints the URL, a curl call and an
-openai snippet once the server is healthy. Ctrl-C stops the server. `--verbose` shows
+`runs/tiny/logs/`), then starts `xiaophi-serve` with the UI and, while it loads, fills the `demo`
+knowledge base from packaged documents (duplicates are recognised); once the server is healthy it
+prints the URL, a curl call and an openai snippet. Ctrl-C stops the server. `--verbose` shows
 everything the build and the stages print instead.
 """
 
@@ -156,13 +156,15 @@ def main(argv: list[str] | None = None) -> None:
             "xiaophi-demo: interrupted; run it again to go on where it stopped."
         ) from None
     if args.no_serve:
+        step("filling the demo knowledge base", started)
+        fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
         step("ready (not serving: --no-serve)", started)
         return
-    serve(args, run_dir, started)
+    serve(args, run_dir, data, started)
 
 
 def prepare(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
-    """Corpora (when missing or stale), the pipeline, the demo knowledge base."""
+    """Corpora (when missing or stale), then the pipeline."""
     status = build_status(data)
     if status != "current":
         if status == "stale":
@@ -182,12 +184,12 @@ def prepare(args: argparse.Namespace, run_dir: Path, data: Path, started: float)
     step("training the tiny model (finished stages are skipped)", started)
     verbose = ["--verbose"] if args.verbose else []
     run("xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir), *verbose)
-    step("filling the demo knowledge base", started)
-    fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
 
 
-def serve(args: argparse.Namespace, run_dir: Path, started: float) -> None:
-    step("starting the server", started)
+def serve(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
+    """Start the server, fill the demo knowledge base while it loads (the KB is a folder the
+    server reads on each search; both take a few seconds of one core each), wait for /health."""
+    step("starting the server and filling the demo knowledge base", started)
     url = f"http://{args.host}:{args.port}"
     env = {
         "XIAOPHI_UI_DEFAULT_KB": "demo",  # the page opens on the knowledge base just filled
@@ -213,6 +215,7 @@ def serve(args: argparse.Namespace, run_dir: Path, started: float) -> None:
     # Ctrl-C reaches the server too (same process group); SIGTERM (e.g. `kill`) ends it here.
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
+        fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
         wait_healthy(url, proc)
         step(
             f"serving {url}/ui — {time.time() - started:.0f}s from `make demo` to a served page",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from training import progress
 from training.data.embedder_pairs import load_pairs, training_pairs
 from training.embedder_model import (
     apply_sif_weights,
@@ -145,7 +146,8 @@ def _fit(model, pairs, token_ids, cfg, batch_size: int, rng: random.Random) -> l
     model.train()
     order: list[int] = []
     losses_seen = []
-    for _ in range(cfg.max_steps):
+    progress.report(done=0, total=cfg.max_steps, unit="steps")
+    for step in range(cfg.max_steps):
         if len(order) < batch_size:
             order += rng.sample(range(len(pairs)), len(pairs))
         batch = order[:batch_size]
@@ -157,6 +159,7 @@ def _fit(model, pairs, token_ids, cfg, batch_size: int, rng: random.Random) -> l
         optimizer.step()
         schedule.step()
         losses_seen.append(loss.item())
+        progress.report(done=step + 1)
     model.eval()
     return losses_seen
 
