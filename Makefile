@@ -63,6 +63,12 @@ else
 	$(PY) -m bench.rag_bench $(BENCH_ARGS)
 endif
 
+# The server under mixed load while its engine process is killed twice (BACKEND=postgres: and its
+# KB database restarted once), bounded in time; exits 1 if a document was lost or a request
+# failed other than retryably (bench/soak.py). SOAK_ARGS="--duration 120", for instance.
+soak: install
+	$(PY) -m bench.soak --run $(RUN) --backend $(BACKEND) $(SOAK_ARGS)
+
 # Every GPU figure and check in one run of at most 8 minutes (see bench/gpu_check.py).
 # Meant for a bare CUDA machine with torch + transformers + accelerate and no network, so it does
 # not go through `install`: it uses the venv's Python when there is one, else python3.

@@ -2,6 +2,10 @@
 
 The knowledge-base routes do not need the model: they work while it loads, or without one.
 Their service is created on first use (see serving/knowledge.py).
+
+An engine lost for good (its process cannot be kept running: serving/engine/supervision.py)
+sets `app.state.exit_code` and calls `app.state.request_exit`, which `xiaophi-serve` points at
+uvicorn's graceful shutdown; the process then exits with that code.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from serving.api.routes import (
 )
 from serving.config import Settings
 from serving.engine.factory import LoadedModel, build_engine
+from serving.engine.supervision import ENGINE_LOST_EXIT_CODE
 from serving.errors import install_error_handlers
 from serving.generation_defaults import read_sampling_defaults
 from serving.knowledge import KnowledgeBases, server_kb_settings
@@ -60,6 +65,7 @@ def create_app(
             app.state.load_error = "no model configured: start with --model or XIAOPHI_MODEL"
         else:
             loaded = load(settings)
+            loaded.engine.on_lost = lambda _reason: _engine_lost(app)
             await loaded.engine.start()
             app.state.service = GenerationService(
                 loaded.engine,
@@ -83,6 +89,8 @@ def create_app(
     app.state.service = None
     app.state.load_error = None
     app.state.knowledge_bases = kbs
+    app.state.exit_code = 0
+    app.state.request_exit = None  # set by whoever runs the server (serving/cli.py)
     app.state.metrics = ServingMetrics(
         lambda: app.state.service.engine.stats() if app.state.service is not None else None
     )
@@ -128,3 +136,15 @@ def create_app(
             logins=logins,
         )
     return app
+
+
+def _engine_lost(app: FastAPI) -> None:
+    """The engine stopped for good on its own (it logged why): end the server."""
+    app.state.exit_code = ENGINE_LOST_EXIT_CODE
+    if app.state.request_exit is None:  # run in-process (tests): stays up, answering 503
+        return
+    logger.critical(
+        "stopping the server (exit code %d) so that its supervisor restarts it",
+        ENGINE_LOST_EXIT_CODE,
+    )
+    app.state.request_exit()

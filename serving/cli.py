@@ -1,12 +1,19 @@
 """`xiaophi-serve`: serve a checkpoint over the OpenAI-compatible API.
 
 Flags override `XIAOPHI_*` environment variables, which override the defaults.
+
+Exit status: 0 after Ctrl-C (SIGTERM ends it by that signal, as uvicorn does); 3 when the
+server could not start (e.g. the model does not load); 4 when the engine process kept dying or
+could not be restarted (serving/engine/supervision.py): the process exits so that its
+supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 
 from serving.config import Settings
 
@@ -49,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> dict:
         default=None,
         help="run the slots engine's model loop in its own process (default: yes)",
     )
+    parser.add_argument(
+        "--engine-max-restarts",
+        type=int,
+        help="engine process restarts in a row before the server exits with code 4 (default 5)",
+    )
     parser.add_argument("--max-running", type=int, help="requests generated together (default 32)")
     parser.add_argument("--max-waiting", type=int, help="queued requests before 429 (default 128)")
     parser.add_argument("--max-batch-tokens", type=int, help="tokens per forward pass (prefill)")
@@ -69,13 +81,23 @@ def main(argv: list[str] | None = None) -> None:
     # single-stream decoding on 2 cores). Must be set before torch loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
+    from uvicorn.main import STARTUP_FAILURE
 
     from serving.app import create_app
 
     settings = Settings(**parse_args(argv))
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    app = create_app(settings)
+    # uvicorn.run without its reload and workers modes, so that the app can end the server
+    # (a lost engine) through a graceful shutdown and then say why in the exit status
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     )
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn re-raises it after shutdown
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+    sys.exit(app.state.exit_code)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ class Settings(BaseSettings):
             "the server, sharing its GIL with the web server)."
         ),
     )
+    engine_max_restarts: int = Field(
+        5,
+        ge=0,
+        description=(
+            "Engine process restarts allowed in a row (each crash within a minute of its start); "
+            "one more crash and the server exits with code 4, for its supervisor to restart it. "
+            "0: exit at the first crash."
+        ),
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,

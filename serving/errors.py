@@ -24,7 +24,12 @@ from rag.errors import (
     StoreUnavailable,
     TooLarge,
 )
-from serving.engine.base import EngineNotReadyError, QueueFullError
+from serving.engine.base import (
+    ENGINE_RESTARTING,
+    EngineNotReadyError,
+    EngineRestartingError,
+    QueueFullError,
+)
 from serving.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -56,11 +61,13 @@ class GenerationFailedError(RuntimeError):
     """The engine failed a request after it started (reported to the client, in-stream if streaming).
 
     `status`: the HTTP status it stands for when the engine knows one (an upstream server's
-    refusal, or its being unreachable); else it is a 500."""
+    refusal, or its being unreachable; 503 when its process died and is restarting); else it
+    is a 500. `code`: the OpenAI error code, when the engine knows a more telling one."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 _TYPES = {
@@ -131,12 +138,14 @@ def body_for(exc: BaseException) -> tuple[int, dict]:
         return status, error_body(status, exc.message, code=exc.kind)
     if isinstance(exc, QueueFullError):
         return status, error_body(status, f"The server is busy: {exc}", code="queue_full")
+    if isinstance(exc, EngineRestartingError):
+        return status, error_body(status, f"{exc}; retry shortly", code=ENGINE_RESTARTING)
     if isinstance(exc, EngineNotReadyError):
         return status, error_body(
             status, f"The model is not loaded: {exc}", code="model_not_loaded"
         )
     if isinstance(exc, GenerationFailedError):
-        code = "upstream_error" if exc.status is not None else "generation_failed"
+        code = exc.code or ("upstream_error" if exc.status is not None else "generation_failed")
         return status, error_body(status, f"Generation failed: {exc}", code=code)
     return status, error_body(status, "Internal server error", code="internal_error")
 
@@ -148,9 +157,17 @@ def install_error_handlers(app: FastAPI) -> None:
             # a setting to fix, not a moment to wait out: no Retry-After
             logger.warning("knowledge-base request refused: %s", exc.message)
             return JSONResponse(body, status_code=status)
-        if status >= 500 and not isinstance(exc, EngineNotReadyError):
+        # Outages a client waits out are no bugs: no traceback. The engine logged its process's
+        # death once already; the KB database being down gets a line per request.
+        if isinstance(exc, StoreUnavailable):
+            logger.warning("knowledge-base request refused: %s", exc.message)
+        elif status >= 500 and not (
+            isinstance(exc, EngineNotReadyError) or body["error"]["code"] == ENGINE_RESTARTING
+        ):
             logger.exception("request failed", exc_info=exc)
-        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        headers = None
+        if status in (429, 503):
+            headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))}
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

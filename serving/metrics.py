@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app: latency histograms, queue gauges, token counters.
+"""Prometheus metrics of one app: latency histograms, queue gauges, token and restart counters.
 
 Each app gets its own registry, so several apps (tests) never clash. The service wraps
 every engine stream in `track`, so the figures are the same whichever engine runs.
@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from serving.engine.base import DeltaStream, EngineStats, GenerationDelta
 
@@ -76,6 +77,7 @@ class ServingMetrics:
         )
         running.set_function(lambda: s.running if (s := stats()) else 0)
         waiting.set_function(lambda: s.waiting if (s := stats()) else 0)
+        self.registry.register(_EngineRestarts(stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -84,6 +86,22 @@ class ServingMetrics:
         """Wrap `stream` so its tokens are timed and counted."""
         self.prompt_tokens.inc(prompt_tokens)
         return TrackedStream(self, stream, arrived)
+
+
+class _EngineRestarts:
+    """`xiaophi_engine_restarts_total`, read from the engine when scraped: the engine counts
+    its process's restarts itself (they show in /health too)."""
+
+    def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        stats = self._stats()
+        yield CounterMetricFamily(
+            "xiaophi_engine_restarts",
+            "Times the engine process died and a new one was started.",
+            value=stats.restarts if stats else 0,
+        )
 
 
 class TrackedStream:

@@ -372,7 +372,7 @@ class GenerationService:
 
 def _public_reason(delta: GenerationDelta) -> str:
     if delta.finish_reason == "error":
-        raise GenerationFailedError(delta.error or "generation failed", delta.status)
+        raise GenerationFailedError(delta.error or "generation failed", delta.status, delta.code)
     if delta.finish_reason == "cancelled":
         raise GenerationFailedError("generation was cancelled by the server")
     return delta.finish_reason

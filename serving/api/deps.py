@@ -28,7 +28,7 @@ async def get_service(request: Request) -> GenerationService:
     if service is None:
         raise EngineNotReadyError(request.app.state.load_error or "no model is loaded")
     if not service.engine.is_ready:
-        raise EngineNotReadyError(service.engine.unavailable_reason)
+        raise service.engine.not_ready_error()
     return service
 
 

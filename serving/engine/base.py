@@ -8,6 +8,7 @@ The routes and the service never touch a model; a new engine only has to impleme
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -54,7 +55,10 @@ class GenerationDelta:
     finish_reason: FinishReason | None = None
     error: str | None = None
     #: with an error: the HTTP status it stands for, when an upstream server said (remote engine)
+    #: or the engine knows (503 while its process restarts)
     status: int | None = None
+    #: with an error: its OpenAI error code, when the engine knows a more telling one
+    code: str | None = None
     completion_tokens: int = 0  # total generated so far (not just this delta)
 
 
@@ -62,6 +66,7 @@ class GenerationDelta:
 class EngineStats:
     running: int
     waiting: int
+    restarts: int = 0  # times the engine's process died and was started again
 
 
 class DeltaStream(Protocol):
@@ -82,11 +87,31 @@ class EngineNotReadyError(RuntimeError):
     """The engine is not running (not loaded yet, stopped, or crashed)."""
 
 
+class EngineRestartingError(EngineNotReadyError):
+    """The engine's process died and a new one is on its way: retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+#: `GenerationDelta.code` of the requests an engine fails because its process died and is
+#: being restarted: the client should retry them (in-stream, where no status can say so).
+ENGINE_RESTARTING = "engine_restarting"
+
+#: An engine's state for /health: "ok", "restarting" (its process died, a new one is on its
+#: way) or "stopped" (not running: stopping, or lost for good).
+EngineStatus = Literal["ok", "restarting", "stopped"]
+
+
 class Engine(ABC):
     """Runs one model; many concurrent requests share it."""
 
     #: longest prompt + generation the model accepts
     context_length: int
+    #: Set by the app: called on the event loop, with the reason, when the engine has stopped
+    #: for good on its own (its process could not be kept running); the server then exits.
+    on_lost: Callable[[str], None] | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -121,3 +146,11 @@ class Engine(ABC):
     def unavailable_reason(self) -> str:
         """Why the engine is not ready, for `/health` and 503 bodies."""
         return "the model engine stopped"
+
+    @property
+    def status(self) -> EngineStatus:
+        return "ok" if self.is_ready else "stopped"
+
+    def not_ready_error(self) -> EngineNotReadyError:
+        """What `submit` raises while the engine is not ready."""
+        return EngineNotReadyError(self.unavailable_reason)

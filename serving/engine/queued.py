@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from serving.engine.base import (
     Engine,
-    EngineNotReadyError,
     EngineRequest,
     EngineStats,
     FinishReason,
@@ -86,7 +85,7 @@ class QueuedEngine(Engine):
 
     def submit(self, request: EngineRequest) -> RequestStream:
         if not self.is_ready:
-            raise EngineNotReadyError(self.unavailable_reason)
+            raise self.not_ready_error()
         if len(self._running) >= self.max_running and len(self._waiting) >= self.max_waiting:
             raise QueueFullError(
                 f"{len(self._running)} requests running and {len(self._waiting)} waiting; retry later"
@@ -191,6 +190,7 @@ class QueuedEngine(Engine):
         token_ids: list[int] | None = None,
         error: str | None = None,
         status: int | None = None,
+        code: str | None = None,
         abort: bool = False,
     ) -> None:
         state.done = True
@@ -207,14 +207,17 @@ class QueuedEngine(Engine):
                 finish_reason=reason,
                 error=error,
                 status=status,
+                code=code,
                 completion_tokens=state.tokens_seen,
             )
         )
         self._admit_waiting()
 
-    def _fail_all(self, error: str) -> None:
+    def _fail_all(self, error: str, status: int | None = None, code: str | None = None) -> None:
+        """End every request, running or waiting, with `error` (`status`/`code`: see
+        `GenerationDelta`)."""
         for state in list(self._requests.values()):
-            self._finish(state, "error", error=error)
+            self._finish(state, "error", error=error, status=status, code=code)
 
     def _admit_waiting(self) -> None:
         while self._waiting and len(self._running) < self.max_running and self.is_ready:
@@ -255,5 +258,6 @@ def join_deltas(first: GenerationDelta, second: GenerationDelta) -> GenerationDe
         finish_reason=second.finish_reason,
         error=second.error,
         status=second.status,
+        code=second.code,
         completion_tokens=second.completion_tokens,
     )

@@ -96,6 +96,7 @@ async def test_models_and_health(client):
         "model": MODEL,
         "running": 0,
         "waiting": 0,
+        "restarts": 0,
         "knowledge_bases": {"backend": "local", "status": "ok"},
     }
 

@@ -1,5 +1,9 @@
 """Liveness and readiness: 200 when the model is loaded and its engine runs, else 503.
 
+While the engine's process restarts (it died: see serving/engine/engine_process.py) the 503
+says so — `status: restarting`, the restart count, `Retry-After` — so that a load balancer
+waits it out; a server whose engine is lost for good exits rather than answer 503 forever.
+
 The knowledge bases' state is reported beside it but does not decide the status: with the KB
 database down, chat without a knowledge base still works, so a load balancer keeps the server.
 """
@@ -11,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving.api.openapi import error_responses
-from serving.errors import error_response
+from serving.errors import body_for, error_response
 
 router = APIRouter(tags=["health"])
 
@@ -30,6 +34,10 @@ router = APIRouter(tags=["health"])
                             "model": {"type": "string"},
                             "running": {"type": "integer"},
                             "waiting": {"type": "integer"},
+                            "restarts": {
+                                "type": "integer",
+                                "description": "Times the engine process died and restarted.",
+                            },
                             "knowledge_bases": {
                                 "type": "object",
                                 "description": (
@@ -55,12 +63,19 @@ router = APIRouter(tags=["health"])
 )
 async def health(request: Request) -> JSONResponse:
     service = request.app.state.service
-    if service is None or not service.engine.is_ready:
+    if service is None:
         reason = request.app.state.load_error or "the model is not loaded"
-        if service is not None:
-            reason = service.engine.unavailable_reason
         return error_response(503, reason, code="model_not_loaded")
-    stats = service.engine.stats()
+    engine = service.engine
+    if not engine.is_ready:
+        error = engine.not_ready_error()
+        status, body = body_for(error)
+        # beside the error: what a probe or an operator wants to see at a glance
+        body.update(status=engine.status, restarts=engine.stats().restarts)
+        retry = getattr(error, "retry_after_s", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return JSONResponse(body, status_code=status, headers=headers)
+    stats = engine.stats()
     kbs = await run_in_threadpool(request.app.state.knowledge_bases.health)
     return JSONResponse(
         {
@@ -68,6 +83,7 @@ async def health(request: Request) -> JSONResponse:
             "model": service.model_name,
             "running": stats.running,
             "waiting": stats.waiting,
+            "restarts": stats.restarts,
             "knowledge_bases": kbs,
         }
     )
