@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 
@@ -80,13 +81,22 @@ def main(argv: list[str] | None = None) -> None:
     # workers that spin between ops starve the event loop on small CPUs (seen: 10x slower
     # single-stream decoding on 2 cores). Must be set before torch loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    settings = Settings(**parse_args(argv))
+    spawned = None
+    if settings.engine == "slots" and settings.engine_process and settings.model is not None:
+        # first: the engine process imports torch and loads the model while this process
+        # imports the server and builds the page, on another core
+        from serving.engine.spawn import spawn_engine_process
+
+        spawned = spawn_engine_process(settings)
+
     import uvicorn
     from uvicorn.main import STARTUP_FAILURE
 
     from serving.app import create_app
+    from serving.engine.factory import build_engine
 
-    settings = Settings(**parse_args(argv))
-    app = create_app(settings)
+    app = create_app(settings, load=functools.partial(build_engine, spawned=spawned))
     # uvicorn.run without its reload and workers modes, so that the app can end the server
     # (a lost engine) through a graceful shutdown and then say why in the exit status
     server = uvicorn.Server(

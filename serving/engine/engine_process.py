@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import multiprocessing
 import signal
 import threading
 import time
@@ -46,6 +45,7 @@ from serving.engine.base import (
 from serving.engine.loading import engine_process_threads, load_model, pick_device
 from serving.engine.queued import QueuedEngine, RequestState
 from serving.engine.slot_batching import SlotBatcher, job_of, run_batching_loop
+from serving.engine.spawn import SpawnedProcess, spawn_engine_process
 from serving.engine.supervision import RestartPolicy
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,16 @@ class ProcessSlotEngine(QueuedEngine):
     """The `slots` engine with its model loop in a supervised process (see the module docstring)."""
 
     def __init__(
-        self, settings, tokenizer, *, warmup: bool = True, policy: RestartPolicy | None = None
+        self,
+        settings,
+        tokenizer,
+        *,
+        warmup: bool = True,
+        policy: RestartPolicy | None = None,
+        spawned: SpawnedProcess | None = None,
     ) -> None:
+        """`spawned`: an engine process already started for `settings` (spawn.py), which the
+        first start adopts instead of starting one."""
         # context length and EOS ids arrive with the child's "ready" message
         super().__init__(
             tokenizer,
@@ -76,6 +84,7 @@ class ProcessSlotEngine(QueuedEngine):
         )
         self._settings = settings
         self._warmup = warmup
+        self._spawned = spawned
         self._backoff = (
             policy or RestartPolicy(max_restarts=settings.engine_max_restarts)
         ).backoff()
@@ -103,7 +112,8 @@ class ProcessSlotEngine(QueuedEngine):
 
     async def _start_child(self) -> None:
         """Start an engine process and wait for its "ready" (raises `EngineStartError`)."""
-        child = EngineChild(self._settings, self._loop, self._on_output, self._on_end)
+        spawned, self._spawned = self._spawned, None  # an early process serves the first start
+        child = EngineChild(self._settings, self._loop, self._on_output, self._on_end, spawned)
         self._child = child
         self.context_length, eos, self.torch_threads = await child.ready
         self.eos_token_ids = set(eos)
@@ -238,16 +248,18 @@ class EngineChild:
     reads the pipe and reports to the event loop — each step's tokens (`on_output`), the
     "ready" message (`ready`), and the end (`on_end`, after the process is reaped)."""
 
-    def __init__(self, settings, loop: asyncio.AbstractEventLoop, on_output, on_end) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self.process = context.Process(
-            target=child_main, args=(child_conn, settings), name="xiaophi-engine", daemon=True
-        )
-        self.process.start()
-        child_conn.close()  # so that a dead child shows as EOF here
+    def __init__(
+        self,
+        settings,
+        loop: asyncio.AbstractEventLoop,
+        on_output,
+        on_end,
+        spawned: SpawnedProcess | None = None,
+    ) -> None:
+        spawned = spawned or spawn_engine_process(settings)
+        self.process, self._conn = spawned.process, spawned.conn
         self.pid = self.process.pid
-        self.started_at = time.monotonic()
+        self.started_at = spawned.started_at
         self._loop = loop
         self._on_output = on_output
         self._on_end = on_end

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from serving.config import Settings
 from serving.engine.base import Engine
 from serving.engine.loading import load_model, load_tokenizer
+from serving.engine.spawn import SpawnedProcess
 
 
 @dataclass
@@ -16,14 +17,15 @@ class LoadedModel:
     name: str
 
 
-def build_engine(settings: Settings) -> LoadedModel:
+def build_engine(settings: Settings, spawned: SpawnedProcess | None = None) -> LoadedModel:
+    """`spawned`: an engine process `xiaophi-serve` started early for these settings."""
     if settings.engine == "remote":
         return _remote_engine(settings)
     if settings.engine == "slots" and settings.engine_process:
         from serving.engine.engine_process import ProcessSlotEngine
 
         tokenizer = load_tokenizer(settings)  # the model loads in the engine process
-        engine = ProcessSlotEngine(settings, tokenizer)
+        engine = ProcessSlotEngine(settings, tokenizer, spawned=spawned)
         return LoadedModel(engine=engine, tokenizer=tokenizer, name=settings.model_name)
     model, tokenizer = load_model(settings)
     if settings.engine == "slots":
