@@ -84,7 +84,6 @@ def build_model(
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attention_dropout=0.0,
-        hidden_act="gelu_pytorch_tanh",  # what training.model_factory builds
         **PRESETS[preset],
     )
     torch.manual_seed(seed)
