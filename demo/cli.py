@@ -2,9 +2,10 @@
 
 Builds the demo corpora (once; the build's output goes to `data/demo/build.log`), runs the tiny
 pipeline (finished stages are skipped; a line per stage on the console, each stage's output in
-`runs/tiny/logs/`), then starts `xiaophi-serve` with the UI and, while it loads, fills the `demo`
-knowledge base from packaged documents (duplicates are recognised); once the server is healthy it
-prints the URL, a curl call and an openai snippet. Ctrl-C stops the server. `--verbose` shows
+`runs/tiny/logs/`), starts `xiaophi-serve` with the UI as soon as the chat model is trained and
+fills the `demo` knowledge base from packaged documents (duplicates are recognised) as soon as the
+embedder is, while the last stages run; once the pipeline is done and the server healthy it prints
+the URL, a curl call and an openai snippet. Ctrl-C stops the server. `--verbose` shows
 everything the build and the stages print instead.
 """
 
@@ -22,9 +23,11 @@ import urllib.request
 from pathlib import Path
 
 from training.data.demo import build_status
+from training.stage_dirs import is_finished
 
 BIN = Path(sys.executable).parent
 MODEL_NAME = "xiaophi-tiny"
+INTERRUPTED = "xiaophi-demo: interrupted; run it again to go on where it stopped."
 
 
 def step(title: str, started: float) -> None:
@@ -63,28 +66,32 @@ def corpus_line(data: Path, log: Path) -> str:
     )
 
 
-def fill_demo_kb(kb_dir: Path, embedder: Path, docs: Path, name: str = "demo") -> None:
+def fill_demo_kb(kb_dir: Path, embedder: Path, docs: Path, name: str = "demo") -> list[str]:
+    """Create (once) and fill the demo knowledge base; returns one line per file for the console."""
     os.environ["XIAOPHI_KB_EMBEDDING_MODEL"] = str(embedder)
     from rag.config import KBSettings
     from rag.errors import Conflict
     from rag.models import Upload
     from rag.service import KnowledgeBaseService
 
+    lines = []
     service = KnowledgeBaseService(KBSettings(kb_dir=kb_dir, embedding_model=str(embedder)))
     with contextlib.suppress(Conflict):  # already there from an earlier `make demo`
         service.create_kb(name)
     info = service.get_kb(name)
     if info.documents and info.embedding_model != service.embedder.model_id:
-        print(f"  the demo KB was indexed with another embedder: reindexing ({info.chunks} chunks)")
+        lines.append(
+            f"  the demo KB was indexed with another embedder: reindexed ({info.chunks} chunks)"
+        )
         service.reindex(name)
     uploads = [
         Upload(filename=p.name, data=p.read_bytes()) for p in sorted(docs.iterdir()) if p.is_file()
     ]
     for result in service.add_documents(name, uploads).results:
         chunks = f", {result.document.chunks} chunks" if result.document else ""
-        print(
-            f"  {result.filename}: {result.status}{chunks}{' — ' + result.reason if result.reason else ''}"
-        )
+        reason = f" — {result.reason}" if result.reason else ""
+        lines.append(f"  {result.filename}: {result.status}{chunks}{reason}")
+    return lines
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -150,21 +157,23 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     run_dir, data = Path(args.run), Path(args.data)
     try:
-        prepare(args, run_dir, data, started)
+        build_corpora(args, run_dir, data, started)
+        if args.no_serve:
+            step("training the tiny model (finished stages are skipped)", started)
+            run(*pipeline_command(args, run_dir))
+            step("filling the demo knowledge base", started)
+            print(
+                "\n".join(fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs"))
+            )
+            step("ready (not serving: --no-serve)", started)
+            return
     except KeyboardInterrupt:
-        raise SystemExit(
-            "xiaophi-demo: interrupted; run it again to go on where it stopped."
-        ) from None
-    if args.no_serve:
-        step("filling the demo knowledge base", started)
-        fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
-        step("ready (not serving: --no-serve)", started)
-        return
-    serve(args, run_dir, data, started)
+        raise SystemExit(INTERRUPTED) from None
+    train_and_serve(args, run_dir, data, started)
 
 
-def prepare(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
-    """Corpora (when missing or stale), then the pipeline."""
+def build_corpora(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
+    """The demo corpora, when missing or built by another version of the builder."""
     status = build_status(data)
     if status != "current":
         if status == "stale":
@@ -181,16 +190,71 @@ def prepare(args: argparse.Namespace, run_dir: Path, data: Path, started: float)
                 "to train on the new ones.",
                 flush=True,
             )
-    step("training the tiny model (finished stages are skipped)", started)
+
+
+def pipeline_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     verbose = ["--verbose"] if args.verbose else []
-    run("xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir), *verbose)
+    return ["xiaophi-train", "pipeline", "--recipe", "tiny", "--out", str(run_dir), *verbose]
 
 
-def serve(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
-    """Start the server, fill the demo knowledge base while it loads (the KB is a folder the
-    server reads on each search; both take a few seconds of one core each), wait for /health."""
-    step("starting the server and filling the demo knowledge base", started)
+def train_and_serve(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -> None:
+    """The pipeline, with the server started as soon as the chat model is published and the
+    knowledge base filled as soon as the embedder is: neither waits for the stages after the one
+    it needs (the embedder's, the eval's), which run meanwhile. Then /health, the banner, and the
+    server until Ctrl-C."""
+    step("training the tiny model (finished stages are skipped)", started)
+    command = pipeline_command(args, run_dir)
+    pipeline = subprocess.Popen([str(BIN / command[0]), *command[1:]])
     url = f"http://{args.host}:{args.port}"
+    server, kb_lines = None, None
+    # Ctrl-C reaches the pipeline and the server too (one process group); SIGTERM (`kill`) this
+    # process, and it stops them.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        try:
+            while pipeline.poll() is None:
+                if server is None and is_finished(run_dir, "dpo"):
+                    server = start_server(args, run_dir)
+                if server is not None and kb_lines is None and is_finished(run_dir, "embedder"):
+                    kb_lines = fill_demo_kb(
+                        Path(args.kb_dir), run_dir / "embedder", data / "kb_docs"
+                    )
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pipeline.wait()
+            raise SystemExit(INTERRUPTED) from None
+        if pipeline.returncode != 0:
+            raise SystemExit(
+                f"xiaophi-demo: `xiaophi-train pipeline …` failed with exit code "
+                f"{pipeline.returncode} (its output is above)"
+            )
+        step("the server and the demo knowledge base", started)
+        server = server or start_server(args, run_dir)
+        if kb_lines is None:
+            kb_lines = fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
+        print("\n".join(kb_lines), flush=True)
+        wait_healthy(url, server)
+        step(
+            f"serving {url}/ui — {time.time() - started:.0f}s from `make demo` to a served page",
+            started,
+        )
+        print(banner(url), flush=True)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if pipeline.poll() is None:
+            pipeline.terminate()
+            pipeline.wait()
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def start_server(args: argparse.Namespace, run_dir: Path) -> subprocess.Popen:
     env = {
         "XIAOPHI_UI_DEFAULT_KB": "demo",  # the page opens on the knowledge base just filled
         **os.environ,
@@ -211,27 +275,7 @@ def serve(args: argparse.Namespace, run_dir: Path, data: Path, started: float) -
         "--log-level",
         "warning",
     ]
-    proc = subprocess.Popen(command, env=env)
-    # Ctrl-C reaches the server too (same process group); SIGTERM (e.g. `kill`) ends it here.
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    try:
-        fill_demo_kb(Path(args.kb_dir), run_dir / "embedder", data / "kb_docs")
-        wait_healthy(url, proc)
-        step(
-            f"serving {url}/ui — {time.time() - started:.0f}s from `make demo` to a served page",
-            started,
-        )
-        print(banner(url), flush=True)
-        proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    return subprocess.Popen(command, env=env)
 
 
 if __name__ == "__main__":
