@@ -272,7 +272,8 @@ class EmbedderConfig(Section):
         "(sha1 % 10 == 0).",
     )
     num_threads: int = Field(
-        0, description="Torch intra-op threads while training the embedder (0 = one per core)."
+        0,
+        description="Torch intra-op threads while training the embedder (0 = what the free cores allow).",
     )
     max_steps: int = Field(800, description="Training steps.")
     batch_size: int = Field(1024, description="Pairs per batch (in-batch negatives).")

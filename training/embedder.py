@@ -16,7 +16,6 @@ The saved folder is a plain sentence-transformers model, so
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from training import progress
+from training import cpu_share, progress
 from training.data.embedder_pairs import load_pairs, training_pairs
 from training.embedder_model import (
     apply_sif_weights,
@@ -70,7 +69,7 @@ def train_embedder(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.num_threads or torch.get_num_threads())
     try:
         return _train(pairs, Path(out_dir), cfg, eval_pairs, rng, texts)
     finally:
@@ -147,6 +146,7 @@ def _fit(model, pairs, token_ids, cfg, batch_size: int, rng: random.Random) -> l
     order: list[int] = []
     losses_seen = []
     progress.report(done=0, total=cfg.max_steps, unit="steps")
+    share = cpu_share.CpuShare() if cfg.num_threads == 0 and cpu_share.managed() else None
     for step in range(cfg.max_steps):
         if len(order) < batch_size:
             order += rng.sample(range(len(pairs)), len(pairs))
@@ -160,6 +160,8 @@ def _fit(model, pairs, token_ids, cfg, batch_size: int, rng: random.Random) -> l
         schedule.step()
         losses_seen.append(loss.item())
         progress.report(done=step + 1)
+        if share is not None and (step + 1) % 100 == 0:  # other programs come and go
+            torch.set_num_threads(share.threads() or torch.get_num_threads())
     model.eval()
     return losses_seen
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from training.config import Recipe
+from training.cpu_share import set_threads_for_free_cores
 from training.distributed import check_launch_fits_device, is_main_process, wait_for, world_size
 from training.stage_console import StageConsole
 from training.stage_dirs import (
@@ -78,9 +79,13 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage | str) -> dict:
         )
         return report if report is not None else read_stage_report(run_dir, stage.name)
     work = stage_work_dir(run_dir, stage.name)
+    # one process on a CPU shared with other programs: threads for the cores they leave free
+    threads = set_threads_for_free_cores() if world_size() == 1 else None
     started = time.time()
     report = stage.run(recipe, run_dir, work)
     report.setdefault("wall_time_s", round(time.time() - started, 2))
+    if threads is not None:
+        report.setdefault("torch_threads_at_start", threads)
     publish_stage(run_dir, stage.name, report)
     return report
 

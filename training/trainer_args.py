@@ -17,7 +17,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
-from training import progress
+from training import cpu_share, progress
 from training.config import TrainConfig
 from training.distributed import world_size
 from training.stage_dirs import checkpoints_dir
@@ -142,6 +142,8 @@ def train_resumably(
         trainer.args.eval_on_start = True
     if progress.active() is not None:  # the pipeline shows this stage's line on the console
         trainer.add_callback(ProgressCallback())
+    if cpu_share.managed() and world_size() == 1:  # follow the cores other programs leave free
+        trainer.add_callback(cpu_share.CpuShareCallback())
     start = time.time()
     result = trainer.train(resume_from_checkpoint=True if resumed else None)
     wall = time.time() - start
