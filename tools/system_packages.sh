@@ -19,9 +19,11 @@ if [ ${#missing[@]} -eq 0 ] && [ ${#missing_bare[@]} -eq 0 ]; then
     exit 0
 fi
 
-commands=("apt-get update")
-[ ${#missing[@]} -eq 0 ] || commands+=("apt-get install -y ${missing[*]}")
-[ ${#missing_bare[@]} -eq 0 ] || commands+=("apt-get install -y --no-install-recommends ${missing_bare[*]}")
+# waits for another apt (an unattended upgrade, a second install) instead of failing at once
+apt="apt-get -o DPkg::Lock::Timeout=300"
+commands=("$apt update")
+[ ${#missing[@]} -eq 0 ] || commands+=("$apt install -y ${missing[*]}")
+[ ${#missing_bare[@]} -eq 0 ] || commands+=("$apt install -y --no-install-recommends ${missing_bare[*]}")
 
 if [ "$(id -u)" -eq 0 ]; then
     SUDO=()
