@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from rag import postgres_search
+from rag.backends import postgres_search
 from rag.backends.postgres_schema import SCHEMA_VERSION
 from rag.bm25 import BM25Index
 from rag.config import KBSettings
