@@ -33,6 +33,6 @@ def spawn_engine_process(settings) -> SpawnedProcess:
 
 
 def _engine_process_main(conn: Connection, settings) -> None:
-    from serving.engine.engine_process import child_main
+    from serving.engine.engine_child import child_main
 
     child_main(conn, settings)
