@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,10 +89,22 @@ def _print(value, as_json: bool) -> None:
         print(value)
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
+@contextlib.contextmanager
+def progress_bars_off():
+    """No download or weight-loading bars on the CLI's terminal, for this call only: main() also
+    runs in-process (tests, scripts), and a variable left in os.environ would silence the bars of
+    every child process the caller starts afterwards."""
+    name = "HF_HUB_DISABLE_PROGRESS_BARS"
+    before = os.environ.get(name)
+    os.environ.setdefault(name, "1")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep the terminal readable
+
+def run(args: argparse.Namespace) -> int:
     from rag.service import KnowledgeBaseService
 
     overrides = {}
@@ -189,7 +203,8 @@ def migrate(args: argparse.Namespace, settings: KBSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with progress_bars_off():
+            return run(args)
     except KBError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -25,7 +25,9 @@ TINY_TEXTS = [
 ] * 3
 
 
-def build_tiny_checkpoint(path: Path, arch: str = "phi", seed: int = 0) -> Path:
+def build_tiny_checkpoint(
+    path: Path, arch: str = "phi", seed: int = 0, hidden_size: int = 32, num_heads: int = 4
+) -> Path:
     """A plain HF checkpoint (tokenizer + random 2-layer model + chat template) at `path`."""
     from training.config import ModelConfig
     from training.model_factory import build_model
@@ -34,9 +36,9 @@ def build_tiny_checkpoint(path: Path, arch: str = "phi", seed: int = 0) -> Path:
     tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400, min_frequency=1, model_max_length=128)
     cfg = ModelConfig(
         arch=arch,
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_layers=2,
-        num_heads=4,
+        num_heads=num_heads,
         intermediate_size=64,
         max_position_embeddings=128,
     )
@@ -90,3 +92,22 @@ def fresh_database(server) -> str:
 def database_url(postgres_server) -> str:
     """An empty database of its own for one test."""
     return fresh_database(postgres_server)
+
+
+@pytest.fixture(autouse=True)
+def environment_left_as_found():
+    """A test (or the code it calls in-process) must leave os.environ as it found it: a leaked
+    variable changes what every later test's child processes do, so a test would pass alone and
+    fail in the suite (HF_HUB_DISABLE_PROGRESS_BARS from the KB CLI once hid a pipeline's bars).
+    monkeypatch's changes are undone before this check runs."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    names = (set(before) | set(after)) - {"PYTEST_CURRENT_TEST"}  # pytest's own
+    leaked = {k: after.get(k) for k in names if before.get(k) != after.get(k)}
+    for name in leaked:
+        if name in before:
+            os.environ[name] = before[name]
+        else:
+            os.environ.pop(name)
+    assert not leaked, f"os.environ changed by the test and not put back: {leaked}"

@@ -1,4 +1,5 @@
 import json
+import os
 
 from rag.cli import main
 from tests.rag.conftest import IDIOMS
@@ -97,3 +98,13 @@ def test_errors_are_clear_messages_with_nonzero_exit(tmp_path, capsys, monkeypat
     assert main(["add", "demo", str(tmp_path / "missing.txt")]) == 2
     assert main(["--embedding-model", "runs/none/embedder", "search", "demo", "问题"]) == 2
     assert "xiaophi-train embedder" in capsys.readouterr().err
+
+
+def test_the_cli_leaves_the_callers_environment_as_it_found_it(tmp_path, monkeypatch):
+    # The CLI keeps its own terminal free of progress bars, but main() is also called in-process
+    # (tests, the API's tests): a variable left behind would silence every later child process's
+    # bars too (it hid transformers' "Writing model shards" from a pipeline run in the suite).
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    before = dict(os.environ)
+    assert main(["--kb-dir", str(tmp_path / "kb"), "--embedding-model", "hashing", "list"]) == 0
+    assert dict(os.environ) == before
