@@ -42,6 +42,8 @@ class StreamOptions(BaseModel):
 
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+#: most top logprobs per position (vLLM's default `--max-logprobs`)
+MAX_LOGPROBS = 20
 
 
 class SamplingFields(BaseModel):
@@ -62,9 +64,19 @@ class SamplingFields(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
     user: str | None = None
-    # extra_body
+    logit_bias: (
+        dict[str, Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]] | None
+    ) = Field(None, description="Token id (as a string) → bias added to its logit, -100 to 100.")
+    # extra_body (vLLM's names)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    min_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    min_tokens: int = Field(
+        0, ge=0, description="No end (EOS, stop token) before this many tokens."
+    )
+    ignore_eos: bool = False
+    stop_token_ids: list[StrictInt] | None = None
+    include_stop_str_in_output: bool = False
 
     @field_validator("seed", mode="before")
     @classmethod
@@ -93,6 +105,7 @@ class ChatRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[Any] | None = None
     # extra_body: answer from a knowledge base (RAG). `top_k` stays the sampling filter, so the
     # number of passages has its own name.
@@ -103,10 +116,13 @@ class ChatRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     # token ids are strict: `true`/`1.5` are not token ids
     prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
+    # 0 is allowed here: with `echo`, the prompt's own logprobs and nothing new (lm-eval's
+    # loglikelihood requests)
+    max_tokens: int | None = Field(None, ge=0)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
 #: OpenAI's limits on one embeddings request: 2048 inputs; 8192 (here: characters) each.
@@ -170,11 +186,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobEntry] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -213,7 +243,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatChunk(BaseModel):
@@ -231,11 +261,21 @@ class SourcesChunk(ChatChunk):
     sources: list[Source]
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape: one entry per token in each list (with `echo`, the prompt's
+    tokens first, the first of them with no logprob)."""
+
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -11,13 +11,20 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import anyio
 
 from rag.service import KnowledgeBaseService
 from serving import rag_chat
 from serving.choice_streams import Choice, ChunkStream, close_soon, merge_choices
-from serving.engine.base import Engine, EngineRequest, GenerationDelta, SamplingParams
+from serving.engine.base import (
+    Engine,
+    EngineRequest,
+    GenerationDelta,
+    SamplingParams,
+    TokenLogprob,
+)
 from serving.errors import (
     ContextLengthError,
     GenerationFailedError,
@@ -25,6 +32,7 @@ from serving.errors import (
     ModelNotFoundError,
 )
 from serving.generation_defaults import SamplingDefaults
+from serving.logprob_views import CompletionLogprobsBuilder, TokenTexts, chat_content
 from serving.metrics import ServingMetrics
 from serving.schemas import (
     AssistantMessage,
@@ -33,6 +41,7 @@ from serving.schemas import (
     ChatChunkChoice,
     ChatCompletion,
     ChatDelta,
+    ChatLogprobs,
     ChatRequest,
     Completion,
     CompletionChoice,
@@ -65,20 +74,24 @@ class GenerationService:
         self.metrics = metrics
         self.max_n = max_n
         self.knowledge = knowledge  # the knowledge-base service, for `knowledge_base` requests
+        self.token_texts = TokenTexts(tokenizer)  # for logprobs
 
     # ------------------------------------------------------------------ chat
     async def chat(self, request: ChatRequest) -> ChatCompletion:
         """The whole answer; a `RagChatCompletion`, with its sources, for a knowledge base."""
         rid, choices, sources = await self._start_chat(request)
-        texts, reasons, usage = await self._collect(choices)
+        outcomes, usage = await self._collect(choices)
         answer = ChatCompletion(
             id=rid,
             model=self.model_name,
             choices=[
                 ChatChoice(
-                    index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i]
+                    index=i,
+                    message=AssistantMessage(content=outcome.text),
+                    finish_reason=outcome.reason,
+                    logprobs=self._chat_logprobs(request, outcome.logprobs),
                 )
-                for i in range(len(choices))
+                for i, outcome in enumerate(outcomes)
             ],
             usage=usage,
         )
@@ -96,8 +109,8 @@ class GenerationService:
     ) -> tuple[str, list[Choice], list[Source] | None]:
         """Check, render and queue a chat request: its id, its choices, its RAG sources."""
         self._check_common(request)
-        if request.logprobs:
-            raise InvalidRequestError("logprobs are not supported", param="logprobs")
+        if request.top_logprobs is not None and not request.logprobs:
+            raise InvalidRequestError("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
         if request.tools:
             raise InvalidRequestError("tools are not supported by this model", param="tools")
         max_tokens = request.max_completion_tokens or request.max_tokens
@@ -165,11 +178,20 @@ class GenerationService:
     ) -> AsyncIterator[ChatChunk]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
-        def chunk(index: int, delta: ChatDelta, finish: str | None = None) -> ChatChunk:
+        def chunk(
+            index: int,
+            delta: ChatDelta,
+            finish: str | None = None,
+            logprobs: ChatLogprobs | None = None,
+        ) -> ChatChunk:
             return ChatChunk(
                 id=rid,
                 model=self.model_name,
-                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish)],
+                choices=[
+                    ChatChunkChoice(
+                        index=index, delta=delta, finish_reason=finish, logprobs=logprobs
+                    )
+                ],
             )
 
         for choice in choices:
@@ -177,8 +199,9 @@ class GenerationService:
         completion_tokens = 0
         async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
-                if delta.text:
-                    yield chunk(index, ChatDelta(content=delta.text))
+                logprobs = self._chat_logprobs(request, delta.logprobs)
+                if delta.text or (logprobs and logprobs.content):
+                    yield chunk(index, ChatDelta(content=delta.text), logprobs=logprobs)
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
                     yield chunk(index, ChatDelta(), _public_reason(delta))
@@ -196,16 +219,24 @@ class GenerationService:
     async def complete(self, request: CompletionRequest) -> Completion:
         """The whole continuation of every prompt."""
         rid, choices = self._start_completion(request)
-        texts, reasons, usage = await self._collect(choices)
-        return Completion(
-            id=rid,
-            model=self.model_name,
-            choices=[
-                CompletionChoice(index=i, text=texts[i], finish_reason=reasons[i])
-                for i in range(len(choices))
-            ],
-            usage=usage,
-        )
+        outcomes, usage = await self._collect(choices)
+        answers = []
+        for choice, outcome in zip(choices, outcomes, strict=True):
+            text, logprobs = outcome.text, None
+            builder = self._logprobs_builder(request)
+            if request.echo:
+                text = self._prompt_text(request, choice) + text
+                if builder is not None:
+                    builder.add(choice.prompt_ids, outcome.prompt_logprobs)
+            if builder is not None:
+                builder.add(outcome.token_ids, outcome.logprobs)
+                logprobs = builder.whole
+            answers.append(
+                CompletionChoice(
+                    index=choice.index, text=text, finish_reason=outcome.reason, logprobs=logprobs
+                )
+            )
+        return Completion(id=rid, model=self.model_name, choices=answers, usage=usage)
 
     async def stream_complete(self, request: CompletionRequest) -> ChunkStream[Completion]:
         """The continuations' chunks (every choice is queued before this returns)."""
@@ -215,13 +246,8 @@ class GenerationService:
     def _start_completion(self, request: CompletionRequest) -> tuple[str, list[Choice]]:
         """Check, tokenize and queue a completion request: its id and its choices."""
         self._check_common(request)
-        for name, unsupported in (
-            ("echo", request.echo),
-            ("suffix", request.suffix),
-            ("logprobs", request.logprobs),
-        ):
-            if unsupported:
-                raise InvalidRequestError(f"`{name}` is not supported", param=name)
+        if request.suffix:
+            raise InvalidRequestError("`suffix` is not supported", param="suffix")
         if request.best_of not in (None, 1):
             raise InvalidRequestError("`best_of` is not supported", param="best_of")
         prompts = self._completion_prompts(request.prompt)
@@ -260,20 +286,41 @@ class GenerationService:
     ) -> AsyncIterator[Completion]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         completion_tokens = 0
+        builders = {c.index: self._logprobs_builder(request) for c in choices}
+        sent = dict.fromkeys(builders, 0)  # characters of text sent per choice
+        echoed: set[int] = set()
+
+        def chunk(index: int, text: str, finish: str | None, logprobs) -> Completion:
+            sent[index] += len(text)
+            return Completion(
+                id=rid,
+                model=self.model_name,
+                choices=[
+                    CompletionChoice(
+                        index=index, text=text, finish_reason=finish, logprobs=logprobs
+                    )
+                ],
+            )
+
         async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
+                builder = builders[index]
+                if request.echo and index not in echoed:  # the prompt, before its continuation
+                    echoed.add(index)
+                    choice = choices[index]
+                    prompt_logprobs = None
+                    if builder is not None:
+                        prompt_logprobs = builder.add(choice.prompt_ids, delta.prompt_logprobs, 0)
+                    yield chunk(index, self._prompt_text(request, choice), None, prompt_logprobs)
                 finish = None
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
                     finish = _public_reason(delta)
-                if delta.text or finish:
-                    yield Completion(
-                        id=rid,
-                        model=self.model_name,
-                        choices=[
-                            CompletionChoice(index=index, text=delta.text, finish_reason=finish)
-                        ],
-                    )
+                logprobs = None
+                if builder is not None and delta.token_ids:
+                    logprobs = builder.add(delta.token_ids, delta.logprobs, sent[index])
+                if delta.text or finish or logprobs:
+                    yield chunk(index, delta.text, finish, logprobs)
         if include_usage:
             yield Completion(
                 id=rid,
@@ -292,12 +339,19 @@ class GenerationService:
             )
         if request.n > self.max_n:
             raise InvalidRequestError(f"`n` must be at most {self.max_n}", param="n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(request, name):
+        vocab = len(self.tokenizer)
+        for key in request.logit_bias or {}:
+            if not key.isdigit() or int(key) >= vocab:
                 raise InvalidRequestError(
-                    f"`{name}` is not supported; use `repetition_penalty` (extra_body) instead",
-                    param=name,
+                    f"`logit_bias` key {key!r} is not a token id of this model (0 to {vocab - 1})",
+                    param="logit_bias",
                 )
+        outside = [t for t in request.stop_token_ids or [] if not 0 <= t < vocab]
+        if outside:
+            raise InvalidRequestError(
+                f"`stop_token_ids` {outside} are not token ids of this model (0 to {vocab - 1})",
+                param="stop_token_ids",
+            )
 
     def sampling_params(
         self, request: SamplingFields, prompt_len: int, max_tokens: int | None
@@ -311,8 +365,14 @@ class GenerationService:
                 code="context_length_exceeded",
             )
         d = self.defaults
+        if isinstance(request, ChatRequest):
+            logprobs = (request.top_logprobs or 0) if request.logprobs else None
+            prompt_logprobs = None
+        else:
+            logprobs = request.logprobs
+            prompt_logprobs = logprobs if request.echo else None
         return SamplingParams(
-            max_new_tokens=min(max_tokens or remaining, remaining),
+            max_new_tokens=remaining if max_tokens is None else min(max_tokens, remaining),
             temperature=d.temperature if request.temperature is None else request.temperature,
             top_p=d.top_p if request.top_p is None else request.top_p,
             top_k=d.top_k if request.top_k is None else request.top_k,
@@ -323,6 +383,16 @@ class GenerationService:
             ),
             seed=request.seed,
             stop=list(request.stop or []),
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            logit_bias={int(k): v for k, v in (request.logit_bias or {}).items()},
+            min_p=request.min_p or 0.0,
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
+            stop_token_ids=list(request.stop_token_ids or []),
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _submit(
@@ -348,17 +418,44 @@ class GenerationService:
             raise
         return choices
 
-    async def _collect(self, choices: list[Choice]) -> tuple[list[str], list[str], Usage]:
-        texts = [""] * len(choices)
-        reasons = ["stop"] * len(choices)
+    async def _collect(self, choices: list[Choice]) -> tuple[list[Outcome], Usage]:
+        outcomes = [Outcome() for _ in choices]
         completion_tokens = 0
         async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
-                texts[index] += delta.text
+                outcome = outcomes[index]
+                outcome.text += delta.text
+                outcome.token_ids += delta.token_ids
+                if delta.logprobs is not None:
+                    outcome.logprobs = (outcome.logprobs or []) + delta.logprobs
+                if delta.prompt_logprobs is not None:
+                    outcome.prompt_logprobs = delta.prompt_logprobs
                 if delta.finish_reason is not None:
-                    reasons[index] = _public_reason(delta)
+                    outcome.reason = _public_reason(delta)
                     completion_tokens += delta.completion_tokens
-        return texts, reasons, self._usage(choices, completion_tokens)
+        return outcomes, self._usage(choices, completion_tokens)
+
+    def _chat_logprobs(
+        self, request: ChatRequest, entries: list[TokenLogprob] | None
+    ) -> ChatLogprobs | None:
+        if not request.logprobs or entries is None:
+            return None
+        return ChatLogprobs(
+            content=chat_content(entries, request.top_logprobs or 0, self.token_texts)
+        )
+
+    def _logprobs_builder(self, request: CompletionRequest) -> CompletionLogprobsBuilder | None:
+        if request.logprobs is None:
+            return None
+        return CompletionLogprobsBuilder(request.logprobs, self.token_texts)
+
+    def _prompt_text(self, request: CompletionRequest, choice: Choice) -> str:
+        """What `echo` repeats: the prompt as sent, or its token ids decoded."""
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        per_prompt = choice.index // request.n
+        if per_prompt < len(prompts) and isinstance(prompts[per_prompt], str):
+            return prompts[per_prompt]
+        return self.tokenizer.decode(choice.prompt_ids)
 
     def _usage(self, choices: list[Choice], completion_tokens: int) -> Usage:
         # n choices of one prompt share it: OpenAI counts the prompt once per distinct prompt
@@ -368,6 +465,17 @@ class GenerationService:
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
+
+
+@dataclass
+class Outcome:
+    """One choice's whole answer, gathered from its deltas."""
+
+    text: str = ""
+    reason: str = "stop"
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 def _public_reason(delta: GenerationDelta) -> str:

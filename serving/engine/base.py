@@ -28,11 +28,53 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    #: OpenAI's penalties, over the generated tokens only: logit -= frequency × count and
+    #: -= presence × (count > 0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: token id → added to its logit (before the penalties, as vLLM does)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_p: float = 0.0
+    #: no end (EOS or a stop token) before this many generated tokens
+    min_tokens: int = 0
+    #: EOS does not end generation (its text is still left out)
+    ignore_eos: bool = False
+    #: ids that end generation like EOS (finish_reason "stop")
+    stop_token_ids: list[int] = field(default_factory=list)
+    #: the stop string (or stop token's text) that ended the answer stays in it
+    include_stop_str_in_output: bool = False
+    #: None: no logprobs; n ≥ 0: each generated token's logprob and the n likeliest tokens'
+    logprobs: int | None = None
+    #: None: none; n ≥ 0: the prompt tokens' logprobs too (completions' `echo`)
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
         # below GREEDY_TEMPERATURE, logits / temperature overflows float32: argmax is the limit
         return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether anything changes the model's logits before the choice (beyond temperature,
+        top-k/top-p/min-p, which only sampled requests apply)."""
+        return bool(
+            self.repetition_penalty != 1.0
+            or self.presence_penalty
+            or self.frequency_penalty
+            or self.logit_bias
+            or self.min_tokens
+        )
+
+
+@dataclass
+class TokenLogprob:
+    """One position's logprob, from the model's raw distribution (log-softmax of its logits in
+    float32, before penalties, temperature or filters: what vLLM reports by default), with the
+    likeliest tokens there (`top`: (token id, logprob), most likely first)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +94,11 @@ class GenerationDelta:
 
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
+    #: with `SamplingParams.logprobs`: one entry per token of `token_ids`
+    logprobs: list[TokenLogprob] | None = None
+    #: with `SamplingParams.prompt_logprobs`, on the first delta: one per prompt token (the
+    #: first None: nothing comes before it)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     finish_reason: FinishReason | None = None
     error: str | None = None
     #: with an error: the HTTP status it stands for, when an upstream server said (remote engine)

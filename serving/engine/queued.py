@@ -25,8 +25,9 @@ from serving.engine.base import (
     GenerationDelta,
     QueueFullError,
     SamplingParams,
+    TokenLogprob,
 )
-from serving.engine.sampling import RowSampling, seeded_generator
+from serving.engine.sampling import RowSampling, ends_generation, seeded_generator
 from serving.engine.text_stream import TextStream
 
 
@@ -97,7 +98,9 @@ class QueuedEngine(Engine):
         state = RequestState(
             request=request,
             engine_id=f"{request.request_id}#{next(self._ids)}",
-            text=TextStream(self.tokenizer, request.params.stop),
+            text=TextStream(
+                self.tokenizer, request.params.stop, request.params.include_stop_str_in_output
+            ),
             sampling=RowSampling(request.params, generator),
             seed=seed,
         )
@@ -124,29 +127,49 @@ class QueuedEngine(Engine):
         self._running.add(state.engine_id)
         self._launch(state)
 
-    def _deliver(self, state: RequestState, new_tokens: list[int], finished: bool) -> None:
-        """New token ids of `state` from the backend; `finished`: the backend is done with it."""
+    def _deliver(
+        self,
+        state: RequestState,
+        new_tokens: list[int],
+        finished: bool,
+        logprobs: list[TokenLogprob] | None = None,
+        prompt_logprobs: list[TokenLogprob | None] | None = None,
+    ) -> None:
+        """New token ids of `state` from the backend; `finished`: the backend is done with it.
+        `logprobs`: one per new token, when the request asked; `prompt_logprobs`: its prompt's."""
         if state.done:
             return
+        params = state.request.params
         state.tokens_seen += len(new_tokens)
-        hit_eos = bool(new_tokens) and new_tokens[-1] in self.eos_token_ids
-        result = state.text.push([t for t in new_tokens if t not in self.eos_token_ids])
+        hit_end = bool(new_tokens) and ends_generation(new_tokens[-1], params, self.eos_token_ids)
+        shown = [t for t in new_tokens if t not in self.eos_token_ids]
+        keep_stop = params.include_stop_str_in_output
+        if hit_end and shown and shown[-1] == new_tokens[-1] and not keep_stop:
+            shown.pop()  # a stop token's text is left out, as a stop string's is
+        result = state.text.push(shown)
+        extra = {"logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
         if result.stopped:
-            self._finish(state, "stop", text=result.text, token_ids=new_tokens, abort=not finished)
-        elif finished or hit_eos:
+            self._finish(
+                state, "stop", text=result.text, token_ids=new_tokens, abort=not finished, **extra
+            )
+        elif finished or hit_end:
             tail = state.text.finish()
-            reason: FinishReason = "stop" if hit_eos or tail.stopped else "length"
+            reason: FinishReason = "stop" if hit_end or tail.stopped else "length"
             self._finish(
                 state,
                 reason,
                 text=result.text + tail.text,
                 token_ids=new_tokens,
                 abort=not finished,
+                **extra,
             )
-        elif result.text or new_tokens:
+        elif result.text or new_tokens or prompt_logprobs:
             state.queue.put_nowait(
                 GenerationDelta(
-                    text=result.text, token_ids=new_tokens, completion_tokens=state.tokens_seen
+                    text=result.text,
+                    token_ids=new_tokens,
+                    completion_tokens=state.tokens_seen,
+                    **extra,
                 )
             )
 
@@ -170,12 +193,19 @@ class QueuedEngine(Engine):
                 GenerationDelta(text=result.text, completion_tokens=state.tokens_seen)
             )
 
-    def _dispatch(self, outputs: list[tuple[str, int, bool]]) -> None:
-        """One step's new tokens, `(engine_id, token, finished)` each (token backends)."""
-        for engine_id, token, finished in outputs:
+    def _dispatch(self, outputs: list[tuple]) -> None:
+        """One step's new tokens, `(engine_id, token, finished, extras)` each (token backends;
+        see `slot_batching.Output`)."""
+        for engine_id, token, finished, extras in outputs:
             state = self._requests.get(engine_id)
-            if state is not None:
-                self._deliver(state, [token], finished)
+            if state is None:
+                continue
+            tokens = [] if token is None else [token]
+            if extras is None:
+                self._deliver(state, tokens, finished)
+            else:
+                logprobs = None if extras.logprob is None else [extras.logprob]
+                self._deliver(state, tokens, finished, logprobs, extras.prompt_logprobs)
 
     def _cancel_request(self, state: RequestState) -> None:
         if not state.done:
@@ -192,6 +222,8 @@ class QueuedEngine(Engine):
         status: int | None = None,
         code: str | None = None,
         abort: bool = False,
+        logprobs: list[TokenLogprob] | None = None,
+        prompt_logprobs: list[TokenLogprob | None] | None = None,
     ) -> None:
         state.done = True
         if state.running and abort:
@@ -204,6 +236,8 @@ class QueuedEngine(Engine):
             GenerationDelta(
                 text=text,
                 token_ids=token_ids or [],
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
                 finish_reason=reason,
                 error=error,
                 status=status,
@@ -252,9 +286,14 @@ class RequestStream:
 
 
 def join_deltas(first: GenerationDelta, second: GenerationDelta) -> GenerationDelta:
+    logprobs = None
+    if first.logprobs is not None or second.logprobs is not None:
+        logprobs = (first.logprobs or []) + (second.logprobs or [])
     return GenerationDelta(
         text=first.text + second.text,
         token_ids=first.token_ids + second.token_ids,
+        logprobs=logprobs,
+        prompt_logprobs=first.prompt_logprobs or second.prompt_logprobs,
         finish_reason=second.finish_reason,
         error=second.error,
         status=second.status,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serving.engine.base import SamplingParams
+from serving.engine.base import SamplingParams, TokenLogprob
 from serving.engine.queued import (
     QueuedEngine,
     RequestState,
@@ -38,9 +38,12 @@ from serving.engine.queued import (
     model_eos_token_ids,
 )
 from serving.engine.sampling import (
-    apply_repetition_penalty,
+    adjust_logits,
+    ends_generation,
+    prompt_token_logprobs,
     sample_rows,
     seeded_generator,
+    token_logprobs,
 )
 
 logger = logging.getLogger(__name__)
@@ -114,12 +117,22 @@ class _Row:
     length: int  # tokens in the cache
     generator: torch.Generator | None
     last: int = 0  # the token the next decode step feeds
+    output: list[int] | None = None  # the generated tokens, kept for penalties and min_tokens
     generated: int = 0
-    history: list[int] | None = None  # prompt + output, kept only for a repetition penalty
 
 
-#: One new token of one request: (engine_id, token, finished)
-Output = tuple[str, int, bool]
+@dataclass
+class TokenExtras:
+    """What a token carries beyond its id when its request asked for it."""
+
+    logprob: TokenLogprob | None = None
+    #: on a request's first output only: its prompt's logprobs (completions' `echo`)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+
+#: One new token of one request: (engine_id, token, finished, extras). The token is None for a
+#: request that asked for no new token (`max_new_tokens == 0`: its prompt's logprobs only).
+Output = tuple[str, int | None, bool, TokenExtras | None]
 
 
 class SlotBatcher:
@@ -158,7 +171,9 @@ class SlotBatcher:
     def step(self) -> list[Output]:
         """One forward pass: prefill waiting requests while rows are free, else decode."""
         outputs: list[Output] = []
-        if self._pending and len(self._rows) < self.max_running:
+        if self._pending and self._pending[0].params.max_new_tokens == 0:
+            self._score_prompt(self._pending.popleft(), outputs)
+        elif self._pending and len(self._rows) < self.max_running:
             self._prefill(outputs)
         elif self._rows:
             self._decode(outputs)
@@ -174,10 +189,19 @@ class SlotBatcher:
                 self._rows[index] = moved
             self._rows.pop()
 
+    def _score_prompt(self, job: Job, outputs: list[Output]) -> None:
+        """A request for no new token: one forward pass over its prompt, outside the cache."""
+        ids = torch.tensor([job.prompt_ids], device=self._device)
+        logits = self.model(input_ids=ids, use_cache=False).logits[0]
+        scored = prompt_token_logprobs(logits, job.prompt_ids, job.params.prompt_logprobs or 0)
+        outputs.append((job.engine_id, None, True, TokenExtras(prompt_logprobs=scored)))
+
     def _prefill(self, outputs: list[Output]) -> None:
         batch: list[Job] = []
         width = 0
         while self._pending and len(self._rows) + len(batch) < self.max_running:
+            if self._pending[0].params.max_new_tokens == 0:
+                break  # scored on its own in the next step
             n = len(self._pending[0].prompt_ids)
             if batch and (len(batch) + 1) * max(width, n) > self.max_batch_tokens:
                 break
@@ -195,9 +219,11 @@ class SlotBatcher:
             steps[None, None, :] < length_t[:, None, None]
         )
         last = length_t - 1
-        keep = torch.unique(last)  # sorted; logits only where a row's prompt ends
+        # logits only where a row's prompt ends, unless a row wants its prompt's logprobs
+        scoring = any(job.params.prompt_logprobs is not None for job in batch)
+        keep = torch.arange(width, device=self._device) if scoring else torch.unique(last)
         self._cache.for_prefill(start, start + len(batch), width)
-        logits = self.model(
+        all_logits = self.model(
             input_ids=ids.to(self._device),
             position_ids=steps.expand(len(batch), width),
             attention_mask=self._mask(visible.unsqueeze(1)),
@@ -205,16 +231,22 @@ class SlotBatcher:
             use_cache=True,
             logits_to_keep=keep,
         ).logits
-        logits = logits[
+        logits = all_logits[
             torch.arange(len(batch), device=self._device), torch.searchsorted(keep, last)
         ]
         rows = []
         for job, n in zip(batch, lengths, strict=True):
             generator = seeded_generator(job.params, job.seed)
-            penalty = job.params.repetition_penalty != 1.0
-            rows.append(_Row(job, n, generator, history=list(job.prompt_ids) if penalty else None))
+            rows.append(_Row(job, n, generator, output=[] if job.params.adjusts_logits else None))
         self._rows.extend(rows)
-        self._advance(rows, self._sample(logits, rows), outputs, offset=start)
+        prompt_scores = {
+            i: prompt_token_logprobs(all_logits[i, :n], job.prompt_ids, job.params.prompt_logprobs)
+            for i, (job, n) in enumerate(zip(batch, lengths, strict=True))
+            if job.params.prompt_logprobs is not None
+        }
+        self._advance(
+            rows, *self._sample(logits, rows), outputs, offset=start, prompt=prompt_scores
+        )
 
     def _decode(self, outputs: list[Output]) -> None:
         rows = self._rows
@@ -231,7 +263,7 @@ class SlotBatcher:
         ).logits[:, -1]
         for row in rows:
             row.length += 1
-        self._advance(rows, self._sample(logits, rows), outputs, offset=0)
+        self._advance(rows, *self._sample(logits, rows), outputs, offset=0)
 
     def _mask(self, visible: torch.Tensor) -> torch.Tensor:
         if self._bool_mask:
@@ -241,12 +273,18 @@ class SlotBatcher:
             ~visible, torch.finfo(dtype).min
         )
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        logits = logits.float()
-        for i, row in enumerate(rows):
-            if row.history is not None:
-                logits[i] = apply_repetition_penalty(
-                    logits[i], row.history, row.job.params.repetition_penalty
+    def _sample(
+        self, logits: torch.Tensor, rows: list[_Row]
+    ) -> tuple[list[int], dict[int, TokenLogprob]]:
+        """The next token of every row, and the logprobs of the rows that asked for them."""
+        raw = logits = logits.float()
+        adjusted = [i for i, row in enumerate(rows) if row.output is not None]
+        if adjusted:
+            logits = logits.clone()
+            for i in adjusted:
+                row = rows[i]
+                logits[i] = adjust_logits(
+                    logits[i], row.job.params, row.job.prompt_ids, row.output, self.eos_token_ids
                 )
         chosen = logits.argmax(dim=-1).tolist()
         sampled = [i for i, row in enumerate(rows) if not row.job.params.greedy]
@@ -258,21 +296,41 @@ class SlotBatcher:
             )
             for i, token in zip(sampled, tokens.tolist(), strict=True):
                 chosen[i] = token
-        return chosen
+        wanted = [i for i, row in enumerate(rows) if row.job.params.logprobs is not None]
+        logprobs = {}
+        if wanted:
+            scored = token_logprobs(
+                raw[wanted],
+                [chosen[i] for i in wanted],
+                [rows[i].job.params.logprobs for i in wanted],
+            )
+            logprobs = dict(zip(wanted, scored, strict=True))
+        return chosen, logprobs
 
-    def _advance(self, rows: list[_Row], tokens: list[int], outputs, offset: int) -> None:
+    def _advance(
+        self,
+        rows: list[_Row],
+        tokens: list[int],
+        logprobs: dict[int, TokenLogprob],
+        outputs: list[Output],
+        offset: int,
+        prompt: dict[int, list[TokenLogprob | None]] | None = None,
+    ) -> None:
         done = []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.last = token
             row.generated += 1
-            if row.history is not None:
-                row.history.append(token)
+            if row.output is not None:
+                row.output.append(token)
             finished = (
-                token in self.eos_token_ids
+                ends_generation(token, row.job.params, self.eos_token_ids)
                 or row.generated >= row.job.params.max_new_tokens
                 or row.length + 1 >= self.context_length
             )
-            outputs.append((row.job.engine_id, token, finished))
+            extras = None
+            if i in logprobs or (prompt and i in prompt):
+                extras = TokenExtras(logprobs.get(i), prompt.get(i) if prompt else None)
+            outputs.append((row.job.engine_id, token, finished, extras))
             if finished:
                 done.append(offset + i)
         if done:

@@ -55,18 +55,20 @@ class StopResult:
 class StopStringMatcher:
     """Holds back any tail that could still grow into a stop string; cuts at the first match."""
 
-    def __init__(self, stop: list[str]) -> None:
+    def __init__(self, stop: list[str], include_stop: bool = False) -> None:
         self._stop = [s for s in stop if s]
+        self._include_stop = include_stop  # vLLM's include_stop_str_in_output
         self._held = ""
 
     def push(self, text: str) -> StopResult:
         if not self._stop:
             return StopResult(text, False)
         buffer = self._held + text
-        cut = min((i for i in (buffer.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, -len(s)) for s in self._stop if (i := buffer.find(s)) >= 0]
+        if found:
+            cut, minus_length = min(found)  # the first match; the longest one at that place
             self._held = ""
-            return StopResult(buffer[:cut], True)
+            return StopResult(buffer[: cut - minus_length if self._include_stop else cut], True)
         keep = self._longest_partial_suffix(buffer)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return StopResult(buffer[: len(buffer) - keep], False)
@@ -89,9 +91,9 @@ class StopStringMatcher:
 class TextStream:
     """Detokenizer + stop strings for one request."""
 
-    def __init__(self, tokenizer, stop: list[str]) -> None:
+    def __init__(self, tokenizer, stop: list[str], include_stop: bool = False) -> None:
         self._detok = IncrementalDetokenizer(tokenizer)
-        self._stops = StopStringMatcher(stop)
+        self._stops = StopStringMatcher(stop, include_stop)
 
     def push(self, token_ids: list[int]) -> StopResult:
         return self._stops.push(self._detok.push(token_ids))

@@ -213,7 +213,7 @@ def test_rows_leaving_early_in_every_order_keep_the_others_exact(model_and_token
         leaving = list(order)
         steps = 0
         while batcher.busy:
-            for engine_id, token, _ in batcher.step():
+            for engine_id, token, *_ in batcher.step():
                 produced[engine_id].append(token)
             steps += 1
             if leaving and steps % 3 == 0:
@@ -322,7 +322,7 @@ def test_the_batcher_hands_the_cache_over_under_the_forwards_own_name(
         params = SamplingParams(max_new_tokens=12, temperature=0)
         batcher.add(Job(engine_id, prompt_ids(tokenizer, p), params, seed=0))
     while batcher.busy:
-        for engine_id, token, _ in batcher.step():
+        for engine_id, token, *_ in batcher.step():
             produced[engine_id].append(token)
     assert list(produced.values()) == [
         reference.greedy_ids(prompt_ids(tokenizer, p), 12) for p in prompts

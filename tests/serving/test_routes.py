@@ -244,8 +244,10 @@ async def test_prompt_longer_than_context_is_400(client):
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, None),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"presence_penalty": 1.0}, "presence_penalty"),
-        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
         ({"extra": "fine", "top_k": -1}, "top_k"),
     ],
 )
@@ -286,7 +288,9 @@ async def test_invalid_parameters_are_400(client, body, param):
         ("completions", f'{PROMPT}, "prompt": [""]', "prompt"),
         ("completions", f'{PROMPT}, "prompt": [-1]', "prompt"),
         ("completions", f'{PROMPT}, "prompt": [{2**64}]', None),
-        ("completions", f'{PROMPT}, "prompt": "hi", "echo": true', "echo"),
+        ("completions", f'{PROMPT}, "prompt": "hi", "logprobs": 21', "logprobs"),
+        ("completions", f'{PROMPT}, "prompt": "hi", "max_tokens": -1', "max_tokens"),
+        ("completions", f'{PROMPT}, "prompt": "hi", "suffix": "x"', "suffix"),
         ("completions", f'{PROMPT}, "prompt": "hi", "best_of": 3', "best_of"),
     ],
 )
