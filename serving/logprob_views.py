@@ -20,6 +20,7 @@ Where vLLM differs from OpenAI's documentation, this follows vLLM:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from serving.engine.base import TokenLogprob
@@ -39,6 +40,11 @@ class TokenTexts:
         return self._text(token)
 
 
+def token_id_text(token: int) -> str:
+    """A token named by its id (vLLM's `return_tokens_as_token_ids`)."""
+    return f"token_id:{token}"
+
+
 def candidates(entry: TokenLogprob) -> list[tuple[int, float]]:
     """The chosen token, then the likeliest others, without repeats (vLLM's order)."""
     return [(entry.token, entry.logprob)] + [(t, v) for t, v in entry.top if t != entry.token]
@@ -49,7 +55,7 @@ def _floor(value: float) -> float:
 
 
 def chat_content(
-    entries: list[TokenLogprob], top_logprobs: int, texts: TokenTexts
+    entries: list[TokenLogprob], top_logprobs: int, texts: Callable[[int], str]
 ) -> list[TokenLogprobEntry]:
     """`logprobs.content` for the generated tokens in `entries`."""
 
@@ -71,7 +77,7 @@ class CompletionLogprobsBuilder:
     characters of the token texts before each token, from 0 — in a stream (as vLLM does) each
     chunk starts again from the length of the text sent before it (`start`)."""
 
-    def __init__(self, top: int, texts: TokenTexts) -> None:
+    def __init__(self, top: int, texts: Callable[[int], str]) -> None:
         self._top = top
         self._texts = texts
         self._offset = 0

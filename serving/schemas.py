@@ -77,6 +77,9 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[StrictInt] | None = None
     include_stop_str_in_output: bool = False
+    return_tokens_as_token_ids: bool = Field(
+        False, description='Logprobs name tokens as "token_id:123" instead of their text.'
+    )
 
     @field_validator("seed", mode="before")
     @classmethod

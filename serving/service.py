@@ -32,7 +32,12 @@ from serving.errors import (
     ModelNotFoundError,
 )
 from serving.generation_defaults import SamplingDefaults
-from serving.logprob_views import CompletionLogprobsBuilder, TokenTexts, chat_content
+from serving.logprob_views import (
+    CompletionLogprobsBuilder,
+    TokenTexts,
+    chat_content,
+    token_id_text,
+)
 from serving.metrics import ServingMetrics
 from serving.schemas import (
     AssistantMessage,
@@ -441,13 +446,19 @@ class GenerationService:
         if not request.logprobs or entries is None:
             return None
         return ChatLogprobs(
-            content=chat_content(entries, request.top_logprobs or 0, self.token_texts)
+            content=chat_content(entries, request.top_logprobs or 0, self._texts(request))
         )
 
     def _logprobs_builder(self, request: CompletionRequest) -> CompletionLogprobsBuilder | None:
         if request.logprobs is None:
             return None
-        return CompletionLogprobsBuilder(request.logprobs, self.token_texts)
+        return CompletionLogprobsBuilder(request.logprobs, self._texts(request))
+
+    def _texts(self, request: SamplingFields) -> Callable[[int], str]:
+        """How logprobs name tokens: by their text, or (vLLM's extra) as "token_id:N"."""
+        if request.return_tokens_as_token_ids:
+            return token_id_text
+        return self.token_texts
 
     def _prompt_text(self, request: CompletionRequest, choice: Choice) -> str:
         """What `echo` repeats: the prompt as sent, or its token ids decoded."""

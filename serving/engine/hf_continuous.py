@@ -29,7 +29,7 @@ from serving.engine.queued import (
     batch_token_budget,
     model_eos_token_ids,
 )
-from serving.engine.sampling import RowSampling
+from serving.engine.sampling import RowSampling, ends_generation, score_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class HFContinuousEngine(QueuedEngine):
         self._max_batch_tokens = batch_token_budget(max_batch_tokens, self.context_length)
         self._warmup = warmup
         self._manager = None
+        self._scoring: set[asyncio.Task] = set()  # prompt-scoring tasks in flight
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -88,7 +89,7 @@ class HFContinuousEngine(QueuedEngine):
             generation_config=generation_config, continuous_batching_config=cb_config
         )
         processors = ContinuousBatchingLogitsProcessorList(
-            LogitsProcessorList([RequestSampler(self._row_sampling)])
+            LogitsProcessorList([RequestSampler(self._row_sampling, self.eos_token_ids)])
         )
         processors.tensors_required = 1  # one int32 argument row for RequestSampler
         manager.logit_processor = processors
@@ -113,6 +114,33 @@ class HFContinuousEngine(QueuedEngine):
         return state.sampling if state is not None else None
 
     def _launch(self, state: RequestState) -> None:
+        params = state.request.params
+        if params.prompt_logprobs is not None or params.max_new_tokens == 0:
+            # the prompt's own logprobs: one plain forward pass first (beside the batch loop)
+            task = asyncio.get_running_loop().create_task(self._score_then_add(state))
+            self._scoring.add(task)
+            task.add_done_callback(self._scoring.discard)
+        else:
+            self._add(state)
+
+    async def _score_then_add(self, state: RequestState) -> None:
+        params = state.request.params
+        try:
+            scored = await asyncio.to_thread(
+                score_prompt, self.model, state.request.prompt_ids, params.prompt_logprobs or 0
+            )
+        except Exception as exc:  # noqa: BLE001 - the request fails, the engine goes on
+            self._finish(state, "error", error=f"scoring the prompt failed: {exc}")
+            return
+        if state.done:  # cancelled meanwhile
+            return
+        self._deliver(state, [], params.max_new_tokens == 0, prompt_logprobs=scored)
+        if not state.done:
+            self._add(state)
+
+    def _add(self, state: RequestState) -> None:
+        params = state.request.params
+        ends = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
         self._manager.register_result_handler(
             state.engine_id, lambda output, state=state: self._on_output(state, output)
         )
@@ -122,13 +150,10 @@ class HFContinuousEngine(QueuedEngine):
             # never past the context, whatever the caller asked for
             max_new_tokens=max(
                 1,
-                min(
-                    state.request.params.max_new_tokens,
-                    self.context_length - len(state.request.prompt_ids),
-                ),
+                min(params.max_new_tokens, self.context_length - len(state.request.prompt_ids)),
             ),
             streaming=True,
-            eos_token_id=sorted(self.eos_token_ids) or -1,
+            eos_token_id=sorted(ends) or -1,
         )
 
     def _on_output(self, state: RequestState, output) -> None:
@@ -138,9 +163,14 @@ class HFContinuousEngine(QueuedEngine):
         if output.error is not None:
             self._finish(state, "error", error=str(output.error))
             return
+        params = state.request.params
         new_tokens = list(output.generated_tokens[state.tokens_seen :])
-        hit_eos = bool(new_tokens) and new_tokens[-1] in self.eos_token_ids
-        self._deliver(state, new_tokens, finished=output.is_finished() or hit_eos)
+        hit_end = bool(new_tokens) and ends_generation(new_tokens[-1], params, self.eos_token_ids)
+        logprobs = None
+        if params.logprobs is not None:
+            reported = state.sampling.logprobs
+            logprobs = [reported.popleft() for _ in range(min(len(new_tokens), len(reported)))]
+        self._deliver(state, new_tokens, output.is_finished() or hit_end, logprobs)
 
     def _abort(self, state: RequestState) -> None:
         if self._manager is not None:

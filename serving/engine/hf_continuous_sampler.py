@@ -2,11 +2,12 @@
 
 transformers' continuous batching applies one `do_sample` flag to the whole batch, and its
 per-request processors cover temperature/top-k/top-p only: no per-request greedy choice,
-seed or repetition penalty. So the engine runs the batch greedily (argmax) and plugs this
-processor in: for each row it applies the request's repetition penalty and, for sampled
-requests, draws the token itself (temperature → top-k → top-p, with the request's own
-`torch.Generator`), then masks every other logit so the batch argmax picks that token.
-Greedy rows keep their logits, so greedy output is exactly `generate`'s argmax.
+seed, penalties or logprobs. So the engine runs the batch greedily (argmax) and plugs this
+processor in: for each row it records the raw logprobs when asked, applies the request's
+bias and penalties (`adjust_logits`) and, for sampled requests, draws the token itself
+(temperature → min-p → top-k → top-p, with the request's own `torch.Generator`), then masks
+every other logit so the batch argmax picks that token. Greedy rows keep their logits, so
+greedy output is exactly `generate`'s argmax.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
 )
 
-from serving.engine.sampling import RowSampling, apply_repetition_penalty, sample_token
+from serving.engine.sampling import RowSampling, adjust_logits, sample_token, token_logprobs
 
 
 class RequestSampler(ContinuousBatchingLogitsProcessor):
@@ -32,9 +33,10 @@ class RequestSampler(ContinuousBatchingLogitsProcessor):
     supported_kwargs: dict[str, type] = {}
     ignored_kwargs: tuple[str, ...] = ()
 
-    def __init__(self, lookup: Callable[[str], RowSampling | None]) -> None:
+    def __init__(self, lookup: Callable[[str], RowSampling | None], end_ids: set[int]) -> None:
         self._lookup = lookup
-        self._rows: list[tuple[RowSampling | None, list[int]]] = []
+        self._end_ids = end_ids  # EOS ids, masked while a request is short of `min_tokens`
+        self._rows: list[tuple[RowSampling | None, list[int], list[int]]] = []
 
     def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
         int32_tensor.fill_(0)
@@ -44,21 +46,27 @@ class RequestSampler(ContinuousBatchingLogitsProcessor):
         for future in requests_with_new_token:
             state = future.state
             row = self._lookup(state.request_id)
-            needs_history = row is not None and row.params.repetition_penalty != 1.0
-            history = state.initial_tokens + state.generated_tokens if needs_history else []
-            self._rows.append((row, history))
+            if row is not None and row.params.adjusts_logits:
+                self._rows.append((row, list(state.initial_tokens), list(state.generated_tokens)))
+            else:
+                self._rows.append((row, [], []))
         return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        for i, (row, history) in enumerate(self._rows[: scores.size(0)]):
+        for i, (row, prompt, output) in enumerate(self._rows[: scores.size(0)]):
             if row is None:
                 continue
             params = row.params
-            if history:
-                scores[i] = apply_repetition_penalty(scores[i], history, params.repetition_penalty)
-            if not params.greedy:
+            raw = scores[i].clone() if params.logprobs is not None else None
+            if params.adjusts_logits:
+                scores[i] = adjust_logits(scores[i], params, prompt, output, self._end_ids)
+            if params.greedy:
+                token = int(scores[i].argmax())
+            else:
                 token = sample_token(scores[i], params, row.generator)
                 chosen = scores[i, token].clone()
                 scores[i].fill_(float("-inf"))
                 scores[i, token] = chosen
+            if raw is not None:
+                row.logprobs.extend(token_logprobs(raw[None], [token], [params.logprobs]))
         return scores

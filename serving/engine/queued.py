@@ -174,7 +174,13 @@ class QueuedEngine(Engine):
             )
 
     def _deliver_text(
-        self, state: RequestState, text: str, completion_tokens: int, finish: str | None
+        self,
+        state: RequestState,
+        text: str,
+        completion_tokens: int,
+        finish: str | None,
+        logprobs: list[TokenLogprob] | None = None,
+        prompt_logprobs: list[TokenLogprob | None] | None = None,
     ) -> None:
         """New text of `state` from a backend that sends text (`finish`: its finish reason, if
         it is done); the same stop-string cut and finish reasons as for token ids."""
@@ -182,15 +188,25 @@ class QueuedEngine(Engine):
             return
         state.tokens_seen = completion_tokens
         result = state.text.push_text(text)
+        extra = {"logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
+        # with logprobs the backend named its tokens: they are the delta's token ids
+        ids = [entry.token for entry in logprobs] if logprobs else []
         if result.stopped:
-            self._finish(state, "stop", text=result.text, abort=finish is None)
+            self._finish(
+                state, "stop", text=result.text, token_ids=ids, abort=finish is None, **extra
+            )
         elif finish is not None:
             tail = state.text.finish()
             reason: FinishReason = "stop" if finish == "stop" or tail.stopped else "length"
-            self._finish(state, reason, text=result.text + tail.text)
-        elif result.text:
+            self._finish(state, reason, text=result.text + tail.text, token_ids=ids, **extra)
+        elif result.text or logprobs or prompt_logprobs:
             state.queue.put_nowait(
-                GenerationDelta(text=result.text, completion_tokens=state.tokens_seen)
+                GenerationDelta(
+                    text=result.text,
+                    token_ids=ids,
+                    completion_tokens=state.tokens_seen,
+                    **extra,
+                )
             )
 
     def _dispatch(self, outputs: list[tuple]) -> None:

@@ -26,7 +26,7 @@ from typing import Literal
 
 import httpx
 
-from serving.engine.base import EngineRequest
+from serving.engine.base import EngineRequest, TokenLogprob
 from serving.engine.queued import QueuedEngine, RequestState
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,16 @@ class RemoteEngine(QueuedEngine):
             self._fail(state, 502, f"the upstream at {self.base_url} sent a bad answer: {exc}")
 
     async def _stream(self, state: RequestState) -> None:
-        """One upstream completion, streamed into `state`."""
+        """One upstream completion, streamed into `state` (after its prompt's logprobs, when
+        asked: a request of their own, `echo` with no new token)."""
+        params = state.request.params
+        if params.prompt_logprobs is not None or params.max_new_tokens == 0:
+            scored = await self._score_prompt(state.request)
+            self._deliver_text(
+                state, "", 0, "length" if params.max_new_tokens == 0 else None, None, scored
+            )
+            if state.done:
+                return
         request = self._client.build_request(
             "POST", f"{self.base_url}/completions", json=self._body(state.request)
         )
@@ -203,10 +212,35 @@ class RemoteEngine(QueuedEngine):
         finally:
             await response.aclose()
 
+    async def _score_prompt(self, request: EngineRequest) -> list[TokenLogprob | None]:
+        body = {
+            "model": self.model,
+            "prompt": self._prompt(request.prompt_ids),
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": request.params.prompt_logprobs or 0,
+            "return_tokens_as_token_ids": True,
+        }
+        response = await self._client.post(f"{self.base_url}/completions", json=body)
+        if response.status_code >= 400:
+            raise UpstreamError(
+                _client_status(response.status_code), self._refusal(response, response.content)
+            )
+        logprobs = response.json()["choices"][0]["logprobs"]
+        scored = read_logprobs(logprobs)
+        if len(scored) != len(request.prompt_ids):
+            raise UpstreamError(
+                502,
+                f"the upstream at {self.base_url} scored {len(scored)} prompt tokens, "
+                f"not {len(request.prompt_ids)}",
+            )
+        return scored
+
     async def _read(self, state: RequestState, response: httpx.Response) -> None:
         """The upstream's answer into `state`. Tokens are counted per delta while it streams
         (for the metrics) and once at the end: the upstream's usage, else the whole text."""
         text, finish, counted, tokens = "", None, None, 0
+        wants_logprobs = state.request.params.logprobs is not None
         if response.status_code >= 400:
             raise UpstreamError(
                 _client_status(response.status_code),
@@ -219,10 +253,16 @@ class RemoteEngine(QueuedEngine):
             counted = usage.get("completion_tokens", counted)
             for choice in (event.get("choices") or [])[:1]:
                 delta = choice.get("text") or ""
-                if delta:
+                logprobs = None
+                if wants_logprobs and choice.get("logprobs"):
+                    logprobs = read_logprobs(choice["logprobs"])
+                if delta or logprobs:
                     text += delta
-                    tokens += self._count(delta)  # on the way: about right, and cheap
-                    self._deliver_text(state, delta, tokens, None)
+                    if logprobs is not None:
+                        tokens += len(logprobs)  # the upstream's own tokens
+                    else:
+                        tokens += self._count(delta)  # on the way: about right, and cheap
+                    self._deliver_text(state, delta, tokens, None, logprobs)
                     if state.done:  # cut at a stop string: stop the upstream too
                         return
                 finish = choice.get("finish_reason") or finish
@@ -250,6 +290,25 @@ class RemoteEngine(QueuedEngine):
             body["top_k"] = params.top_k
         if params.repetition_penalty != 1.0:
             body["repetition_penalty"] = params.repetition_penalty
+        # OpenAI's fields and vLLM's extras, passed on as they are when set
+        for name, unset in (
+            ("presence_penalty", 0.0),
+            ("frequency_penalty", 0.0),
+            ("min_p", 0.0),
+            ("min_tokens", 0),
+            ("ignore_eos", False),
+            ("include_stop_str_in_output", False),
+        ):
+            if getattr(params, name) != unset:
+                body[name] = getattr(params, name)
+        if params.logit_bias:
+            body["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}
+        if params.stop_token_ids:
+            body["stop_token_ids"] = params.stop_token_ids
+        if params.logprobs is not None:
+            # token ids back, not texts: the same tokenizer's ids are what logprobs are kept as
+            body["logprobs"] = params.logprobs
+            body["return_tokens_as_token_ids"] = True
         return body
 
     def _prompt(self, ids: list[int]) -> list[int] | str:
@@ -319,3 +378,29 @@ def _describe(exc: BaseException, base_url: str) -> str:
     if isinstance(exc, httpx.TransportError):
         return f"the upstream at {base_url} is unreachable ({type(exc).__name__}: {exc})"
     return f"the upstream at {base_url} failed: {exc}"
+
+
+def _token_id(text: str) -> int:
+    """A token as `return_tokens_as_token_ids` writes it: "token_id:123"."""
+    prefix = "token_id:"
+    if not text.startswith(prefix):
+        raise ValueError(
+            f"the upstream named a token {text!r}, not by its id: it ignores "
+            "`return_tokens_as_token_ids` (vLLM and xiaophi honour it)"
+        )
+    return int(text[len(prefix) :])
+
+
+def read_logprobs(logprobs: dict) -> list[TokenLogprob | None]:
+    """An upstream's legacy completion logprobs (tokens as ids) as `TokenLogprob`s; a
+    position without a logprob (an echoed prompt's first token) is None."""
+    out: list[TokenLogprob | None] = []
+    for text, value, top in zip(
+        logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True
+    ):
+        if value is None:
+            out.append(None)
+            continue
+        ranked = sorted(((_token_id(t), v) for t, v in (top or {}).items()), key=lambda e: -e[1])
+        out.append(TokenLogprob(_token_id(text), value, ranked))
+    return out

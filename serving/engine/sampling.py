@@ -7,7 +7,8 @@ transformers' continuous batching. Nothing here imports transformers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +21,9 @@ class RowSampling:
 
     params: SamplingParams
     generator: torch.Generator | None
+    #: logprobs of the tokens chosen so far and not yet delivered, when the request asked for
+    #: them (filled by a batching thread, emptied on the event loop: a deque is safe for that)
+    logprobs: deque[TokenLogprob] = field(default_factory=deque)
 
 
 def seeded_generator(params: SamplingParams, seed: int) -> torch.Generator | None:
@@ -100,6 +104,14 @@ def prompt_token_logprobs(
     outputs at each prompt position; token i is scored by position i - 1 (the first: None)."""
     scored = token_logprobs(logits[:-1], prompt_ids[1:], [top] * (len(prompt_ids) - 1))
     return [None, *scored]
+
+
+@torch.inference_mode()
+def score_prompt(model, prompt_ids: list[int], top: int) -> list[TokenLogprob | None]:
+    """The prompt's logprobs from one forward pass of `model` over it, without a cache."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=False).logits
+    return prompt_token_logprobs(logits[0], prompt_ids, top)
 
 
 def sample_token(

@@ -42,6 +42,7 @@ from serving.engine.sampling import (
     ends_generation,
     prompt_token_logprobs,
     sample_rows,
+    score_prompt,
     seeded_generator,
     token_logprobs,
 )
@@ -191,9 +192,7 @@ class SlotBatcher:
 
     def _score_prompt(self, job: Job, outputs: list[Output]) -> None:
         """A request for no new token: one forward pass over its prompt, outside the cache."""
-        ids = torch.tensor([job.prompt_ids], device=self._device)
-        logits = self.model(input_ids=ids, use_cache=False).logits[0]
-        scored = prompt_token_logprobs(logits, job.prompt_ids, job.params.prompt_logprobs or 0)
+        scored = score_prompt(self.model, job.prompt_ids, job.params.prompt_logprobs or 0)
         outputs.append((job.engine_id, None, True, TokenExtras(prompt_logprobs=scored)))
 
     def _prefill(self, outputs: list[Output]) -> None:

@@ -18,8 +18,8 @@ MODEL = "tiny"
 
 
 @pytest.fixture
-def client(server) -> OpenAI:
-    return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
+def client(engine_server) -> OpenAI:
+    return OpenAI(base_url=engine_server.base_url, api_key="unused", max_retries=0, timeout=60)
 
 
 def reference_greedy(
