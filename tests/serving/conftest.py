@@ -174,3 +174,29 @@ def engine_requests(kb_server):
     engine.submit = recording
     yield seen
     del engine.submit
+
+
+#: every engine that generates: `remote` runs in front of the shared server (another xiaophi)
+ENGINES = ["slots", "hf-continuous", "remote"]
+
+
+@pytest.fixture(scope="session")
+def engine_servers(tiny_checkpoint, server):
+    """One server per engine on the tiny checkpoint, started when a test first asks for it."""
+    with contextlib.ExitStack() as stack:
+        started: dict[str, RunningServer] = {"slots": server}
+
+        def get(engine: str) -> RunningServer:
+            if engine not in started:
+                extra = {"remote_base_url": server.base_url} if engine == "remote" else {}
+                settings = tiny_settings(tiny_checkpoint, ui=False, engine=engine, **extra)
+                started[engine] = stack.enter_context(run_server(settings))
+            return started[engine]
+
+        yield get
+
+
+@pytest.fixture(params=ENGINES)
+def engine_server(request, engine_servers) -> RunningServer:
+    """The same test on each engine's server."""
+    return engine_servers(request.param)
