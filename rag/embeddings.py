@@ -218,6 +218,16 @@ def remote_embedder_id(url: str, model: str) -> str:
     return f"remote:{url}#{model}"
 
 
+def served_embedder_name(settings: KBSettings) -> str:
+    """The name `POST /v1/embeddings` serves the configured embedder under, known without
+    loading it: `hashing`, a remote model's id, a folder's own name, or a hub name as is."""
+    spec = settings.embedding_model
+    if settings.embedding_url is not None or spec == HASHING:
+        return spec
+    path = Path(spec).expanduser()
+    return path.resolve().name if path.exists() else spec
+
+
 def embedder_for(settings: KBSettings) -> Embedder:
     """The embedder `settings` configure: remote when `embedding_url` is set, else loaded here."""
     if settings.embedding_url is None:

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from rag.config import KBSettings
-from rag.embeddings import Embedder
+from rag.embeddings import Embedder, served_embedder_name
 from rag.service import KnowledgeBaseService
 from serving.api.body_limit import PathLimit
 
@@ -41,6 +41,13 @@ class KnowledgeBases:
         self._embedder = embedder
         self._service: KnowledgeBaseService | None = None
         self._lock = threading.Lock()
+
+    @property
+    def embedder_name(self) -> str:
+        """What `/v1/embeddings` answers to (without loading the embedder)."""
+        if self._embedder is not None:
+            return self._embedder.served_name
+        return served_embedder_name(self.settings)
 
     def get(self) -> KnowledgeBaseService:
         with self._lock:

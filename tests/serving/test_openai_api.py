@@ -35,10 +35,22 @@ def stream_text(client: OpenAI, content: str, **kwargs) -> tuple[str, list, list
     return text, reasons, chunks
 
 
-def test_models_list(client):
+def test_models_list(client, server):
+    """The chat model first, then the embedder `/v1/embeddings` answers to: a client finds
+    every id it can use here."""
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    embedder = server.app.state.knowledge_bases.embedder_name
+    assert [m.id for m in models.data] == [MODEL, embedder]
     assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve(embedder).id == embedder
+
+
+def test_the_listed_embedder_id_is_the_one_embeddings_answers_to(kb_server):
+    client = OpenAI(base_url=kb_server.base_url, api_key="unused", max_retries=0, timeout=60)
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [MODEL, "hashing"]
+    vectors = client.embeddings.create(model=ids[1], input="你好")
+    assert vectors.model == "hashing" and len(vectors.data[0].embedding) > 0
 
 
 def test_greedy_matches_generate_and_usage(client, reference):

@@ -58,7 +58,9 @@ def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
         output = "".join(lines)
         assert f"http://127.0.0.1:{port}/ui" in output
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
-        assert [m.id for m in client.models.list().data] == ["xiaophi-tiny"]
+        # the chat model, then the run's own embedder, under the ids their routes answer to
+        assert [m.id for m in client.models.list().data] == ["xiaophi-tiny", "embedder"]
+        assert client.embeddings.create(model="embedder", input="桃园结义").data[0].embedding
         answer = client.chat.completions.create(
             model="xiaophi-tiny",
             messages=[{"role": "user", "content": "刘备、关羽、张飞在哪里结义？"}],
