@@ -24,7 +24,15 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from serving.engine.base import TokenLogprob
-from serving.schemas import CompletionLogprobs, TokenLogprobEntry, TopLogprob
+from serving.schemas import (
+    ChatLogprobs,
+    ChatRequest,
+    CompletionLogprobs,
+    CompletionRequest,
+    SamplingFields,
+    TokenLogprobEntry,
+    TopLogprob,
+)
 
 #: what an impossible token's logprob reads as (vLLM's and OpenAI's stand-in for -inf)
 FLOOR = -9999.0
@@ -110,3 +118,28 @@ class CompletionLogprobsBuilder:
         for name in ("text_offset", "token_logprobs", "tokens", "top_logprobs"):
             getattr(self.whole, name).extend(getattr(out, name))
         return out
+
+
+def token_namer(request: SamplingFields, texts: TokenTexts) -> Callable[[int], str]:
+    """How a request's logprobs name tokens: by their text, or (vLLM's extra
+    `return_tokens_as_token_ids`) as "token_id:N"."""
+    return token_id_text if request.return_tokens_as_token_ids else texts
+
+
+def chat_logprobs(
+    request: ChatRequest, entries: list[TokenLogprob] | None, texts: TokenTexts
+) -> ChatLogprobs | None:
+    """A chat choice's (or chunk's) `logprobs`, if the request asked for them."""
+    if not request.logprobs or entries is None:
+        return None
+    names = token_namer(request, texts)
+    return ChatLogprobs(content=chat_content(entries, request.top_logprobs or 0, names))
+
+
+def completion_logprobs_builder(
+    request: CompletionRequest, texts: TokenTexts
+) -> CompletionLogprobsBuilder | None:
+    """A builder for one completion choice's logprobs, if the request asked for them."""
+    if request.logprobs is None:
+        return None
+    return CompletionLogprobsBuilder(request.logprobs, token_namer(request, texts))

@@ -11,32 +11,35 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import anyio
 
 from rag.service import KnowledgeBaseService
 from serving import rag_chat
-from serving.choice_streams import Choice, ChunkStream, close_soon, merge_choices
+from serving.choice_streams import (
+    Choice,
+    ChunkStream,
+    Outcome,
+    close_soon,
+    collect_outcomes,
+    merge_choices,
+    public_reason,
+)
 from serving.engine.base import (
     Engine,
     EngineRequest,
-    GenerationDelta,
     SamplingParams,
-    TokenLogprob,
 )
 from serving.errors import (
     ContextLengthError,
-    GenerationFailedError,
     InvalidRequestError,
     ModelNotFoundError,
 )
 from serving.generation_defaults import SamplingDefaults
 from serving.logprob_views import (
-    CompletionLogprobsBuilder,
     TokenTexts,
-    chat_content,
-    token_id_text,
+    chat_logprobs,
+    completion_logprobs_builder,
 )
 from serving.metrics import ServingMetrics
 from serving.schemas import (
@@ -94,7 +97,7 @@ class GenerationService:
                     index=i,
                     message=AssistantMessage(content=outcome.text),
                     finish_reason=outcome.reason,
-                    logprobs=self._chat_logprobs(request, outcome.logprobs),
+                    logprobs=chat_logprobs(request, outcome.logprobs, self.token_texts),
                 )
                 for i, outcome in enumerate(outcomes)
             ],
@@ -204,12 +207,12 @@ class GenerationService:
         completion_tokens = 0
         async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
-                logprobs = self._chat_logprobs(request, delta.logprobs)
+                logprobs = chat_logprobs(request, delta.logprobs, self.token_texts)
                 if delta.text or (logprobs and logprobs.content):
                     yield chunk(index, ChatDelta(content=delta.text), logprobs=logprobs)
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
-                    yield chunk(index, ChatDelta(), _public_reason(delta))
+                    yield chunk(index, ChatDelta(), public_reason(delta))
         if sources is not None:
             yield SourcesChunk(id=rid, model=self.model_name, choices=[], sources=sources)
         if include_usage:
@@ -228,7 +231,7 @@ class GenerationService:
         answers = []
         for choice, outcome in zip(choices, outcomes, strict=True):
             text, logprobs = outcome.text, None
-            builder = self._logprobs_builder(request)
+            builder = completion_logprobs_builder(request, self.token_texts)
             if request.echo:
                 text = self._prompt_text(request, choice) + text
                 if builder is not None:
@@ -291,7 +294,9 @@ class GenerationService:
     ) -> AsyncIterator[Completion]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         completion_tokens = 0
-        builders = {c.index: self._logprobs_builder(request) for c in choices}
+        builders = {
+            c.index: completion_logprobs_builder(request, self.token_texts) for c in choices
+        }
         sent = dict.fromkeys(builders, 0)  # characters of text sent per choice
         echoed: set[int] = set()
 
@@ -320,7 +325,7 @@ class GenerationService:
                 finish = None
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
-                    finish = _public_reason(delta)
+                    finish = public_reason(delta)
                 logprobs = None
                 if builder is not None and delta.token_ids:
                     logprobs = builder.add(delta.token_ids, delta.logprobs, sent[index])
@@ -424,41 +429,8 @@ class GenerationService:
         return choices
 
     async def _collect(self, choices: list[Choice]) -> tuple[list[Outcome], Usage]:
-        outcomes = [Outcome() for _ in choices]
-        completion_tokens = 0
-        async with contextlib.aclosing(merge_choices(choices)) as deltas:
-            async for index, delta in deltas:
-                outcome = outcomes[index]
-                outcome.text += delta.text
-                outcome.token_ids += delta.token_ids
-                if delta.logprobs is not None:
-                    outcome.logprobs = (outcome.logprobs or []) + delta.logprobs
-                if delta.prompt_logprobs is not None:
-                    outcome.prompt_logprobs = delta.prompt_logprobs
-                if delta.finish_reason is not None:
-                    outcome.reason = _public_reason(delta)
-                    completion_tokens += delta.completion_tokens
+        outcomes, completion_tokens = await collect_outcomes(choices)
         return outcomes, self._usage(choices, completion_tokens)
-
-    def _chat_logprobs(
-        self, request: ChatRequest, entries: list[TokenLogprob] | None
-    ) -> ChatLogprobs | None:
-        if not request.logprobs or entries is None:
-            return None
-        return ChatLogprobs(
-            content=chat_content(entries, request.top_logprobs or 0, self._texts(request))
-        )
-
-    def _logprobs_builder(self, request: CompletionRequest) -> CompletionLogprobsBuilder | None:
-        if request.logprobs is None:
-            return None
-        return CompletionLogprobsBuilder(request.logprobs, self._texts(request))
-
-    def _texts(self, request: SamplingFields) -> Callable[[int], str]:
-        """How logprobs name tokens: by their text, or (vLLM's extra) as "token_id:N"."""
-        if request.return_tokens_as_token_ids:
-            return token_id_text
-        return self.token_texts
 
     def _prompt_text(self, request: CompletionRequest, choice: Choice) -> str:
         """What `echo` repeats: the prompt as sent, or its token ids decoded."""
@@ -476,22 +448,3 @@ class GenerationService:
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
-
-
-@dataclass
-class Outcome:
-    """One choice's whole answer, gathered from its deltas."""
-
-    text: str = ""
-    reason: str = "stop"
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-
-
-def _public_reason(delta: GenerationDelta) -> str:
-    if delta.finish_reason == "error":
-        raise GenerationFailedError(delta.error or "generation failed", delta.status, delta.code)
-    if delta.finish_reason == "cancelled":
-        raise GenerationFailedError("generation was cancelled by the server")
-    return delta.finish_reason

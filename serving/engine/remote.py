@@ -123,8 +123,14 @@ class RemoteEngine(QueuedEngine):
             response = await self._client.get(f"{self.base_url}/models")
             if response.status_code >= 400:
                 raise UpstreamError(503, self._refusal(response, await response.aread()))
-            listed = [m.get("id") for m in response.json().get("data", [])]
+            cards = response.json().get("data", [])
+            listed = [m.get("id") for m in cards]
             if self.model is None:
+                # several: the one that generates is the one with a context length (xiaophi
+                # lists its embedder too, without one)
+                generating = [m.get("id") for m in cards if m.get("max_model_len")]
+                if len(listed) > 1 and len(generating) == 1:
+                    listed = generating
                 if len(listed) != 1:
                     raise UpstreamError(
                         503,
