@@ -77,6 +77,11 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[StrictInt] | None = None
     include_stop_str_in_output: bool = False
+    response_format: dict[str, Any] | None = Field(
+        None,
+        description='`{"type": "json_object"}` or `{"type": "json_schema", "json_schema": '
+        '{"name": ..., "schema": {...}}}`: the answer follows it (a grammar masks each step).',
+    )
     return_tokens_as_token_ids: bool = Field(
         False, description='Logprobs name tokens as "token_id:123" instead of their text.'
     )

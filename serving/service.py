@@ -30,6 +30,9 @@ from serving.engine.base import (
     EngineRequest,
     SamplingParams,
 )
+from serving.engine.grammar_schema import InvalidGrammarError
+from serving.engine.grammar_spec import GrammarSpec
+from serving.engine.grammar_spec import check as check_grammar
 from serving.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -410,6 +413,9 @@ class GenerationService:
     ) -> list[Choice]:
         """Queue every choice at once; on any refusal cancel those already queued."""
         params = [self.sampling_params(request, len(p), max_tokens) for p in prompts]
+        grammar = response_grammar(request)
+        for param in params:
+            param.grammar = grammar
         arrived = time.perf_counter()
         choices: list[Choice] = []
         try:
@@ -448,3 +454,16 @@ class GenerationService:
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
+
+
+def response_grammar(request: SamplingFields) -> GrammarSpec | None:
+    """The grammar `response_format` asks for, checked (a 400 naming what to fix if not)."""
+    if request.response_format is None:
+        return None
+    try:
+        spec = GrammarSpec.from_response_format(request.response_format)
+        if spec is not None:
+            check_grammar(spec)
+    except InvalidGrammarError as exc:
+        raise InvalidRequestError(exc.message, param=exc.param) from None
+    return spec

@@ -10,7 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:  # the grammar layer (xgrammar) loads only where a request uses it
+    from serving.engine.grammar_spec import GrammarSpec
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 #: Temperatures below this decode greedily (as vLLM does below 1e-5).
@@ -47,6 +50,8 @@ class SamplingParams:
     logprobs: int | None = None
     #: None: none; n ≥ 0: the prompt tokens' logprobs too (completions' `echo`)
     prompt_logprobs: int | None = None
+    #: structured output: the grammar every generated token must follow (`response_format`)
+    grammar: GrammarSpec | None = None
 
     @property
     def greedy(self) -> bool:

@@ -26,9 +26,12 @@ def child_main(conn, settings) -> None:
     try:
         if settings.torch_threads is None and pick_device(settings.device).type == "cpu":
             settings = settings.model_copy(update={"torch_threads": engine_process_threads()})
-        model, _ = load_model(settings)
+        model, tokenizer = load_model(settings)
         batcher = SlotBatcher(
-            model, max_running=settings.max_running, max_batch_tokens=settings.max_batch_tokens
+            model,
+            max_running=settings.max_running,
+            max_batch_tokens=settings.max_batch_tokens,
+            tokenizer=tokenizer,
         )
         ready = sorted(batcher.eos_token_ids), torch.get_num_threads()
         conn.send(("ready", batcher.context_length, *ready))

@@ -22,6 +22,7 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
 )
 from transformers.generation.logits_process import LogitsProcessorList
 
+from serving.engine.grammar_use import LazyGrammars
 from serving.engine.hf_continuous_sampler import RequestSampler
 from serving.engine.queued import (
     QueuedEngine,
@@ -59,6 +60,7 @@ class HFContinuousEngine(QueuedEngine):
         self._warmup = warmup
         self._manager = None
         self._scoring: set[asyncio.Task] = set()  # prompt-scoring tasks in flight
+        self._grammars = LazyGrammars(tokenizer, model)  # structured output
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -140,6 +142,8 @@ class HFContinuousEngine(QueuedEngine):
 
     def _add(self, state: RequestState) -> None:
         params = state.request.params
+        if params.grammar is not None:
+            state.sampling.matcher = self._grammars.matcher(params.grammar)
         ends = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
         self._manager.register_result_handler(
             state.engine_id, lambda output, state=state: self._on_output(state, output)

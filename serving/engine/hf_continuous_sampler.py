@@ -57,9 +57,13 @@ class RequestSampler(ContinuousBatchingLogitsProcessor):
             if row is None:
                 continue
             params = row.params
-            raw = scores[i].clone() if params.logprobs is not None else None
+            if row.matcher is not None:
+                row.matcher.mask(scores[i])  # the grammar first, as in the slots engine
+            raw = scores[i].clone() if params.logprobs is not None or row.matcher else None
             if params.adjusts_logits:
                 scores[i] = adjust_logits(scores[i], params, prompt, output, self._end_ids)
+                if row.matcher is not None and not bool(torch.isfinite(scores[i]).any()):
+                    scores[i] = raw  # min_tokens against a finished grammar: the grammar wins
             if params.greedy:
                 token = int(scores[i].argmax())
             else:
@@ -67,6 +71,8 @@ class RequestSampler(ContinuousBatchingLogitsProcessor):
                 chosen = scores[i, token].clone()
                 scores[i].fill_(float("-inf"))
                 scores[i, token] = chosen
-            if raw is not None:
+            if row.matcher is not None:
+                row.matcher.accept(token)
+            if params.logprobs is not None:
                 row.logprobs.extend(token_logprobs(raw[None], [token], [params.logprobs]))
         return scores

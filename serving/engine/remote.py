@@ -311,6 +311,8 @@ class RemoteEngine(QueuedEngine):
             body["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}
         if params.stop_token_ids:
             body["stop_token_ids"] = params.stop_token_ids
+        if params.grammar is not None:
+            body["response_format"] = response_format_of(params.grammar)
         if params.logprobs is not None:
             # token ids back, not texts: the same tokenizer's ids are what logprobs are kept as
             body["logprobs"] = params.logprobs
@@ -410,3 +412,13 @@ def read_logprobs(logprobs: dict) -> list[TokenLogprob | None]:
         ranked = sorted(((_token_id(t), v) for t, v in (top or {}).items()), key=lambda e: -e[1])
         out.append(TokenLogprob(_token_id(text), value, ranked))
     return out
+
+
+def response_format_of(spec) -> dict:
+    """A `response_format` grammar as the upstream's request field again."""
+    if spec.kind == "json_object":
+        return {"type": "json_object"}
+    if spec.kind == "json_schema":
+        schema = json.loads(spec.schema)
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+    raise UpstreamError(400, f"the remote engine cannot pass a {spec.kind} grammar upstream")

@@ -24,6 +24,8 @@ class RowSampling:
     #: logprobs of the tokens chosen so far and not yet delivered, when the request asked for
     #: them (filled by a batching thread, emptied on the event loop: a deque is safe for that)
     logprobs: deque[TokenLogprob] = field(default_factory=deque)
+    #: structured output: the request's place in its grammar (a `GrammarMatcher`), if any
+    matcher: object | None = None
 
 
 def seeded_generator(params: SamplingParams, seed: int) -> torch.Generator | None:

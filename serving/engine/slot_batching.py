@@ -27,10 +27,15 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from serving.engine.grammar import GrammarMatcher
+
 from serving.engine.base import SamplingParams, TokenLogprob
+from serving.engine.grammar_use import LazyGrammars
 from serving.engine.queued import (
     QueuedEngine,
     RequestState,
@@ -120,6 +125,7 @@ class _Row:
     last: int = 0  # the token the next decode step feeds
     output: list[int] | None = None  # the generated tokens, kept for penalties and min_tokens
     generated: int = 0
+    matcher: GrammarMatcher | None = None  # structured output: where the request is in its grammar
 
 
 @dataclass
@@ -139,8 +145,12 @@ Output = tuple[str, int | None, bool, TokenExtras | None]
 class SlotBatcher:
     """The model side of the engine: rows, prefill and decode steps. No threads, no asyncio."""
 
-    def __init__(self, model, *, max_running: int, max_batch_tokens: int | None = None) -> None:
+    def __init__(
+        self, model, *, max_running: int, max_batch_tokens: int | None = None, tokenizer=None
+    ) -> None:
         self.model = model
+        # structured output: the grammars' compiler, made at the first request that has one
+        self._grammars = LazyGrammars(tokenizer, model)
         self.context_length = int(model.config.max_position_embeddings)
         self.max_running = max_running
         self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.context_length)
@@ -236,7 +246,10 @@ class SlotBatcher:
         rows = []
         for job, n in zip(batch, lengths, strict=True):
             generator = seeded_generator(job.params, job.seed)
-            rows.append(_Row(job, n, generator, output=[] if job.params.adjusts_logits else None))
+            row = _Row(job, n, generator, output=[] if job.params.adjusts_logits else None)
+            if job.params.grammar is not None:
+                row.matcher = self._grammars.matcher(job.params.grammar)
+            rows.append(row)
         self._rows.extend(rows)
         prompt_scores = {
             i: prompt_token_logprobs(all_logits[i, :n], job.prompt_ids, job.params.prompt_logprobs)
@@ -276,7 +289,13 @@ class SlotBatcher:
         self, logits: torch.Tensor, rows: list[_Row]
     ) -> tuple[list[int], dict[int, TokenLogprob]]:
         """The next token of every row, and the logprobs of the rows that asked for them."""
-        raw = logits = logits.float()
+        logits = logits.float()
+        if any(row.matcher is not None for row in rows):
+            # the grammar first, as vLLM applies its bitmask before the sampler: the
+            # logprobs reported are those of the masked distribution
+            logits = logits.clone()
+            self._grammars.mask(logits, [row.matcher for row in rows])
+        raw = logits
         adjusted = [i for i, row in enumerate(rows) if row.output is not None]
         if adjusted:
             logits = logits.clone()
@@ -285,6 +304,8 @@ class SlotBatcher:
                 logits[i] = adjust_logits(
                     logits[i], row.job.params, row.job.prompt_ids, row.output, self.eos_token_ids
                 )
+                if row.matcher is not None and not bool(torch.isfinite(logits[i]).any()):
+                    logits[i] = raw[i]  # min_tokens against a finished grammar: the grammar wins
         chosen = logits.argmax(dim=-1).tolist()
         sampled = [i for i, row in enumerate(rows) if not row.job.params.greedy]
         if sampled:
@@ -321,8 +342,17 @@ class SlotBatcher:
             row.generated += 1
             if row.output is not None:
                 row.output.append(token)
+            if row.matcher is not None:
+                row.matcher.accept(token)
             finished = (
                 ends_generation(token, row.job.params, self.eos_token_ids)
+                # a finished grammar allows only EOS, which ends the answer as vLLM's does; with
+                # ignore_eos nothing would: end here
+                or (
+                    row.job.params.ignore_eos
+                    and row.matcher is not None
+                    and row.matcher.is_finished()
+                )
                 or row.generated >= row.job.params.max_new_tokens
                 or row.length + 1 >= self.context_length
             )
@@ -374,7 +404,7 @@ class SlotBatchingEngine(QueuedEngine):
         warmup: bool = True,
     ) -> None:
         self._batcher = SlotBatcher(
-            model, max_running=max_running, max_batch_tokens=max_batch_tokens
+            model, max_running=max_running, max_batch_tokens=max_batch_tokens, tokenizer=tokenizer
         )
         super().__init__(
             tokenizer,
