@@ -30,9 +30,6 @@ from serving.engine.base import (
     EngineRequest,
     SamplingParams,
 )
-from serving.engine.grammar_schema import InvalidGrammarError
-from serving.engine.grammar_spec import GrammarSpec
-from serving.engine.grammar_spec import check as check_grammar
 from serving.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -45,6 +42,7 @@ from serving.logprob_views import (
     completion_logprobs_builder,
 )
 from serving.metrics import ServingMetrics
+from serving.request_checks import check_token_ids, response_grammar
 from serving.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -352,19 +350,7 @@ class GenerationService:
             )
         if request.n > self.max_n:
             raise InvalidRequestError(f"`n` must be at most {self.max_n}", param="n")
-        vocab = len(self.tokenizer)
-        for key in request.logit_bias or {}:
-            if not key.isdigit() or int(key) >= vocab:
-                raise InvalidRequestError(
-                    f"`logit_bias` key {key!r} is not a token id of this model (0 to {vocab - 1})",
-                    param="logit_bias",
-                )
-        outside = [t for t in request.stop_token_ids or [] if not 0 <= t < vocab]
-        if outside:
-            raise InvalidRequestError(
-                f"`stop_token_ids` {outside} are not token ids of this model (0 to {vocab - 1})",
-                param="stop_token_ids",
-            )
+        check_token_ids(request, len(self.tokenizer))
 
     def sampling_params(
         self, request: SamplingFields, prompt_len: int, max_tokens: int | None
@@ -454,16 +440,3 @@ class GenerationService:
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
-
-
-def response_grammar(request: SamplingFields) -> GrammarSpec | None:
-    """The grammar `response_format` asks for, checked (a 400 naming what to fix if not)."""
-    if request.response_format is None:
-        return None
-    try:
-        spec = GrammarSpec.from_response_format(request.response_format)
-        if spec is not None:
-            check_grammar(spec)
-    except InvalidGrammarError as exc:
-        raise InvalidRequestError(exc.message, param=exc.param) from None
-    return spec
