@@ -183,7 +183,7 @@ def drive(batcher: SlotBatcher, script: dict, max_iterations: int = 10_000):
         return commands
 
     def emit(outputs):
-        for engine_id, token, done in outputs:
+        for engine_id, token, done, *_ in outputs:
             tokens.setdefault(engine_id, []).append(token)
             if done:
                 finished.add(engine_id)

@@ -68,7 +68,6 @@ def corpus_line(data: Path, log: Path) -> str:
 
 def fill_demo_kb(kb_dir: Path, embedder: Path, docs: Path, name: str = "demo") -> list[str]:
     """Create (once) and fill the demo knowledge base; returns one line per file for the console."""
-    os.environ["XIAOPHI_KB_EMBEDDING_MODEL"] = str(embedder)
     from rag.config import KBSettings
     from rag.errors import Conflict
     from rag.models import Upload

@@ -94,6 +94,18 @@ def database_url(postgres_server) -> str:
     return fresh_database(postgres_server)
 
 
+#: Variables that may change during a test: each is still put back afterwards, only not a failure.
+SET_BY_DESIGN = {
+    "PYTEST_CURRENT_TEST": "pytest's own",
+    "TENSORBOARD_LOGGING_DIR": "the stage's event folder, which transformers reads from the "
+    "environment only (training/trainer_args.py sets it before each stage)",
+    "KMP_DUPLICATE_LIB_OK": "set by a library when it is first imported",
+    "KMP_INIT_AT_FORK": "set by a library when it is first imported",
+    "HF_XET_HIGH_PERFORMANCE": "set by huggingface_hub's xet support when first imported",
+    "TORCHINDUCTOR_CACHE_DIR": "set by torch's inductor the first time it compiles",
+}
+
+
 @pytest.fixture(autouse=True)
 def environment_left_as_found():
     """A test (or the code it calls in-process) must leave os.environ as it found it: a leaked
@@ -103,9 +115,10 @@ def environment_left_as_found():
     before = dict(os.environ)
     yield
     after = dict(os.environ)
-    names = (set(before) | set(after)) - {"PYTEST_CURRENT_TEST"}  # pytest's own
+    names = (set(before) | set(after)) - set(SET_BY_DESIGN)
     leaked = {k: after.get(k) for k in names if before.get(k) != after.get(k)}
-    for name in leaked:
+    changed = {n for n in SET_BY_DESIGN if before.get(n) != after.get(n)}
+    for name in (set(leaked) | changed) - {"PYTEST_CURRENT_TEST"}:  # pytest manages its own
         if name in before:
             os.environ[name] = before[name]
         else:

@@ -248,9 +248,11 @@ def test_every_config_loads_and_asks_for_the_process_count():
 @pytest.mark.parametrize(
     "config", [DDP_CONFIG, FSDP_CONFIG, DEEPSPEED_CONFIG], ids=lambda p: p.stem
 )
-def test_multi_node_flags_reach_torchrun(config):
+def test_multi_node_flags_reach_torchrun(config, monkeypatch):
     """The documented overrides for machine 1 of 2 (8 GPUs each) end up in torchrun's launch
     config as accelerate hands it over."""
+    # torchrun's config_from_args sets OMP_NUM_THREADS in this process: put back afterwards
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     import torch.distributed.run as torchrun
     from accelerate.commands.launch import _filter_args
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
