@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install system-packages test test-fast lint format demo bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check gpu-wheels
+.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ format: install
 # Demo corpora → tiny pipeline → demo knowledge base → server with the UI at /ui.
 demo: install
 	$(VENV)/bin/xiaophi-demo --run $(RUN)
+
+# vLLM's CPU build serving a checkpoint (the demo's chat model by default) on VLLM_PORT. vLLM has a
+# venv of its own outside the clone, made once per machine (see tools/vllm_env.py), so this needs
+# no `install`. VLLM_ARGS: more vLLM flags, e.g. VLLM_ARGS="--host 0.0.0.0 --max-model-len 512".
+VLLM_MODEL ?= $(RUN)/dpo
+VLLM_PORT  ?= 8001
+VLLM_NAME  ?= $(notdir $(abspath $(VLLM_MODEL)))
+vllm:
+	$(PYTHON) -m tools.vllm_env serve --model $(VLLM_MODEL) --name $(VLLM_NAME) --port $(VLLM_PORT) -- $(VLLM_ARGS)
 
 bench-tokenizer: install
 	$(PY) -m bench.tokenizer_bench

@@ -25,6 +25,7 @@ from serving.choice_streams import (
     merge_choices,
     public_reason,
 )
+from serving.completion_prompts import completion_prompts, echoed_text, scores_only
 from serving.engine.base import (
     Engine,
     EngineRequest,
@@ -39,6 +40,7 @@ from serving.generation_defaults import SamplingDefaults
 from serving.logprob_views import (
     TokenTexts,
     chat_logprobs,
+    chat_logprobs_builder,
     completion_logprobs_builder,
 )
 from serving.metrics import ServingMetrics
@@ -98,7 +100,9 @@ class GenerationService:
                     index=i,
                     message=AssistantMessage(content=outcome.text),
                     finish_reason=outcome.reason,
-                    logprobs=chat_logprobs(request, outcome.logprobs, self.token_texts),
+                    logprobs=chat_logprobs(
+                        chat_logprobs_builder(request, self.token_texts), outcome.logprobs
+                    ),
                 )
                 for i, outcome in enumerate(outcomes)
             ],
@@ -205,10 +209,11 @@ class GenerationService:
 
         for choice in choices:
             yield chunk(choice.index, ChatDelta(role="assistant", content=""))
+        builders = {c.index: chat_logprobs_builder(request, self.token_texts) for c in choices}
         completion_tokens = 0
         async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
-                logprobs = chat_logprobs(request, delta.logprobs, self.token_texts)
+                logprobs = chat_logprobs(builders[index], delta.logprobs)
                 if delta.text or (logprobs and logprobs.content):
                     yield chunk(index, ChatDelta(content=delta.text), logprobs=logprobs)
                 if delta.finish_reason is not None:
@@ -230,15 +235,17 @@ class GenerationService:
         rid, choices = self._start_completion(request)
         outcomes, usage = await self._collect(choices)
         answers = []
+        scoring = scores_only(request)
         for choice, outcome in zip(choices, outcomes, strict=True):
-            text, logprobs = outcome.text, None
+            text, logprobs = ("" if scoring else outcome.text), None
             builder = completion_logprobs_builder(request, self.token_texts)
             if request.echo:
-                text = self._prompt_text(request, choice) + text
+                text = echoed_text(request, choice, self.tokenizer) + text
                 if builder is not None:
                     builder.add(choice.prompt_ids, outcome.prompt_logprobs)
             if builder is not None:
-                builder.add(outcome.token_ids, outcome.logprobs)
+                if not scoring:
+                    builder.add(outcome.token_ids, outcome.logprobs, new_section=True)
                 logprobs = builder.whole
             answers.append(
                 CompletionChoice(
@@ -259,7 +266,7 @@ class GenerationService:
             raise InvalidRequestError("`suffix` is not supported", param="suffix")
         if request.best_of not in (None, 1):
             raise InvalidRequestError("`best_of` is not supported", param="best_of")
-        prompts = self._completion_prompts(request.prompt)
+        prompts = completion_prompts(request.prompt, self.tokenizer)
         if len(prompts) * request.n > self.max_n:
             raise InvalidRequestError(
                 f"at most {self.max_n} choices (prompts × n) per request", param="n"
@@ -271,25 +278,6 @@ class GenerationService:
         )
         return rid, choices
 
-    def _completion_prompts(self, prompt) -> list[list[int]]:
-        if isinstance(prompt, str):
-            prompt = [prompt]
-        if not prompt:
-            raise InvalidRequestError("`prompt` is empty", param="prompt")
-        if all(isinstance(p, int) for p in prompt):
-            prompt = [prompt]
-        prompts = []
-        for item in prompt:
-            ids = self.tokenizer(item)["input_ids"] if isinstance(item, str) else list(item)
-            if not ids:
-                raise InvalidRequestError("a prompt is empty", param="prompt")
-            if max(ids) >= len(self.tokenizer) or min(ids) < 0:
-                raise InvalidRequestError(
-                    "a prompt token id is outside the vocabulary", param="prompt"
-                )
-            prompts.append(ids)
-        return prompts
-
     async def _completion_chunks(
         self, rid: str, choices: list[Choice], request: CompletionRequest
     ) -> AsyncIterator[Completion]:
@@ -300,6 +288,8 @@ class GenerationService:
         }
         sent = dict.fromkeys(builders, 0)  # characters of text sent per choice
         echoed: set[int] = set()
+        answering: set[int] = set()  # choices whose answer's logprobs started
+        scoring = scores_only(request)
 
         def chunk(index: int, text: str, finish: str | None, logprobs) -> Completion:
             sent[index] += len(text)
@@ -322,14 +312,22 @@ class GenerationService:
                     prompt_logprobs = None
                     if builder is not None:
                         prompt_logprobs = builder.add(choice.prompt_ids, delta.prompt_logprobs, 0)
-                    yield chunk(index, self._prompt_text(request, choice), None, prompt_logprobs)
+                    yield chunk(
+                        index, echoed_text(request, choice, self.tokenizer), None, prompt_logprobs
+                    )
                 finish = None
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
                     finish = public_reason(delta)
+                if scoring:  # the one token generated is not part of the answer (as in vLLM)
+                    if finish:
+                        yield chunk(index, "", finish, None)
+                    continue
                 logprobs = None
                 if builder is not None and delta.token_ids:
-                    logprobs = builder.add(delta.token_ids, delta.logprobs, sent[index])
+                    first = index not in answering
+                    answering.add(index)
+                    logprobs = builder.add(delta.token_ids, delta.logprobs, sent[index], first)
                 if delta.text or finish or logprobs:
                     yield chunk(index, delta.text, finish, logprobs)
         if include_usage:
@@ -370,6 +368,8 @@ class GenerationService:
         else:
             logprobs = request.logprobs
             prompt_logprobs = logprobs if request.echo else None
+            if scores_only(request):
+                max_tokens = 1  # as vLLM does: one token, counted and then left out
         return SamplingParams(
             max_new_tokens=remaining if max_tokens is None else min(max_tokens, remaining),
             temperature=d.temperature if request.temperature is None else request.temperature,
@@ -423,14 +423,6 @@ class GenerationService:
     async def _collect(self, choices: list[Choice]) -> tuple[list[Outcome], Usage]:
         outcomes, completion_tokens = await collect_outcomes(choices)
         return outcomes, self._usage(choices, completion_tokens)
-
-    def _prompt_text(self, request: CompletionRequest, choice: Choice) -> str:
-        """What `echo` repeats: the prompt as sent, or its token ids decoded."""
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        per_prompt = choice.index // request.n
-        if per_prompt < len(prompts) and isinstance(prompts[per_prompt], str):
-            return prompts[per_prompt]
-        return self.tokenizer.decode(choice.prompt_ids)
 
     def _usage(self, choices: list[Choice], completion_tokens: int) -> Usage:
         # n choices of one prompt share it: OpenAI counts the prompt once per distinct prompt

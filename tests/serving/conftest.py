@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from serving.app import create_app
 from serving.config import Settings
+from tests.serving.vllm_reference import vllm_server  # noqa: F401  (a real vLLM reference server)
 
 
 def free_port() -> int:

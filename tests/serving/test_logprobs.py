@@ -27,8 +27,27 @@ def raw_logprobs(reference, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def token_text(reference, token: int) -> str:
-    return reference.tokenizer.decode([token])
+def token_text(reference, token: int, before: list[int] = ()) -> str:
+    """A token's text as vLLM names it: decoded alone; if that ends inside a character, what it
+    completes after the (up to 4) tokens chosen before it, or "" while still incomplete."""
+    decode = reference.tokenizer.decode
+    alone = decode([token])
+    if not alone.endswith("\ufffd"):
+        return alone
+    for n in range(1, min(len(before), 4) + 1):
+        context = list(before[-n:])
+        whole = decode(context + [token])
+        if whole.endswith("\ufffd"):
+            continue
+        while context and decode([context[-1]]).endswith("\ufffd"):
+            context.pop()  # those showed "" before: their bytes are this token's text
+        prefix = decode(context) if context else ""
+        return whole[len(prefix) :] if whole.startswith(prefix) else whole
+    return ""
+
+
+def texts_in_order(reference, ids: list[int]) -> list[str]:
+    return [token_text(reference, t, ids[:i]) for i, t in enumerate(ids)]
 
 
 def test_chat_logprobs_are_the_models_own_and_the_top_list_is_ranked(client, reference):
@@ -44,7 +63,7 @@ def test_chat_logprobs_are_the_models_own_and_the_top_list_is_ranked(client, ref
     )
     generated = reference.greedy_ids(ids, 12)
     content = answer.choices[0].logprobs.content
-    assert [c.token for c in content] == [token_text(reference, t) for t in generated]
+    assert [c.token for c in content] == texts_in_order(reference, generated)
     assert len(content) == answer.usage.completion_tokens  # EOS too, when it ends the answer
     table = raw_logprobs(reference, ids + generated)
     for i, (entry, token) in enumerate(zip(content, generated, strict=True)):
@@ -53,7 +72,7 @@ def test_chat_logprobs_are_the_models_own_and_the_top_list_is_ranked(client, ref
         assert entry.bytes == list(entry.token.encode())
         best = row.topk(3)
         assert [t.token for t in entry.top_logprobs] == [
-            token_text(reference, t) for t in best.indices.tolist()
+            token_text(reference, t, generated[:i]) for t in best.indices.tolist()
         ]
         assert [t.logprob for t in entry.top_logprobs] == pytest.approx(
             best.values.tolist(), abs=1e-4
@@ -109,18 +128,22 @@ def test_echo_with_no_new_tokens_scores_the_prompt_as_lm_eval_asks(client, refer
         model=MODEL, prompt=text, echo=True, logprobs=2, max_tokens=0, temperature=0
     )
     choice = answer.choices[0]
-    assert choice.text == text and choice.finish_reason == "length"
-    assert answer.usage.completion_tokens == 0 and answer.usage.prompt_tokens == len(ids)
+    # as vLLM does: one token is generated, counted and given its finish reason, not shown
+    assert choice.text == text and choice.finish_reason in ("stop", "length")
+    assert answer.usage.completion_tokens == 1 and answer.usage.prompt_tokens == len(ids)
     lp = choice.logprobs
-    assert lp.tokens == [token_text(reference, t) for t in ids]
+    # the first token has no logprob and is decoded alone; the others in context
+    assert lp.tokens == [token_text(reference, ids[0])] + [
+        token_text(reference, t, ids[1:i]) for i, t in enumerate(ids) if i
+    ]
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     table = raw_logprobs(reference, ids)
     for i in range(1, len(ids)):
         assert lp.token_logprobs[i] == pytest.approx(table[i - 1, ids[i]].item(), abs=1e-4)
         top = lp.top_logprobs[i]
-        assert token_text(reference, ids[i]) in top  # the prompt's token, then the top 2
+        assert lp.tokens[i] in top  # the prompt's token, then the top 2
         best = table[i - 1].topk(2).indices.tolist()
-        assert {token_text(reference, t) for t in best} <= set(top) and len(top) <= 3
+        assert {token_text(reference, t, ids[1:i]) for t in best} <= set(top) and len(top) <= 3
     offsets = [0]
     for token in lp.tokens[:-1]:
         offsets.append(offsets[-1] + len(token))
@@ -167,13 +190,13 @@ def test_completion_logprobs_without_echo_cover_the_new_tokens_only(client, refe
     )
     generated = reference.greedy_ids(ids, 5)
     lp = answer.choices[0].logprobs
-    assert lp.tokens == [token_text(reference, t) for t in generated]
+    assert lp.tokens == texts_in_order(reference, generated)
     table = raw_logprobs(reference, ids + generated)
     for i, token in enumerate(generated):
         assert lp.token_logprobs[i] == pytest.approx(
             table[len(ids) - 1 + i, token].item(), abs=1e-4
         )
-        assert list(lp.top_logprobs[i]) == [token_text(reference, token)]  # logprobs=0: itself
+        assert list(lp.top_logprobs[i]) == [lp.tokens[i]]  # logprobs=0: itself
     assert lp.text_offset[0] == 0
 
 
@@ -183,7 +206,6 @@ def test_logprobs_are_taken_before_penalties_and_temperature(client, reference):
     prompt = "春眠不觉晓，处处闻啼鸟。"
     ids = reference.chat_ids(prompt)
     vocab = reference.model.config.vocab_size
-    texts = [token_text(reference, t) for t in range(vocab)]
     for extra in (
         dict(temperature=0, extra_body={"repetition_penalty": 1.8}, frequency_penalty=1.5),
         dict(temperature=0.7, seed=3),
@@ -199,10 +221,12 @@ def test_logprobs_are_taken_before_penalties_and_temperature(client, reference):
         for entry in answer.choices[0].logprobs.content:
             row = raw_logprobs(reference, sequence)[-1]
             # the token the server chose: its text and the model's raw logprob identify it
+            chosen = sequence[len(ids) :]
             matches = [
                 t
                 for t in range(vocab)
-                if texts[t] == entry.token and abs(row[t].item() - entry.logprob) < 1e-4
+                if abs(row[t].item() - entry.logprob) < 1e-4
+                and token_text(reference, t, chosen) == entry.token
             ]
             assert matches, (extra, entry)
             sequence.append(matches[0])
