@@ -26,12 +26,46 @@ def check_token_ids(request: SamplingFields, vocab: int) -> None:
         )
 
 
-def response_grammar(request: SamplingFields) -> GrammarSpec | None:
-    """The grammar `response_format` asks for, checked."""
-    if request.response_format is None:
-        return None
+def request_grammar(request: SamplingFields) -> GrammarSpec | None:
+    """The grammar a request asks for, checked: `response_format`'s, or the forced tool calls of
+    `tool_choice` "required" or a named function (not both)."""
+    tools = getattr(request, "tools", None)
+    choice = getattr(request, "tool_choice", None)
+    forced = bool(tools) and choice not in (None, "none", "auto")
+    shapes = [
+        name
+        for name, given in (
+            ("tool_choice", forced),
+            ("response_format", request.response_format is not None),
+            ("structured_outputs", request.structured_outputs is not None),
+        )
+        if given
+    ]
+    if len(shapes) > 1:
+        raise InvalidRequestError(
+            f"{' and '.join(f'`{n}`' for n in shapes)} cannot both shape the answer; send one",
+            param=shapes[-1],
+        )
     try:
-        spec = GrammarSpec.from_response_format(request.response_format)
+        if request.structured_outputs is not None:
+            grammar = request.structured_outputs.get("grammar")
+            if not isinstance(grammar, str) or set(request.structured_outputs) != {"grammar"}:
+                raise InvalidGrammarError(
+                    'structured_outputs takes {"grammar": "<EBNF text>"} here; use '
+                    "response_format for JSON",
+                    "structured_outputs",
+                )
+            spec = GrammarSpec.ebnf(grammar)
+        elif forced:
+            spec = GrammarSpec.from_tool_choice(
+                [t.model_dump(exclude_none=True) for t in tools],
+                choice if isinstance(choice, str) else choice.model_dump(),
+                parallel_tool_calls=request.parallel_tool_calls,
+            )
+        elif request.response_format is not None:
+            spec = GrammarSpec.from_response_format(request.response_format)
+        else:
+            return None
         if spec is not None:
             check_grammar(spec)
     except InvalidGrammarError as exc:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+)
 
 from rag.models import MAX_QUERY_CHARS, DocumentInfo, FileResult, KnowledgeBaseInfo, SearchHit
 from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
@@ -23,10 +31,24 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
+    #: an assistant turn's calls, a tool turn's answer to one
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -82,6 +104,10 @@ class SamplingFields(BaseModel):
         description='`{"type": "json_object"}` or `{"type": "json_schema", "json_schema": '
         '{"name": ..., "schema": {...}}}`: the answer follows it (a grammar masks each step).',
     )
+    structured_outputs: dict[str, Any] | None = Field(
+        None,
+        description='vLLM\'s field: `{"grammar": "<EBNF>"}` (xgrammar\'s EBNF, root rule `root`).',
+    )
     return_tokens_as_token_ids: bool = Field(
         False, description='Logprobs name tokens as "token_id:123" instead of their text.'
     )
@@ -109,12 +135,35 @@ class SamplingFields(BaseModel):
         return stops
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class ChosenFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: ChosenFunction
+
+
 class ChatRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     # extra_body: answer from a knowledge base (RAG). `top_k` stays the sampling filter, so the
     # number of passages has its own name.
     knowledge_base: str | None = Field(None, min_length=1, max_length=MAX_KB_NAME)
@@ -191,7 +240,15 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_tool_calls(self, handler):
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)  # an answer without calls does not name them
+        return data
 
 
 class TopLogprob(BaseModel):
@@ -242,9 +299,31 @@ class RagChatCompletion(ChatCompletion):
     sources: list[Source]
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed call: its first delta has the id, type and name, later ones the arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_tool_calls(self, handler):
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)  # only deltas that carry calls name them
+        return data
 
 
 class ChatChunkChoice(BaseModel):

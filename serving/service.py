@@ -8,6 +8,7 @@ Knows nothing of HTTP: `chat` / `complete` return response models, `stream_chat`
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ from serving.choice_streams import (
     public_reason,
 )
 from serving.completion_prompts import completion_prompts, echoed_text, scores_only
+from serving.completion_stream import completion_chunks
 from serving.engine.base import (
     Engine,
     EngineRequest,
@@ -44,9 +46,8 @@ from serving.logprob_views import (
     completion_logprobs_builder,
 )
 from serving.metrics import ServingMetrics
-from serving.request_checks import check_token_ids, response_grammar
+from serving.request_checks import check_token_ids, request_grammar
 from serving.schemas import (
-    AssistantMessage,
     ChatChoice,
     ChatChunk,
     ChatChunkChoice,
@@ -63,6 +64,15 @@ from serving.schemas import (
     SourcesChunk,
     Usage,
 )
+from serving.tool_calls import (
+    ToolCallStream,
+    answer_message,
+    call_deltas,
+    message_dict,
+    template_renders_tools,
+    uses_tools,
+)
+from serving.tool_calls import finish_reason as tool_finish_reason
 
 
 class GenerationService:
@@ -80,6 +90,7 @@ class GenerationService:
         # what a request leaves out comes from the checkpoint's generation_config.json
         self.defaults = defaults or SamplingDefaults()
         self.supports_documents = rag_chat.template_renders_documents(tokenizer)
+        self.supports_tools = template_renders_tools(tokenizer)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.metrics = metrics
@@ -98,8 +109,7 @@ class GenerationService:
             choices=[
                 ChatChoice(
                     index=i,
-                    message=AssistantMessage(content=outcome.text),
-                    finish_reason=outcome.reason,
+                    **answer_message(request, outcome.text, outcome.reason),
                     logprobs=chat_logprobs(
                         chat_logprobs_builder(request, self.token_texts), outcome.logprobs
                     ),
@@ -124,23 +134,30 @@ class GenerationService:
         self._check_common(request)
         if request.top_logprobs is not None and not request.logprobs:
             raise InvalidRequestError("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
+        tools = None
         if request.tools:
-            raise InvalidRequestError("tools are not supported by this model", param="tools")
+            if not self.supports_tools:
+                raise InvalidRequestError(
+                    "this model's chat template does not show tools to the model; serve a "
+                    "checkpoint trained with xiaophi's tool format, or leave `tools` out",
+                    param="tools",
+                )
+            tools = [tool.model_dump(exclude_none=True) for tool in request.tools]
+        elif request.tool_choice not in (None, "none"):
+            raise InvalidRequestError("`tool_choice` needs `tools`", param="tool_choice")
         max_tokens = request.max_completion_tokens or request.max_tokens
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
+        messages = [message_dict(m) for m in request.messages]
         sources: list[Source] | None = None
+        render = functools.partial(self._render, tools=tools)
         if request.knowledge_base is not None:
-            prompt, sources = await self._rag_prompt(request, messages, max_tokens)
+            prompt, sources = await self._rag_prompt(request, messages, max_tokens, render)
         else:
-            prompt = self._render(messages)
+            prompt = render(messages)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         return rid, self._submit(rid, [prompt] * request.n, request, max_tokens), sources
 
     async def _rag_prompt(
-        self, request: ChatRequest, messages: list[dict[str, str]], max_tokens: int | None
+        self, request: ChatRequest, messages: list[dict], max_tokens: int | None, render
     ) -> tuple[list[int], list[Source]]:
         """Search the knowledge base for the last user message; passages go in a system message."""
         if self.knowledge is None:
@@ -155,12 +172,15 @@ class GenerationService:
             self.engine.context_length, max_tokens
         )
         prompt, used = rag_chat.fit_passages(
-            self._render, messages, hits, budget, documents=self.supports_documents
+            render, messages, hits, budget, documents=self.supports_documents
         )
         return prompt, [rag_chat.source_of(hit) for hit in used]
 
     def _render(
-        self, messages: list[dict[str, str]], documents: list[dict[str, str]] | None = None
+        self,
+        messages: list[dict],
+        documents: list[dict[str, str]] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[int]:
         """Token ids of `messages` through the tokenizer's chat template.
 
@@ -175,6 +195,7 @@ class GenerationService:
                 return_dict=False,
                 sanitize_control_tokens=True,
                 **({"documents": documents} if documents else {}),
+                **({"tools": tools} if tools else {}),
             )
         except Exception as exc:  # the template raises on what it cannot render
             raise InvalidRequestError(
@@ -210,15 +231,29 @@ class GenerationService:
         for choice in choices:
             yield chunk(choice.index, ChatDelta(role="assistant", content=""))
         builders = {c.index: chat_logprobs_builder(request, self.token_texts) for c in choices}
+        # tool calls read from each choice's text as it comes
+        readers = {c.index: ToolCallStream() for c in choices} if uses_tools(request) else None
         completion_tokens = 0
         async with contextlib.aclosing(merge_choices(choices)) as deltas:
             async for index, delta in deltas:
                 logprobs = chat_logprobs(builders[index], delta.logprobs)
-                if delta.text or (logprobs and logprobs.content):
-                    yield chunk(index, ChatDelta(content=delta.text), logprobs=logprobs)
+                text, calls = delta.text, []
+                if readers is not None:
+                    text, calls = readers[index].push(delta.text)
+                    if delta.finish_reason is not None:
+                        tail, more = readers[index].finish()
+                        text, calls = text + tail, calls + more
+                if text or (logprobs and logprobs.content):
+                    yield chunk(index, ChatDelta(content=text), logprobs=logprobs)
+                for delta_calls in call_deltas(readers, index, calls):
+                    yield chunk(index, ChatDelta(tool_calls=delta_calls))
                 if delta.finish_reason is not None:
                     completion_tokens += delta.completion_tokens
-                    yield chunk(index, ChatDelta(), public_reason(delta))
+                    reason = public_reason(delta)
+                    if readers is not None:
+                        called = readers[index].sent_calls > 0
+                        reason = tool_finish_reason(request, reason, called)
+                    yield chunk(index, ChatDelta(), reason)
         if sources is not None:
             yield SourcesChunk(id=rid, model=self.model_name, choices=[], sources=sources)
         if include_usage:
@@ -226,7 +261,7 @@ class GenerationService:
                 id=rid,
                 model=self.model_name,
                 choices=[],
-                usage=self._usage(choices, completion_tokens),
+                usage=self.usage_of(choices, completion_tokens),
             )
 
     # ------------------------------------------------------------------ completions
@@ -257,7 +292,7 @@ class GenerationService:
     async def stream_complete(self, request: CompletionRequest) -> ChunkStream[Completion]:
         """The continuations' chunks (every choice is queued before this returns)."""
         rid, choices = self._start_completion(request)
-        return ChunkStream(self._completion_chunks(rid, choices, request), choices)
+        return ChunkStream(completion_chunks(self, rid, choices, request), choices)
 
     def _start_completion(self, request: CompletionRequest) -> tuple[str, list[Choice]]:
         """Check, tokenize and queue a completion request: its id and its choices."""
@@ -277,66 +312,6 @@ class GenerationService:
             rid, [p for p in prompts for _ in range(request.n)], request, request.max_tokens
         )
         return rid, choices
-
-    async def _completion_chunks(
-        self, rid: str, choices: list[Choice], request: CompletionRequest
-    ) -> AsyncIterator[Completion]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        completion_tokens = 0
-        builders = {
-            c.index: completion_logprobs_builder(request, self.token_texts) for c in choices
-        }
-        sent = dict.fromkeys(builders, 0)  # characters of text sent per choice
-        echoed: set[int] = set()
-        answering: set[int] = set()  # choices whose answer's logprobs started
-        scoring = scores_only(request)
-
-        def chunk(index: int, text: str, finish: str | None, logprobs) -> Completion:
-            sent[index] += len(text)
-            return Completion(
-                id=rid,
-                model=self.model_name,
-                choices=[
-                    CompletionChoice(
-                        index=index, text=text, finish_reason=finish, logprobs=logprobs
-                    )
-                ],
-            )
-
-        async with contextlib.aclosing(merge_choices(choices)) as deltas:
-            async for index, delta in deltas:
-                builder = builders[index]
-                if request.echo and index not in echoed:  # the prompt, before its continuation
-                    echoed.add(index)
-                    choice = choices[index]
-                    prompt_logprobs = None
-                    if builder is not None:
-                        prompt_logprobs = builder.add(choice.prompt_ids, delta.prompt_logprobs, 0)
-                    yield chunk(
-                        index, echoed_text(request, choice, self.tokenizer), None, prompt_logprobs
-                    )
-                finish = None
-                if delta.finish_reason is not None:
-                    completion_tokens += delta.completion_tokens
-                    finish = public_reason(delta)
-                if scoring:  # the one token generated is not part of the answer (as in vLLM)
-                    if finish:
-                        yield chunk(index, "", finish, None)
-                    continue
-                logprobs = None
-                if builder is not None and delta.token_ids:
-                    first = index not in answering
-                    answering.add(index)
-                    logprobs = builder.add(delta.token_ids, delta.logprobs, sent[index], first)
-                if delta.text or finish or logprobs:
-                    yield chunk(index, delta.text, finish, logprobs)
-        if include_usage:
-            yield Completion(
-                id=rid,
-                model=self.model_name,
-                choices=[],
-                usage=self._usage(choices, completion_tokens),
-            )
 
     # ------------------------------------------------------------------ shared
     def _check_common(self, request: SamplingFields) -> None:
@@ -399,7 +374,7 @@ class GenerationService:
     ) -> list[Choice]:
         """Queue every choice at once; on any refusal cancel those already queued."""
         params = [self.sampling_params(request, len(p), max_tokens) for p in prompts]
-        grammar = response_grammar(request)
+        grammar = request_grammar(request)
         for param in params:
             param.grammar = grammar
         arrived = time.perf_counter()
@@ -422,9 +397,9 @@ class GenerationService:
 
     async def _collect(self, choices: list[Choice]) -> tuple[list[Outcome], Usage]:
         outcomes, completion_tokens = await collect_outcomes(choices)
-        return outcomes, self._usage(choices, completion_tokens)
+        return outcomes, self.usage_of(choices, completion_tokens)
 
-    def _usage(self, choices: list[Choice], completion_tokens: int) -> Usage:
+    def usage_of(self, choices: list[Choice], completion_tokens: int) -> Usage:
         # n choices of one prompt share it: OpenAI counts the prompt once per distinct prompt
         prompt_tokens = sum(len(p) for p in {tuple(c.prompt_ids): None for c in choices})
         return Usage(

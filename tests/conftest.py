@@ -26,21 +26,28 @@ TINY_TEXTS = [
 
 
 def build_tiny_checkpoint(
-    path: Path, arch: str = "phi", seed: int = 0, hidden_size: int = 32, num_heads: int = 4
+    path: Path,
+    arch: str = "phi",
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_heads: int = 4,
+    context: int = 128,
 ) -> Path:
     """A plain HF checkpoint (tokenizer + random 2-layer model + chat template) at `path`."""
     from training.config import ModelConfig
     from training.model_factory import build_model
     from training.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400, min_frequency=1, model_max_length=128)
+    tokenizer = train_tokenizer(
+        TINY_TEXTS, vocab_size=400, min_frequency=1, model_max_length=context
+    )
     cfg = ModelConfig(
         arch=arch,
         hidden_size=hidden_size,
         num_layers=2,
         num_heads=num_heads,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=context,
     )
     model = build_model(cfg, tokenizer, seed=seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -103,6 +110,7 @@ SET_BY_DESIGN = {
     "KMP_INIT_AT_FORK": "set by a library when it is first imported",
     "HF_XET_HIGH_PERFORMANCE": "set by huggingface_hub's xet support when first imported",
     "TORCHINDUCTOR_CACHE_DIR": "set by torch's inductor the first time it compiles",
+    "HF_HUB_DISABLE_TELEMETRY": "set by gradio when it first builds a page",
 }
 
 

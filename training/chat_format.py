@@ -19,6 +19,17 @@ SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IM_START, IM_END]
 DOCUMENTS_INSTRUCTION = "请根据以下资料回答问题。"
 
 
+#: What the model is told about tools, before their JSON signatures (one per line, inside <tools>),
+#: and how to call one: the Hermes format, which vLLM's `--tool-call-parser hermes` reads too.
+TOOLS_INSTRUCTION = "你可以调用以下工具（函数）来回答问题。\n<tools>"
+TOOLS_FORMAT = (
+    "\n</tools>\n需要调用时，每次调用输出一段：\n"
+    '<tool_call>\n{"name": 函数名, "arguments": 参数对象}\n</tool_call>'
+)
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+
+
 def documents_text(documents: list[dict]) -> str:
     """The system text the template renders for `documents` (`title` optional, `text` required):
     the instruction, then each document numbered from 1 under its title, blank lines between."""
@@ -49,18 +60,44 @@ CHAT_TEMPLATE = (
     "{%- set ns.context = ns.context + '\\n\\n[' + loop.index|string + '] '"
     " + (title + '\\n' if title else '') + doc['text'] -%}"
     "{%- endfor -%}"
-    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{%- endif -%}"
+    "{%- if tools -%}"
+    "{%- set ns.context = (ns.context + '\\n\\n' if ns.context else '') + "
+    + repr(TOOLS_INSTRUCTION)
+    + " -%}"
+    "{%- for tool in tools -%}"
+    "{%- set fn = tool['function'] if tool['function'] is defined else tool -%}"
+    "{%- set ns.context = ns.context + '\\n' + (fn | tojson) -%}"
+    "{%- endfor -%}"
+    "{%- set ns.context = ns.context + "
+    + repr(TOOLS_FORMAT)
+    + " -%}"
+    "{%- endif -%}"
+    "{%- if ns.context and (not messages or messages[0]['role'] != 'system') -%}"
     "{{ '<|im_start|>system\\n' + ns.context + '<|im_end|>\\n' }}"
     "{%- endif -%}"
-    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{ raise_exception('unknown role ' + message['role'] + '; use system, user or assistant') }}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
+    "{{ raise_exception('unknown role ' + message['role'] + '; use system, user, assistant or tool') }}"
     "{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{ '<|im_start|>assistant\\n' }}"
-    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+    "{%- generation -%}{{ message['content'] or '' }}"
+    "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{%- set args = fn['arguments'] if fn['arguments'] is defined else {} -%}"
+    "{{ ('\\n' if (message['content'] or not loop.first) else '') + '<tool_call>\\n{\"name\": '"
+    " + (fn['name'] | tojson) + ', \"arguments\": '"
+    " + (args if args is string else args | tojson) + '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{ '<|im_end|>' }}{%- endgeneration -%}"
     "{{ '\\n' }}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or loop.previtem['role'] != 'tool' -%}{{ '<|im_start|>user' }}{%- endif -%}"
+    "{{ '\\n<tool_response>\\n' + (message['content'] or '') + '\\n</tool_response>' }}"
+    "{%- if loop.last or loop.nextitem['role'] != 'tool' -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
     "{%- elif loop.first and message['role'] == 'system' and ns.context -%}"
     "{{ '<|im_start|>system\\n' + ns.context + '\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- else -%}"

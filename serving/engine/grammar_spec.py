@@ -45,11 +45,12 @@ def _function(tool: Any) -> Mapping | None:
 
 @dataclass(frozen=True)
 class GrammarSpec:
-    """`kind`: json_object, json_schema or tool_calls. `schema`: the schema's canonical JSON
-    (json_schema). `tools`: (name, canonical JSON of its parameters schema) pairs (tool_calls).
-    `parallel`: one or more tool calls, else exactly one."""
+    """`kind`: json_object, json_schema, tool_calls or ebnf. `schema`: the schema's canonical JSON
+    (json_schema), or the grammar's EBNF text (ebnf: vLLM's `structured_outputs.grammar`).
+    `tools`: (name, canonical JSON of its parameters schema) pairs (tool_calls). `parallel`:
+    one or more tool calls, else exactly one."""
 
-    kind: Literal["json_object", "json_schema", "tool_calls"]
+    kind: Literal["json_object", "json_schema", "tool_calls", "ebnf"]
     schema: str = ""
     tools: tuple[tuple[str, str], ...] = ()
     parallel: bool = False
@@ -85,6 +86,11 @@ class GrammarSpec:
         if not pairs:
             raise InvalidGrammarError("a tool call is required, but `tools` is empty", "tools")
         return cls("tool_calls", tools=tuple(pairs), parallel=parallel)
+
+    @classmethod
+    def ebnf(cls, text: str) -> GrammarSpec:
+        """A grammar in xgrammar's EBNF (its root rule `root`)."""
+        return cls("ebnf", schema=text)
 
     @classmethod
     def from_response_format(cls, response_format: Mapping | None) -> GrammarSpec | None:
@@ -164,6 +170,13 @@ def build_grammar(spec: GrammarSpec) -> xgr.Grammar:
         )
     if spec.kind == "json_schema":
         return _json_grammar(spec.schema, RESPONSE_SCHEMA, "response_format")
+    if spec.kind == "ebnf":
+        try:
+            return xgr.Grammar.from_ebnf(spec.schema)
+        except (RuntimeError, ValueError) as e:
+            raise InvalidGrammarError(
+                f"structured_outputs.grammar is not a grammar: {_clean(e)}", "structured_outputs"
+            ) from None
     if spec.kind != "tool_calls" or not spec.tools:
         raise InvalidGrammarError(f"unknown grammar spec {spec.kind!r} (or no tools)")
     tags = []

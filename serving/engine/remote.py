@@ -312,7 +312,7 @@ class RemoteEngine(QueuedEngine):
         if params.stop_token_ids:
             body["stop_token_ids"] = params.stop_token_ids
         if params.grammar is not None:
-            body["response_format"] = response_format_of(params.grammar)
+            body.update(grammar_fields(params.grammar))
         if params.logprobs is not None:
             # token ids back, not texts: the same tokenizer's ids are what logprobs are kept as
             body["logprobs"] = params.logprobs
@@ -414,11 +414,19 @@ def read_logprobs(logprobs: dict) -> list[TokenLogprob | None]:
     return out
 
 
-def response_format_of(spec) -> dict:
-    """A `response_format` grammar as the upstream's request field again."""
+def grammar_fields(spec) -> dict:
+    """A grammar as the upstream's request fields: JSON as `response_format`, anything else (a
+    forced tool call) as vLLM's `structured_outputs.grammar`, the grammar's EBNF."""
     if spec.kind == "json_object":
-        return {"type": "json_object"}
+        return {"response_format": {"type": "json_object"}}
     if spec.kind == "json_schema":
         schema = json.loads(spec.schema)
-        return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
-    raise UpstreamError(400, f"the remote engine cannot pass a {spec.kind} grammar upstream")
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": schema},
+            }
+        }
+    from serving.engine.grammar_spec import build_grammar
+
+    return {"structured_outputs": {"grammar": str(build_grammar(spec))}}

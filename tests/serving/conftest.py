@@ -201,3 +201,34 @@ def engine_servers(tiny_checkpoint, server):
 def engine_server(request, engine_servers) -> RunningServer:
     """The same test on each engine's server."""
     return engine_servers(request.param)
+
+
+@pytest.fixture(scope="session")
+def long_checkpoint(tmp_path_factory):
+    """The tiny model with a 1024-token context: room for a chat template's tool list."""
+    from tests.conftest import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("long_ckpt") / "model", context=1024)
+
+
+@pytest.fixture(scope="session")
+def long_engine_servers(long_checkpoint):
+    """Like `engine_servers`, on `long_checkpoint` (`remote` in front of its slots server)."""
+    with contextlib.ExitStack() as stack:
+        started: dict[str, RunningServer] = {}
+
+        def get(engine: str) -> RunningServer:
+            if engine not in started:
+                extra = {}
+                if engine == "remote":
+                    extra = {"remote_base_url": get("slots").base_url}
+                settings = tiny_settings(long_checkpoint, ui=False, engine=engine, **extra)
+                started[engine] = stack.enter_context(run_server(settings))
+            return started[engine]
+
+        yield get
+
+
+@pytest.fixture(params=ENGINES)
+def long_engine_server(request, long_engine_servers) -> RunningServer:
+    return long_engine_servers(request.param)

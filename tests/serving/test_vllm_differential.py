@@ -10,6 +10,11 @@ Not compared: `response_format`. vLLM's grammar lets JSON hold any whitespace be
 (`any_whitespace`, its default), and a random model then pads with newlines until max_tokens;
 xiaophi's allows json.dumps' separators only, so the same model finishes a valid object (as vLLM
 does with `disable_any_whitespace`). tests/serving/test_structured_output.py covers it.
+Nor a forced `tool_choice`: vLLM 0.32 opens the block as `<tool_call>{` (no newline) and, on
+this model, left the arguments unconstrained (a string that ran to max_tokens), where xiaophi's
+grammar always yields arguments that follow the function's schema (test_tool_calls.py). Tools
+with `tool_choice` "auto" are compared: the template renders them and both read the answer's
+Hermes blocks the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +29,22 @@ from tests.serving.conftest import run_server, tiny_settings
 pytestmark = pytest.mark.slow
 
 CHAT = [{"role": "user", "content": "守株待兔比喻死守狭隘经验，不知变通。"}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["北京", "上海"]}, "celsius": {"type": "boolean"}},
+            "required": ["city", "celsius"],
+            "additionalProperties": False,
+        },
+    },
+}
+
 #: (route, request fields): greedy unless seeded, each new field at least once
 REQUESTS = [
+    ("chat", dict(messages=CHAT, tools=[WEATHER], temperature=0, max_tokens=24)),
     ("chat", dict(messages=CHAT, temperature=0, max_tokens=12)),
     ("chat", dict(messages=CHAT, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3)),
     (
@@ -107,8 +126,14 @@ def answer(client: OpenAI, model: str, route: str, fields: dict) -> dict:
     result = create(model=model, **fields)
     choice = result.choices[0]
     text = choice.message.content if route == "chat" else choice.text
+    calls = []
+    if route == "chat" and choice.message.tool_calls:
+        calls = [
+            (c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls
+        ]
     logprobs = entries(route, choice.logprobs) if choice.logprobs is not None else []
     return dict(
+        calls=calls,
         text=text or "",
         finish=choice.finish_reason,
         tokens=result.usage.completion_tokens,
@@ -131,6 +156,7 @@ def entries(route: str, logprobs) -> list[tuple]:
 
 
 def assert_same(ours: dict, theirs: dict, what: str) -> None:
+    assert ours.get("calls") == theirs.get("calls"), what
     assert ours["finish"] == theirs["finish"], what
     assert ours["tokens"] == theirs["tokens"], what
     if "\ufffd" in ours["text"][len(theirs["text"]) :]:

@@ -118,13 +118,21 @@ def vllm_server(tmp_path_factory) -> Iterator[VllmServer]:
     venv = ensure_venv()
     folder = tmp_path_factory.mktemp("vllm_reference")
     # the default tiny width in one head: the smallest head dimension vLLM's CPU attention takes
-    checkpoint = build_tiny_checkpoint(folder / "model", hidden_size=32, num_heads=1)
+    # a 1024-token context: room for a chat template's tool list
+    checkpoint = build_tiny_checkpoint(folder / "model", hidden_size=32, num_heads=1, context=1024)
     _choose_decoding_defaults(checkpoint)
     port = free_port()
     log = folder / "vllm.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            server_command(checkpoint, SERVED_NAME, port, venv=venv),
+            # tool calls read as xiaophi reads them: the Hermes blocks its template teaches
+            server_command(
+                checkpoint,
+                SERVED_NAME,
+                port,
+                extra=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
+                venv=venv,
+            ),
             env=server_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
