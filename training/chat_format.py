@@ -69,9 +69,7 @@ CHAT_TEMPLATE = (
     "{%- set fn = tool['function'] if tool['function'] is defined else tool -%}"
     "{%- set ns.context = ns.context + '\\n' + (fn | tojson) -%}"
     "{%- endfor -%}"
-    "{%- set ns.context = ns.context + "
-    + repr(TOOLS_FORMAT)
-    + " -%}"
+    "{%- set ns.context = ns.context + " + repr(TOOLS_FORMAT) + " -%}"
     "{%- endif -%}"
     "{%- if ns.context and (not messages or messages[0]['role'] != 'system') -%}"
     "{{ '<|im_start|>system\\n' + ns.context + '<|im_end|>\\n' }}"
