@@ -17,7 +17,7 @@ from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
 from serving.api.deps import KBServiceDep, SettingsDep
 from serving.api.openapi import error_responses
 from serving.errors import InvalidRequestError, error_body
-from serving.schemas import (
+from serving.kb_schemas import (
     CreateKnowledgeBase,
     DeletedDocument,
     DeletedKnowledgeBase,
