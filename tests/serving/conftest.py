@@ -181,7 +181,8 @@ def engine_requests(kb_server):
 ENGINES = ["slots", "hf-continuous", "remote"]
 
 
-@pytest.fixture(scope="session")
+# package scope (here and below): the extra servers stop once tests/serving is done
+@pytest.fixture(scope="package")
 def engine_servers(tiny_checkpoint, server):
     """One server per engine on the tiny checkpoint, started when a test first asks for it."""
     with contextlib.ExitStack() as stack:
@@ -203,7 +204,7 @@ def engine_server(request, engine_servers) -> RunningServer:
     return engine_servers(request.param)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def long_checkpoint(tmp_path_factory):
     """The tiny model with a 1024-token context: room for a chat template's tool list."""
     from tests.conftest import build_tiny_checkpoint
@@ -211,7 +212,7 @@ def long_checkpoint(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp("long_ckpt") / "model", context=1024)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def long_engine_servers(long_checkpoint):
     """Like `engine_servers`, on `long_checkpoint` (`remote` in front of its slots server)."""
     with contextlib.ExitStack() as stack:

@@ -1,4 +1,4 @@
-"""A real vLLM (CPU build) as the reference server: `vllm_server`, started once per session.
+"""A real vLLM (CPU build) as the reference server: `vllm_server`, started once for tests/serving.
 
 It serves a tiny checkpoint of its own, one attention head of 32: vLLM's CPU attention takes
 head dimensions 32, 64, 80, 96, 112, 128, 160, 192, 224, 256 and 512, not the default tiny
@@ -111,7 +111,9 @@ def _choose_decoding_defaults(checkpoint: Path) -> None:
     config.save_pretrained(checkpoint)
 
 
-@pytest.fixture(scope="session")
+# package scope: vLLM stops once tests/serving is done (its engine core polls while idle, and
+# the training tests after it pick their thread counts from the load they see)
+@pytest.fixture(scope="package")
 def vllm_server(tmp_path_factory) -> Iterator[VllmServer]:
     from tests.serving.conftest import free_port  # here: that conftest imports this module
 
