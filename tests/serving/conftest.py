@@ -181,20 +181,28 @@ def engine_requests(kb_server):
 ENGINES = ["slots", "hf-continuous", "remote"]
 
 
-# package scope (here and below): the extra servers stop once tests/serving is done
-@pytest.fixture(scope="package")
-def engine_servers(tiny_checkpoint, server):
-    """One server per engine on the tiny checkpoint, started when a test first asks for it."""
+@contextlib.contextmanager
+def servers_per_engine(checkpoint, started: dict[str, RunningServer] | None = None):
+    """A getter of one server per engine on `checkpoint`, each started when first asked for
+    (`remote` in front of the slots one); `started`: servers already running (by engine)."""
     with contextlib.ExitStack() as stack:
-        started: dict[str, RunningServer] = {"slots": server}
+        started = dict(started or {})
 
         def get(engine: str) -> RunningServer:
             if engine not in started:
-                extra = {"remote_base_url": server.base_url} if engine == "remote" else {}
-                settings = tiny_settings(tiny_checkpoint, ui=False, engine=engine, **extra)
+                extra = {"remote_base_url": get("slots").base_url} if engine == "remote" else {}
+                settings = tiny_settings(checkpoint, ui=False, engine=engine, **extra)
                 started[engine] = stack.enter_context(run_server(settings))
             return started[engine]
 
+        yield get
+
+
+# package scope (here and below): the extra servers stop once tests/serving is done
+@pytest.fixture(scope="package")
+def engine_servers(tiny_checkpoint, server):
+    """One server per engine on the tiny checkpoint (slots: the shared one)."""
+    with servers_per_engine(tiny_checkpoint, {"slots": server}) as get:
         yield get
 
 
@@ -214,19 +222,8 @@ def long_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def long_engine_servers(long_checkpoint):
-    """Like `engine_servers`, on `long_checkpoint` (`remote` in front of its slots server)."""
-    with contextlib.ExitStack() as stack:
-        started: dict[str, RunningServer] = {}
-
-        def get(engine: str) -> RunningServer:
-            if engine not in started:
-                extra = {}
-                if engine == "remote":
-                    extra = {"remote_base_url": get("slots").base_url}
-                settings = tiny_settings(long_checkpoint, ui=False, engine=engine, **extra)
-                started[engine] = stack.enter_context(run_server(settings))
-            return started[engine]
-
+    """Like `engine_servers`, on `long_checkpoint`."""
+    with servers_per_engine(long_checkpoint) as get:
         yield get
 
 
