@@ -50,6 +50,9 @@ def generate_answers(
     config.do_sample = temperature > 0
     config.temperature = temperature if temperature > 0 else None
     config.top_k = config.top_p = None
+    # rejected answers come from the model's own distribution, as DPO assumes, not from the
+    # repetition penalty the SFT stage chose for serving
+    config.repetition_penalty = 1.0
     tokenizer.padding_side = "left"
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):

@@ -113,5 +113,17 @@ def load_model_and_tokenizer(model_dir: Path, where: str):
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     check_vocab_fits(model, tokenizer, where=f"{where} ({model_dir})")
-    model.generation_config = chat_generation_config(tokenizer)
+    model.generation_config = with_chat_ends(model.generation_config, tokenizer)
     return model, tokenizer
+
+
+def with_chat_ends(saved: GenerationConfig, tokenizer) -> GenerationConfig:
+    """The checkpoint's own decoding defaults (generation_config.json: the repetition penalty or
+    sampling chosen on the dev probes) with the end, start and pad ids of the tokenizer saved
+    beside it — what `xiaophi-serve` answers with, so the probe and `xiaophi-train chat` do too."""
+    config = chat_generation_config(tokenizer)
+    for key in ("repetition_penalty", "do_sample", "temperature", "top_p", "top_k"):
+        value = getattr(saved, key, None)
+        if value is not None:
+            setattr(config, key, value)
+    return config

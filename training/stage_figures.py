@@ -185,7 +185,10 @@ def pipeline_ending(summary: dict, run_dir: Path, logs: Path | None = None) -> s
         lines += ["", f"eval ({ev['split']} split{limit}; ± = 95% interval):", ev["table"]]
     probe = summary.get("probe") or []
     if probe:
-        lines += ["", "the chat model's greedy answers to held-out questions:"]
+        lines += [
+            "",
+            "the chat model's answers to held-out questions (greedy, with its generation_config.json's repetition penalty):",
+        ]
         for row in probe:
             answer = " ".join(str(row.get("answer", "")).split())
             lines.append(f"  {row.get('question', '?')}")

@@ -57,3 +57,32 @@ def test_pipeline_ends_with_the_eval_table_and_writes_decoding_defaults(tiny_dat
 
 def ev_report_probe(run):
     return json.loads((run / "eval" / "stage_report.json").read_text())["probe"]
+
+
+def test_the_probe_answers_with_the_checkpoints_own_decoding_defaults(tmp_path):
+    """The probe (and `xiaophi-train chat`) must answer as the served checkpoint does: with the
+    repetition penalty chosen on the dev probes and saved in generation_config.json, not with
+    plain greedy (the demo's probe once looped where the served model stops)."""
+    from tests.conftest import build_tiny_checkpoint
+    from training.eval.probe import ask, probe_model
+    from training.model_factory import load_model_and_tokenizer
+
+    model_dir = build_tiny_checkpoint(tmp_path / "m", seed=3)
+    probe_file = tmp_path / "probe.jsonl"
+    probe_file.write_text(json.dumps({"prompt": "桃园结义", "completion": "x"}) + "\n", "utf-8")
+    plain = probe_model(model_dir, probe_file, limit=1, max_new_tokens=24)[0]
+
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["repetition_penalty"] = 3.0
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    model, tokenizer = load_model_and_tokenizer(model_dir, "test")
+    assert model.generation_config.repetition_penalty == 3.0
+    # the end-of-turn ids still come from the tokenizer saved beside the model
+    assert model.generation_config.eos_token_id == [
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    ]
+    penalised = probe_model(model_dir, probe_file, limit=1, max_new_tokens=24)[0]
+    assert penalised["answer"] != plain["answer"]  # the penalty changes this random model's answer
+    direct = ask(model, tokenizer, [{"role": "user", "content": "桃园结义"}], 24)
+    assert penalised["answer"] == direct["answer"]

@@ -14,7 +14,8 @@ HAN = re.compile(r"[\u4e00-\u9fff]")
 
 @torch.no_grad()
 def ask(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> dict:
-    """Greedy answer to `messages`; whether it ended on an end token, and whether it is Chinese."""
+    """Greedy answer to `messages` (with the model's own repetition penalty); whether it ended on
+    an end token, and whether it is Chinese."""
     ids = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=False
     )

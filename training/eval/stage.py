@@ -2,8 +2,9 @@
 
 Evaluates what `eval.models` lists (the untrained model of the same shape and seed, and finished
 stage folders) on the held-out `eval.split` and publishes `<run>/eval/` with `results.json` (every
-score with its 95% interval) and the printed table, with the run's chat model's greedy answers to
-the first probe questions (`data.probe`) as the report's `probe`.
+score with its 95% interval) and the printed table, with the run's chat model's answers to the
+first probe questions (`data.probe`; greedy, with the checkpoint's own repetition penalty) as the
+report's `probe`.
 """
 
 from __future__ import annotations
