@@ -5,6 +5,8 @@ Starts `python -m serving` on a free port, sends the same chat prompts at each c
 throughput, output tokens/s and TTFT / TPOT / ITL percentiles. The baseline generates the
 same prompts one after another with `model.generate` in this process (before the server
 starts, so the two never share the CPU). Greedy decoding makes both produce the same tokens.
+Then, at `--extras-concurrency` (32), the same load with logprobs (top 5) and with a JSON schema
+(`response_format`): what each costs beside the plain request.
 
     python -m bench.serve_bench [--model DIR | --preset tiny|seed] [--concurrency 1 8 32]
 """
@@ -89,8 +91,32 @@ def sequential_generate(model_dir: Path, prompts: list[str], max_tokens: int, de
 
 
 # ------------------------------------------------------------------ load generator
+#: request fields measured beside the plain request, at --extras-concurrency
+EXTRAS = {
+    "logprobs": {"logprobs": True, "top_logprobs": 5},
+    "json_schema": {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "idiom",
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "idiom": {"type": "string"},
+                        "meaning": {"type": "string"},
+                        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                    },
+                    "required": ["idiom", "meaning", "stars"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    },
+}
+
+
 async def stream_one(
-    client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int
+    client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int, extra: dict | None = None
 ) -> RequestResult:
     body = {
         "model": model,
@@ -99,6 +125,7 @@ async def stream_one(
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra or {}),
     }
     start = time.perf_counter()
     first = last = None
@@ -127,7 +154,12 @@ async def stream_one(
 
 
 async def run_load(
-    url: str, model: str, prompts: list[str], max_tokens: int, concurrency: int
+    url: str,
+    model: str,
+    prompts: list[str],
+    max_tokens: int,
+    concurrency: int,
+    extra: dict | None = None,
 ) -> dict:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
@@ -135,7 +167,7 @@ async def run_load(
 
         async def gated(prompt: str) -> RequestResult:
             async with gate:
-                return await stream_one(client, model, prompt, max_tokens)
+                return await stream_one(client, model, prompt, max_tokens, extra)
 
         start = time.perf_counter()
         results = await asyncio.gather(*(gated(p) for p in prompts))
@@ -211,18 +243,18 @@ def engine_runs_in_process(args) -> bool:
 # ------------------------------------------------------------------ report
 def format_table(baseline: dict, rows: list[dict]) -> str:
     header = (
-        f"{'setup':<22}{'req/s':>8}{'out tok/s':>11}{'× base':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'setup':<34}{'req/s':>8}{'out tok/s':>11}{'× base':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
         f"{'TPOT p50':>10}{'TPOT p99':>10}{'ITL p50':>9}{'ITL p99':>9}"
     )
     lines = [header, "-" * len(header)]
     base = baseline["output_tok_s"]
     lines.append(
-        f"{'generate, sequential':<22}{baseline['requests'] / baseline['seconds']:>8.2f}{base:>11.1f}{1.0:>8.1f}"
+        f"{'generate, sequential':<34}{baseline['requests'] / baseline['seconds']:>8.2f}{base:>11.1f}{1.0:>8.1f}"
         + "".join(f"{'-':>10}" for _ in range(4)) + f"{'-':>9}{'-':>9}"
     )  # fmt: skip
     for r in rows:
         lines.append(
-            f"{'server, conc ' + str(r['concurrency']):<22}{r['req_s']:>8.2f}{r['output_tok_s']:>11.1f}"
+            f"{'server, conc ' + str(r['concurrency']) + (', ' + r['fields'] if r.get('fields') else ''):<34}{r['req_s']:>8.2f}{r['output_tok_s']:>11.1f}"
             f"{r['output_tok_s'] / base:>8.1f}{r['ttft_p50_ms']:>10.1f}{r['ttft_p99_ms']:>10.1f}"
             f"{r['tpot_p50_ms']:>10.1f}{r['tpot_p99_ms']:>10.1f}{r['itl_p50_ms']:>9.1f}{r['itl_p99_ms']:>9.1f}"
         )
@@ -260,6 +292,14 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="slots engine: run the model loop in a server thread instead of its own process",
     )
+    parser.add_argument(
+        "--extras",
+        nargs="*",
+        choices=sorted(EXTRAS),
+        default=sorted(EXTRAS),
+        help="request fields measured beside the plain request (default: all; none: --extras)",
+    )
+    parser.add_argument("--extras-concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     device = (
@@ -310,6 +350,18 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 print(
                     f"concurrency {concurrency}: {rows[-1]['output_tok_s']:.1f} tok/s", flush=True
+                )
+            for name in args.extras:
+                n = args.requests_per_level or max(16, 4 * args.extras_concurrency)
+                prompts = make_prompts(n)
+                load = run_load(
+                    url, "bench", prompts, args.max_tokens, args.extras_concurrency, EXTRAS[name]
+                )
+                rows.append({**asyncio.run(load), "fields": name})
+                print(
+                    f"concurrency {args.extras_concurrency}, {name}: "
+                    f"{rows[-1]['output_tok_s']:.1f} tok/s",
+                    flush=True,
                 )
         finally:
             server.terminate()

@@ -92,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--out", help="Write the scores here as JSON.")
+    ev.add_argument(
+        "--server",
+        help="Evaluate the model served at this OpenAI-compatible URL (ending in /v1: "
+        "xiaophi-serve, vLLM, …) instead of loading --model: the likelihood tasks through "
+        "/v1/completions with echo and logprobs; --model (or --tokenizer) is then the folder "
+        "its tokenizer is read from.",
+    )
+    ev.add_argument(
+        "--served-model", help="With --server: the model id to ask for (default: the first listed)."
+    )
+    ev.add_argument(
+        "--max-length",
+        type=int,
+        default=0,
+        help="Tokens the model sees at once (bits/char windows); default: the model's context, "
+        "or with --server the context the server lists.",
+    )
+    ev.add_argument("--concurrency", type=int, default=4, help="With --server: requests in flight.")
 
     chat = sub.add_parser(
         "chat", help="Ask a checkpoint a few questions (greedy) and print the answers."
@@ -114,23 +132,40 @@ def cmd_data_demo(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from training.eval.harness import evaluate, format_table
+    from training.eval.harness import evaluate, evaluate_server, first_served_model, format_table
 
-    if not (Path(args.model) / "config.json").is_file():
+    folder = Path(args.tokenizer or args.model)
+    if args.server and not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer in {folder} (tokenizer.json missing)")
+    if not args.server and not (Path(args.model) / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint in {args.model} (config.json missing)")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    scores = evaluate(
-        args.model,
-        args.tokenizer or args.model,
-        tasks,
+    data = dict(
         heldout=args.heldout,
         eval_text=args.eval_text,
         split=args.split,
         limit=args.limit or None,
         bpc_max_chars=args.bpc_max_chars or None,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
+        max_length=args.max_length or None,
     )
+    if args.server:
+        scores = evaluate_server(
+            args.server,
+            args.served_model or first_served_model(args.server),
+            args.tokenizer or args.model,
+            tasks,
+            num_concurrent=args.concurrency,
+            **data,
+        )
+    else:
+        scores = evaluate(
+            args.model,
+            args.tokenizer or args.model,
+            tasks,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            **data,
+        )
     local = [t for t in scores if t != "wall_time_s"]
     print(format_table({Path(args.model).name: scores}, local))
     print(f"({args.split} split, {scores['wall_time_s']} s)")

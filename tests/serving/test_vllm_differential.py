@@ -24,8 +24,6 @@ import json
 import pytest
 from openai import OpenAI
 
-from tests.serving.conftest import run_server, tiny_settings
-
 pytestmark = pytest.mark.slow
 
 CHAT = [{"role": "user", "content": "守株待兔比喻死守狭隘经验，不知变通。"}]
@@ -171,21 +169,6 @@ def assert_same(ours: dict, theirs: dict, what: str) -> None:
             assert mine[1] == pytest.approx(other[1], abs=1e-3), what
         assert [t for t, _ in mine[2]] == [t for t, _ in other[2]], what
         assert [v for _, v in mine[2]] == pytest.approx([v for _, v in other[2]], abs=1e-3), what
-
-
-@pytest.fixture(scope="module")
-def xiaophi_beside_vllm(vllm_server):
-    """xiaophi's own engine on vLLM's checkpoint, and its remote engine in front of vLLM."""
-    own = tiny_settings(vllm_server.checkpoint, ui=False)
-    remote = tiny_settings(
-        vllm_server.checkpoint,
-        ui=False,
-        engine="remote",
-        remote_base_url=vllm_server.base_url,
-        remote_model=vllm_server.model,
-    )
-    with run_server(own) as local, run_server(remote) as proxied:
-        yield {"slots": local, "remote": proxied}
 
 
 @pytest.mark.parametrize("engine", ["slots", "remote"])

@@ -72,6 +72,21 @@ def _hflm_class():
     return XiaophiLM
 
 
+def completions_class():
+    """lm-eval's `local-completions` model with XiaophiLM's encoding (context and answer apart),
+    registered as `xiaophi-completions`."""
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    class XiaophiCompletions(LocalCompletionsAPI):
+        def _encode_pair(self, context: str, continuation: str):
+            return self.tok_encode(context), self.tok_encode(continuation)
+
+    with contextlib.suppress(AssertionError, ValueError):  # registered by an earlier call
+        register_model("xiaophi-completions")(XiaophiCompletions)
+    return XiaophiCompletions
+
+
 _LM_CLASS = None
 
 
@@ -80,6 +95,48 @@ def lm_class():
     if _LM_CLASS is None:
         _LM_CLASS = _hflm_class()
     return _LM_CLASS
+
+
+def _local_tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
+    """`tasks` split into the packaged xiaophi tasks (`xiaophi` = all) and lm-eval's own."""
+    local = [t for t in tasks if t.startswith(LOCAL_PREFIX)]
+    unknown = [t for t in local if t not in LOCAL_TASKS and t != LOCAL_PREFIX]
+    if unknown:
+        raise ValueError(
+            f"unknown local task(s) {', '.join(unknown)}; the xiaophi tasks are "
+            f"{', '.join(LOCAL_TASKS)} (or `xiaophi` for all)"
+        )
+    if LOCAL_PREFIX in local:
+        local = list(LOCAL_TASKS)
+    return local, [t for t in tasks if not t.startswith(LOCAL_PREFIX)]
+
+
+def _run_local(lm, local: list[str], tokenizer_path, heldout, eval_text, **options) -> dict:
+    """lm-eval on the packaged tasks, which get the held-out files through the task metadata."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    if heldout is None or eval_text is None:
+        raise ValueError("the xiaophi tasks need the held-out files: pass heldout and eval_text")
+    meta = {
+        "heldout": str(heldout),
+        "eval_text": str(eval_text),
+        "tokenizer": str(tokenizer_path),
+        "split": options["split"],
+        "limit": options["limit"] or 0,
+        "bpc_max_chars": options["bpc_max_chars"] or 0,
+    }
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=local,
+        task_manager=TaskManager(
+            include_path=str(TASKS_DIR), include_defaults=False, metadata=meta
+        ),
+        gen_kwargs={"max_gen_toks": options["max_new_tokens"]},
+        bootstrap_iters=1,  # > 0 turns on the closed-form standard error of means
+        log_samples=False,
+    )
+    return _scores(out, local)
 
 
 def evaluate(
@@ -94,15 +151,17 @@ def evaluate(
     batch_size: int = 32,
     max_new_tokens: int = 64,
     device: str | None = None,
+    max_length: int | None = None,
 ) -> dict:
     """Scores of `model` (a checkpoint folder or a loaded PreTrainedModel) on `tasks`.
 
     Returns {task: {metric: value, metric + "_ci95": half-width of the 95% interval, "n": items}},
     plus "wall_time_s". Local tasks get the held-out files through lm-eval's task metadata.
+    `max_length` caps the tokens the model sees at once (bits/char windows); by default the
+    model's context.
     """
     import lm_eval
     import torch
-    from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -112,47 +171,106 @@ def evaluate(
         model = AutoModelForCausalLM.from_pretrained(str(model))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
-    local = [t for t in tasks if t.startswith(LOCAL_PREFIX)]
-    unknown = [t for t in local if t not in LOCAL_TASKS and t != LOCAL_PREFIX]
-    if unknown:
-        raise ValueError(
-            f"unknown local task(s) {', '.join(unknown)}; the xiaophi tasks are "
-            f"{', '.join(LOCAL_TASKS)} (or `xiaophi` for all)"
-        )
-    if LOCAL_PREFIX in local:
-        local = list(LOCAL_TASKS)
-    standard = [t for t in tasks if not t.startswith(LOCAL_PREFIX)]
+    local, standard = _local_tasks(tasks)
+    options = dict(
+        split=split, limit=limit, bpc_max_chars=bpc_max_chars, max_new_tokens=max_new_tokens
+    )
+    hf = dict(batch_size=batch_size, device=device, max_length=max_length)
     results: dict = {}
     if local:
-        if heldout is None or eval_text is None:
-            raise ValueError(
-                "the xiaophi tasks need the held-out files: pass heldout and eval_text"
-            )
-        meta = {
-            "heldout": str(heldout),
-            "eval_text": str(eval_text),
-            "tokenizer": str(tokenizer_path),
-            "split": split,
-            "limit": limit or 0,
-            "bpc_max_chars": bpc_max_chars or 0,
-        }
-        lm = lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=local,
-            task_manager=TaskManager(
-                include_path=str(TASKS_DIR), include_defaults=False, metadata=meta
-            ),
-            gen_kwargs={"max_gen_toks": max_new_tokens},
-            bootstrap_iters=1,  # > 0 turns on the closed-form standard error of means
-            log_samples=False,
-        )
-        results.update(_scores(out, local))
+        lm = lm_class()(pretrained=model, tokenizer=tokenizer, **hf)
+        results.update(_run_local(lm, local, tokenizer_path, heldout, eval_text, **options))
     if standard:
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, **hf)
         out = lm_eval.simple_evaluate(model=lm, tasks=standard, bootstrap_iters=1000)
+        results.update(_scores(out, [k for k in out["results"]]))
+    results["wall_time_s"] = round(time.time() - started, 2)
+    return results
+
+
+def _served_cards(base_url: str) -> list[dict]:
+    import httpx
+
+    try:
+        response = httpx.get(f"{base_url.rstrip('/')}/models", timeout=30)
+        response.raise_for_status()
+        return response.json().get("data", [])
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ValueError(f"could not list the models at {base_url}/models: {exc}") from exc
+
+
+def first_served_model(base_url: str) -> str:
+    """The first model id the server lists (the chat model, on xiaophi-serve)."""
+    cards = _served_cards(base_url)
+    if not cards:
+        raise ValueError(f"{base_url}/models lists no model")
+    return cards[0]["id"]
+
+
+def served_context(base_url: str, model: str) -> int:
+    """The context length an OpenAI-compatible server lists for `model` (`max_model_len`, as
+    xiaophi-serve and vLLM list it on /v1/models)."""
+    cards = _served_cards(base_url)
+    for card in cards:
+        if card.get("id") == model and card.get("max_model_len"):
+            return int(card["max_model_len"])
+    raise ValueError(
+        f"{base_url}/models lists no max_model_len for `{model}` "
+        f"(models: {', '.join(c.get('id', '?') for c in cards) or 'none'}); pass --max-length"
+    )
+
+
+def evaluate_server(
+    base_url: str,
+    model: str,
+    tokenizer_path: str | Path,
+    tasks: list[str],
+    heldout: str | Path | None = None,
+    eval_text: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    bpc_max_chars: int | None = None,
+    num_concurrent: int = 4,
+    max_length: int | None = None,
+) -> dict:
+    """Scores of a model behind an OpenAI-compatible server (`base_url` ends in /v1: xiaophi-serve,
+    vLLM, …) on the likelihood tasks, through `/v1/completions` with echo and logprobs — lm-eval's
+    `local-completions`, encoding context and answer as `evaluate` does, so a served checkpoint
+    scores what it scores in process. Each scored text plus the one token the API generates must
+    fit the served context (`max_length`, by default the server's `max_model_len`): the bits/char
+    windows are 2 tokens shorter than `evaluate`'s at the same `max_length`."""
+    import lm_eval
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    started = time.time()
+    local, standard = _local_tasks(tasks)
+    generation = [t for t in local if t in GENERATION_TASKS]
+    if generation and tasks != [LOCAL_PREFIX]:
+        raise ValueError(
+            f"{', '.join(generation)} over HTTP is not supported (the answers need the model's "
+            "end tokens to mark a stop); evaluate the checkpoint folder for them"
+        )
+    local = [t for t in local if t not in GENERATION_TASKS]
+    api = dict(
+        base_url=f"{base_url.rstrip('/')}/completions",
+        model=model,
+        tokenizer_backend="huggingface",
+        tokenizer=str(tokenizer_path),
+        num_concurrent=num_concurrent,
+        max_length=max_length or served_context(base_url, model),
+        max_retries=1,
+    )
+    options = dict(split=split, limit=limit, bpc_max_chars=bpc_max_chars, max_new_tokens=1)
+    results: dict = {}
+    if local:
+        lm = completions_class()(**api)
+        results.update(_run_local(lm, local, tokenizer_path, heldout, eval_text, **options))
+    if standard:
+        from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+        out = lm_eval.simple_evaluate(model=LocalCompletionsAPI(**api), tasks=standard)
         results.update(_scores(out, [k for k in out["results"]]))
     results["wall_time_s"] = round(time.time() - started, 2)
     return results
