@@ -15,7 +15,10 @@ from fastapi import FastAPI
 
 from serving.app import create_app
 from serving.config import Settings
-from tests.serving.vllm_reference import vllm_server  # noqa: F401  (a real vLLM reference server)
+from tests.serving.vllm_reference import (  # noqa: F401  (fixtures: a real vLLM reference server)
+    vllm_server,
+    xiaophi_beside_vllm,
+)
 
 
 def free_port() -> int:
@@ -230,18 +233,3 @@ def long_engine_servers(long_checkpoint):
 @pytest.fixture(params=ENGINES)
 def long_engine_server(request, long_engine_servers) -> RunningServer:
     return long_engine_servers(request.param)
-
-
-@pytest.fixture(scope="package")
-def xiaophi_beside_vllm(vllm_server):
-    """xiaophi's own engine on vLLM's checkpoint, and its remote engine in front of vLLM."""
-    own = tiny_settings(vllm_server.checkpoint, ui=False)
-    remote = tiny_settings(
-        vllm_server.checkpoint,
-        ui=False,
-        engine="remote",
-        remote_base_url=vllm_server.base_url,
-        remote_model=vllm_server.model,
-    )
-    with run_server(own) as local, run_server(remote) as proxied:
-        yield {"slots": local, "remote": proxied}

@@ -153,3 +153,20 @@ def vllm_server(tmp_path_factory) -> Iterator[VllmServer]:
         yield server
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="package")
+def xiaophi_beside_vllm(vllm_server):
+    """xiaophi's own engine on vLLM's checkpoint, and its remote engine in front of vLLM."""
+    from tests.serving.conftest import run_server, tiny_settings
+
+    own = tiny_settings(vllm_server.checkpoint, ui=False)
+    remote = tiny_settings(
+        vllm_server.checkpoint,
+        ui=False,
+        engine="remote",
+        remote_base_url=vllm_server.base_url,
+        remote_model=vllm_server.model,
+    )
+    with run_server(own) as local, run_server(remote) as proxied:
+        yield {"slots": local, "remote": proxied}
