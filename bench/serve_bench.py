@@ -5,8 +5,9 @@ Starts `python -m serving` on a free port, sends the same chat prompts at each c
 throughput, output tokens/s and TTFT / TPOT / ITL percentiles. The baseline generates the
 same prompts one after another with `model.generate` in this process (before the server
 starts, so the two never share the CPU). Greedy decoding makes both produce the same tokens.
-Then, at `--extras-concurrency` (32), the same load with logprobs (top 5) and with a JSON schema
-(`response_format`): what each costs beside the plain request.
+Then, at `--extras-concurrency` (32), the same load with logprobs (top 5) — beside the plain
+rows: the same tokens — and with a JSON schema (`response_format`) — beside `ignore_eos`: both run
+to max_tokens: what each costs.
 
     python -m bench.serve_bench [--model DIR | --preset tiny|seed] [--concurrency 1 8 32]
 """
@@ -93,6 +94,9 @@ def sequential_generate(model_dir: Path, prompts: list[str], max_tokens: int, de
 # ------------------------------------------------------------------ load generator
 #: request fields measured beside the plain request, at --extras-concurrency
 EXTRAS = {
+    # every answer runs to max_tokens: the reference for json_schema, whose answers (a random
+    # model's JSON strings) rarely end before it, where plain answers often stop early
+    "ignore_eos": {"ignore_eos": True},
     "logprobs": {"logprobs": True, "top_logprobs": 5},
     "json_schema": {
         "response_format": {
