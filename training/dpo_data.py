@@ -77,8 +77,9 @@ def build_pairs(recipe: Recipe, model, tokenizer) -> list[dict]:
     cfg = recipe.dpo
     rows = list(iter_sft_conversations(recipe.data.sft))
     conversations = [row["messages"] for row in rows]
-    # a grounded conversation's answer comes from its documents, which a DPO prompt lacks
-    grounded = [bool(row["documents"]) for row in rows]
+    # a grounded conversation's answer comes from its documents, which a DPO prompt lacks; a
+    # tool-use conversation's from its tools' results (DPO pairs here are plain chat)
+    grounded = [bool(row["documents"]) or row["uses_tools"] for row in rows]
     order = list(range(len(conversations)))
     random.Random(cfg.seed).shuffle(order)
     prompts, golds = [], []

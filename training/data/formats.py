@@ -7,7 +7,9 @@ Formats (one record per row):
 - ``sft``: rows with ``messages`` (a list of ``{"role": system|user|assistant, "content": str}``
   with at least one assistant turn), or with ``prompt`` + ``completion`` strings; optionally
   ``documents`` (a list of ``{"title": str, "text": str}``) that the chat template renders
-  (transformers' ``apply_chat_template(..., documents=...)``).
+  (transformers' ``apply_chat_template(..., documents=...)``). Tool use as OpenAI writes it:
+  ``tools`` on the row, assistant turns with ``tool_calls`` (content may then be null), ``tool``
+  turns with the results (checked and normalised in tool_format.py).
 - ``dpo``: rows with ``prompt``, ``chosen``, ``rejected``; each a string or a list of messages.
 
 ``check_files`` streams every row once and raises :class:`DataError` naming the file, the row
@@ -30,6 +32,14 @@ from typing import Any, NamedTuple
 import datasets
 import pyarrow as pa
 
+from training.data.tool_format import (
+    normal_tool_call,
+    tool_calls_problem,
+    tool_names,
+    tools_json,
+    tools_problem,
+)
+
 KINDS = ("text", "sft", "dpo")
 EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
@@ -45,6 +55,12 @@ SFT_DOCUMENT_FEATURES = datasets.Features(
         "chat_template_kwargs": {"documents": datasets.List(DOCUMENT_FEATURE)},
     }
 )
+# with tool use in any row: calls on assistant turns, `tools` as one JSON string per row
+TOOL_CALL_FEATURE = {
+    "type": datasets.Value("string"),
+    "function": {"name": datasets.Value("string"), "arguments": datasets.Value("string")},
+}
+TOOL_MESSAGE_FEATURE = {**MESSAGE_FEATURE, "tool_calls": datasets.List(TOOL_CALL_FEATURE)}
 DPO_FEATURES = datasets.Features(
     {name: datasets.List(MESSAGE_FEATURE) for name in ("prompt", "chosen", "rejected")}
 )
@@ -78,12 +94,17 @@ class DataError(ValueError):
 RowProblem = tuple[str, str] | None
 
 
-def _message_list_problem(value: Any, field: str, need_assistant: bool) -> RowProblem:
+def _message_list_problem(
+    value: Any, field: str, need_assistant: bool, tools: set[str] | None = None
+) -> RowProblem:
+    """`tools` (the row's declared tool names, possibly none) allows tool use: `tool_calls` on
+    assistant turns and `tool` turns after them; None refuses both (DPO)."""
     if not isinstance(value, list) or not value:
         return field, (
             'must be a non-empty list of {"role": ..., "content": ...} objects; '
             f"got {_describe(value)}"
         )
+    roles = ROLES if tools is None else (*ROLES, "tool")
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
@@ -92,10 +113,26 @@ def _message_list_problem(value: Any, field: str, need_assistant: bool) -> RowPr
                 f'must be an object {{"role": ..., "content": ...}}; got {_describe(message)}',
             )
         role = message.get("role")
-        if role not in ROLES:
-            return f"{where}.role", f"must be one of {', '.join(ROLES)}; got {_describe(role)}"
-        if not isinstance(message.get("content"), str):
-            return f"{where}.content", f"must be a string; got {_describe(message.get('content'))}"
+        if role not in roles:
+            return f"{where}.role", f"must be one of {', '.join(roles)}; got {_describe(role)}"
+        calls = message.get("tool_calls")
+        if calls is not None:
+            if tools is None or role != "assistant":
+                return f"{where}.tool_calls", (
+                    "only an assistant turn of an SFT row can carry tool calls"
+                )
+            if problem := tool_calls_problem(calls, where, tools):
+                return problem
+        if role == "tool":
+            before = value[i - 1] if i else {}
+            if not (before.get("role") == "tool" or before.get("tool_calls")):
+                return f"{where}.role", (
+                    "a `tool` turn (a call's result) must follow an assistant turn with "
+                    "`tool_calls` or another `tool` turn"
+                )
+        content = message.get("content")
+        if not isinstance(content, str) and not (calls and content is None):
+            return f"{where}.content", f"must be a string; got {_describe(content)}"
     if need_assistant and not any(m["role"] == "assistant" for m in value):
         return field, "has no assistant turn; add at least one message with role `assistant`"
     return None
@@ -129,8 +166,12 @@ def _documents_problem(value: Any) -> RowProblem:
 def _sft_row_problem(row: Row) -> RowProblem:
     if row.get("documents") is not None and (problem := _documents_problem(row["documents"])):
         return problem
+    if row.get("tools") is not None and (problem := tools_problem(row["tools"])):
+        return problem
     if row.get("messages") is not None:
-        return _message_list_problem(row["messages"], "messages", need_assistant=True)
+        return _message_list_problem(
+            row["messages"], "messages", need_assistant=True, tools=tool_names(row.get("tools"))
+        )
     if "prompt" in row or "completion" in row:
         for name in ("prompt", "completion"):
             if name not in row:
@@ -314,6 +355,7 @@ def _check_file_exists(path: Path, kind: str) -> None:
 class CheckedFile(NamedTuple):
     records: int
     has_documents: bool  # an sft row carries `documents`
+    has_tools: bool  # an sft row carries `tools`, `tool_calls` or a `tool` turn
 
 
 #: Files checked in this process, by (path, kind, size, mtime): a pipeline checks every file
@@ -329,7 +371,7 @@ def _check_rows(path: Path, kind: str) -> CheckedFile:
     if key in _CHECKED:
         return _CHECKED[key]
     check = ROW_CHECKS[kind]
-    count, documents = 0, False
+    count, documents, tools = 0, False, False
     for row_no, row in READERS[path.suffix.lower()](path):
         if not isinstance(row, dict):
             raise DataError(path, f"must be a JSON object; got {_describe(row)}", row=row_no)
@@ -339,9 +381,10 @@ def _check_rows(path: Path, kind: str) -> CheckedFile:
             raise DataError(path, message, row=row_no, field=field)
         count += 1
         documents = documents or bool(row.get("documents"))
+        tools = tools or _uses_tools(row)
     if count == 0:
         raise DataError(path, "has no records (only blank lines); add records or remove the file")
-    _CHECKED[key] = CheckedFile(count, documents)
+    _CHECKED[key] = CheckedFile(count, documents, tools)
     return _CHECKED[key]
 
 
@@ -453,11 +496,34 @@ def _clean_messages(messages: Iterable[dict]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def sft_messages(row: Row) -> list[dict[str, str]]:
-    """A checked SFT row as messages; prompt+completion becomes [user, assistant] verbatim."""
+def _uses_tools(row: Row) -> bool:
+    messages = row.get("messages") or []
+    return bool(row.get("tools")) or any(
+        isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in messages
+    )
+
+
+def _tool_messages(messages: Iterable[dict]) -> list[dict]:
+    """Messages with their tool calls normalised (None where a turn has none)."""
+    return [
+        {
+            "role": m["role"],
+            "content": m.get("content") or "",
+            "tool_calls": [normal_tool_call(c) for c in m["tool_calls"]]
+            if m.get("tool_calls")
+            else None,
+        }
+        for m in messages
+    ]
+
+
+def sft_messages(row: Row, tools: bool = False) -> list[dict]:
+    """A checked SFT row as messages; prompt+completion becomes [user, assistant] verbatim.
+    With `tools`, every message carries `tool_calls` (None on turns without calls)."""
     if row.get("messages") is not None:
-        return _clean_messages(row["messages"])
-    return [_user(row["prompt"]), _assistant(row["completion"])]
+        return _tool_messages(row["messages"]) if tools else _clean_messages(row["messages"])
+    messages = [_user(row["prompt"]), _assistant(row["completion"])]
+    return _tool_messages(messages) if tools else messages
 
 
 def dpo_record(row: Row) -> dict[str, list[dict[str, str]]]:
@@ -482,7 +548,11 @@ def load_sft_dataset(paths: PathsLike, sample: int = 0, seed: int = 0) -> datase
     """
     files = _as_paths(paths)
     counts = check_files(files, "sft")
-    if any(_check_rows(path, "sft").has_documents for path in files):
+    documents = any(_check_rows(path, "sft").has_documents for path in files)
+    if any(_check_rows(path, "sft").has_tools for path in files):
+        convert = _sft_tool_document_record if documents else _sft_tool_record
+        features = sft_tool_features(documents)
+    elif documents:
         convert, features = _sft_document_record, SFT_DOCUMENT_FEATURES
     else:
         convert, features = _sft_record, SFT_FEATURES
@@ -525,16 +595,42 @@ def iter_sft_conversations(paths: PathsLike) -> Iterator[Row]:
     check_files(files, "sft")
     for path in files:
         for _, row in READERS[path.suffix.lower()](path):
-            yield {"messages": sft_messages(row), "documents": row.get("documents") or []}
+            yield {
+                "messages": sft_messages(row),
+                "documents": row.get("documents") or [],
+                "uses_tools": _uses_tools(row),
+            }
 
 
 def _sft_record(row: Row) -> Row:
     return {"messages": sft_messages(row)}
 
 
+def _documents(row: Row) -> list[dict[str, str]]:
+    return [{"title": d.get("title") or "", "text": d["text"]} for d in row.get("documents") or []]
+
+
 def _sft_document_record(row: Row) -> Row:
-    docs = [{"title": d.get("title") or "", "text": d["text"]} for d in row.get("documents") or []]
-    return {"messages": sft_messages(row), "chat_template_kwargs": {"documents": docs}}
+    return {"messages": sft_messages(row), "chat_template_kwargs": {"documents": _documents(row)}}
+
+
+def sft_tool_features(documents: bool) -> datasets.Features:
+    """Conversations with tool use: calls on assistant turns, `tools` as one JSON string."""
+    features = {
+        "messages": datasets.List(TOOL_MESSAGE_FEATURE),
+        "tools": datasets.Value("string"),
+    }
+    if documents:
+        features["chat_template_kwargs"] = {"documents": datasets.List(DOCUMENT_FEATURE)}
+    return datasets.Features(features)
+
+
+def _sft_tool_record(row: Row) -> Row:
+    return {"messages": sft_messages(row, tools=True), "tools": tools_json(row.get("tools"))}
+
+
+def _sft_tool_document_record(row: Row) -> Row:
+    return {**_sft_tool_record(row), "chat_template_kwargs": {"documents": _documents(row)}}
 
 
 def load_dpo_dataset(paths: PathsLike) -> datasets.Dataset:
