@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 import zipfile
@@ -29,8 +30,9 @@ from training.data.demo_sources import (
 )
 from training.data.formats import check_files
 
-TRAINING_FILES = ("pretrain.jsonl", "sft.jsonl", "embedder_pairs.jsonl")
+TRAINING_FILES = ("pretrain.jsonl", "sft.jsonl", "sft_tools.jsonl", "embedder_pairs.jsonl")
 ALL_FILES = (
+    "sft_tools.jsonl",
     "pretrain.jsonl",
     "pretrain_eval.jsonl",
     "sft.jsonl",
@@ -134,10 +136,18 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def message_text(message: dict) -> str:
+    """Content, then each tool call's name and arguments (a tool-use turn's content is null)."""
+    calls = [
+        c["function"]["name"] + c["function"]["arguments"] for c in message.get("tool_calls") or []
+    ]
+    return "\n".join([message["content"] or "", *calls])
+
+
 def row_chars(row: dict) -> int:
     if "messages" in row:  # a grounded row's documents are part of its text
         docs = row.get("documents", [])
-        return sum(len(m["content"]) for m in row["messages"]) + sum(
+        return sum(len(message_text(m)) for m in row["messages"]) + sum(
             len(d["title"]) + len(d["text"]) for d in docs
         )
     return sum(len(v) for k, v in row.items() if k != "source")
@@ -146,7 +156,7 @@ def row_chars(row: dict) -> int:
 def row_text(row: dict) -> str:
     if "messages" in row:
         docs = [f"{d['title']}\n{d['text']}" for d in row.get("documents", [])]
-        return "\n".join([m["content"] for m in row["messages"]] + docs)
+        return "\n".join([message_text(m) for m in row["messages"]] + docs)
     return "\n".join(v for k, v in row.items() if k != "source")
 
 
@@ -244,3 +254,46 @@ def test_a_build_by_another_version_of_the_builder_reads_as_stale(demo, tmp_path
     assert build_status(copy) == "stale"
     shutil.rmtree(copy / "kb_docs")  # a build that stopped before its knowledge-base documents
     assert build_status(copy) == "missing"
+
+
+@pytest.mark.slow
+def test_tool_conversations_call_offered_tools_and_answer_from_the_result(demo):
+    out, _ = demo
+    rows = read_rows(out / "sft_tools.jsonl")
+    check_files(out / "sft_tools.jsonl", "sft")  # the user-data rules: calls, tool turns, tools
+    kinds: dict[str, int] = {}
+    for row in rows:
+        offered = {t["function"]["name"] for t in row["tools"]}
+        user, *rest = [m for m in row["messages"] if m["role"] != "system"]
+        if len(rest) == 1:  # a question no offered tool answers: answered without a call
+            assert "tool_calls" not in rest[0] and rest[0]["content"]
+            kinds["none"] = kinds.get("none", 0) + 1
+            continue
+        calling, result, answer = rest
+        (fn,) = [c["function"] for c in calling["tool_calls"]]
+        arguments = json.loads(fn["arguments"])
+        assert fn["name"] in offered and result["role"] == "tool"
+        if fn["name"] == "calculate":
+            a, op, b = re.fullmatch(r"(\d+)([-+*])(\d+)", arguments["expression"]).groups()
+            value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+            assert result["content"] == str(value) and answer["content"].endswith(f"={value}。")
+            kind = "calculate"
+        else:
+            term = arguments["term"]
+            assert term in user["content"]  # the argument is copied from the question
+            if result["content"] == f"没有找到“{term}”。":
+                assert term in answer["content"] and "没有" in answer["content"]
+                kind = "not_found"
+            else:
+                assert result["content"] == f"{term}：{answer['content']}"
+                kind = fn["name"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert set(kinds) == {
+        "lookup_idiom",
+        "lookup_word",
+        "lookup_xiehouyu",
+        "calculate",
+        "not_found",
+        "none",
+    }, kinds
+    assert min(kinds.values()) >= 100, kinds

