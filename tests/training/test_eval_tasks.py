@@ -9,78 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.training.conftest import SUBJECTS, planted, run
 from training.eval import items as eval_items
-from training.eval.harness import LOCAL_TASKS, evaluate
+from training.eval.harness import LOCAL_TASKS
 from training.eval.metrics import char_f1, is_loop
-
-SUBJECTS = {
-    "idiom": [
-        ("画蛇添足", "比喻做了多余的事，反而不恰当。"),
-        ("守株待兔", "比喻死守狭隘经验，不知变通。"),
-        ("亡羊补牢", "比喻出了问题以后想办法补救。"),
-        ("对牛弹琴", "比喻对不懂道理的人讲道理。"),
-        ("井底之蛙", "比喻见识狭窄的人。"),
-        ("掩耳盗铃", "比喻自己欺骗自己。"),
-        ("叶公好龙", "比喻口头上说爱好，实际上并不真爱好。"),
-        ("刻舟求剑", "比喻拘泥而不知变通。"),
-    ],
-    "word": [
-        ("天气", "一定区域一定时间内的大气状态。"),
-        ("公园", "供公众游览休息的园林。"),
-        ("散步", "随便走走。"),
-        ("学习", "从阅读、听讲中获得知识。"),
-        ("名著", "有名的著作。"),
-    ],
-    "xiehouyu": [
-        ("外甥打灯笼", "照舅"),
-        ("孔夫子搬家", "净是书"),
-        ("竹篮打水", "一场空"),
-        ("泥菩萨过江", "自身难保"),
-        ("肉包子打狗", "有去无回"),
-    ],
-}
-EVAL_TEXTS = [f"这是第{i}段留出的文字，今天天气很好，我们去公园散步吧。" for i in range(24)]
-
-
-@pytest.fixture(scope="module")
-def eval_files(tmp_path_factory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("eval")
-    rows = [
-        {"kind": kind, "subject": s, "answer": a, "split": "dev" if i < 2 else "test"}
-        for kind, items in SUBJECTS.items()
-        for i, (s, a) in enumerate(items)
-    ]
-    heldout = d / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    text = d / "eval_text.jsonl"
-    text.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in EVAL_TEXTS))
-    return {"heldout": str(heldout), "eval_text": str(text)}
-
-
-def planted(source: Path, dest: Path, favourite: int | None) -> Path:
-    """A copy of `source` whose every next-token distribution peaks at `favourite` (None:
-    uniform)."""
-    shutil.copytree(source, dest)
-    model = AutoModelForCausalLM.from_pretrained(str(dest))
-    head = model.get_output_embeddings()
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        if favourite is not None:
-            head.bias[favourite] = 30.0
-    model.save_pretrained(str(dest))
-    return dest
-
-
-def run(model_dir: Path, tasks: list[str], files: dict, **kwargs) -> dict:
-    return evaluate(model_dir, model_dir, tasks, batch_size=8, max_new_tokens=12, **files, **kwargs)
 
 
 @pytest.mark.slow

@@ -29,8 +29,16 @@ LOCAL_TASKS = {
     "xiaophi_idiom_gen": ["char_f1", "loop_rate", "stop_rate"],
     "xiaophi_idiom_grounded_gen": ["char_f1", "loop_rate", "stop_rate"],
 }
+#: Tool use, asked for by name or as the group `xiaophi_tools` (not part of `xiaophi`: a prompt
+#: that lists tools must fit the model's context, which the tiny recipe's 256 positions do not).
+TOOLS_GROUP = "xiaophi_tools"
+TOOL_TASKS = {
+    "xiaophi_idiom_tool_call": ["valid_call", "exact_args"],
+    "xiaophi_idiom_no_tool": ["no_call"],
+    "xiaophi_idiom_tool_answer_gen": ["char_f1", "loop_rate", "stop_rate"],
+}
 LIKELIHOOD_TASKS = [t for t in LOCAL_TASKS if not t.endswith("_gen")]
-GENERATION_TASKS = [t for t in LOCAL_TASKS if t.endswith("_gen")]
+GENERATION_TASKS = [t for t in LOCAL_TASKS if t.endswith("_gen")] + list(TOOL_TASKS)
 
 
 def _hflm_class():
@@ -100,14 +108,15 @@ def lm_class():
 def _local_tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
     """`tasks` split into the packaged xiaophi tasks (`xiaophi` = all) and lm-eval's own."""
     local = [t for t in tasks if t.startswith(LOCAL_PREFIX)]
-    unknown = [t for t in local if t not in LOCAL_TASKS and t != LOCAL_PREFIX]
+    groups = {LOCAL_PREFIX: list(LOCAL_TASKS), TOOLS_GROUP: list(TOOL_TASKS)}
+    unknown = [t for t in local if t not in LOCAL_TASKS and t not in TOOL_TASKS and t not in groups]
     if unknown:
         raise ValueError(
             f"unknown local task(s) {', '.join(unknown)}; the xiaophi tasks are "
-            f"{', '.join(LOCAL_TASKS)} (or `xiaophi` for all)"
+            f"{', '.join([*LOCAL_TASKS, *TOOL_TASKS])} (or `xiaophi` for all but the tool tasks, "
+            f"`{TOOLS_GROUP}` for those)"
         )
-    if LOCAL_PREFIX in local:
-        local = list(LOCAL_TASKS)
+    local = list(dict.fromkeys(name for t in local for name in groups.get(t, [t])))
     return local, [t for t in tasks if not t.startswith(LOCAL_PREFIX)]
 
 
@@ -299,13 +308,18 @@ def _scores(out: dict, tasks: list[str]) -> dict:
 def format_table(columns: dict[str, dict], tasks: list[str] | None = None) -> str:
     """One row per task metric, one column per evaluated model, each cell `value ± ci95`."""
     names = list(columns)
-    tasks = tasks or [t for t in LOCAL_TASKS if any(t in c for c in columns.values())]
+    known = [*LOCAL_TASKS, *TOOL_TASKS]
+    tasks = tasks or [t for t in known if any(t in c for c in columns.values())]
     header = f"{'task':<30}{'metric':<14}" + "".join(f"{n:>20}" for n in names)
     lines = [header, "-" * len(header)]
     for task in tasks:
-        metrics = LOCAL_TASKS.get(task) or sorted(
-            {m for c in columns.values() for m in c.get(task, {}) if not m.endswith("_ci95")}
-            - {"n"}
+        metrics = (
+            LOCAL_TASKS.get(task)
+            or TOOL_TASKS.get(task)
+            or sorted(
+                {m for c in columns.values() for m in c.get(task, {}) if not m.endswith("_ci95")}
+                - {"n"}
+            )
         )
         for metric in metrics:
             cells = []

@@ -38,6 +38,17 @@ CLOZE_PROMPT = {"idiom": "【{s}】", "word": "{s}：", "xiehouyu": "{s}——"}
 CHAT_QUESTION = "“{s}”是什么意思？"
 
 
+#: Tool use: the demo's lookup tool for each kind (training/data/demo_tools.py), the question
+#: asked, and the tool offered when no tool should be called (it cannot answer the question).
+LOOKUP_TOOL = {"idiom": "lookup_idiom", "word": "lookup_word", "xiehouyu": "lookup_xiehouyu"}
+TOOL_QUESTION = {
+    "idiom": "“{s}”是什么意思？",
+    "word": "“{s}”是什么意思？",
+    "xiehouyu": "“{s}”，后半句是什么？",
+}
+UNRELATED_TOOL = "calculate"
+
+
 class EvalDataError(FileNotFoundError):
     """The held-out file is missing or unusable; the message says how to get it."""
 
@@ -134,6 +145,56 @@ def chat_prompt(tokenizer_path: str, question: str, documents: list[dict] | None
     )
 
 
+def tool_prompt(tokenizer_path: str, messages: list[dict], tools: list[dict]) -> str:
+    """`messages` with `tools` as the checkpoint's chat template renders them, ready for the
+    assistant's turn; a template that does not render tools cannot be scored on tool use."""
+    tokenizer = _tokenizer(str(tokenizer_path))
+    rendered = tokenizer.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=False
+    )
+    if rendered == tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    ):
+        raise ValueError(
+            f"the chat template of {tokenizer_path} does not render `tools`: the tool tasks need "
+            "a checkpoint trained with xiaophi's current template (rerun its tokenizer stage)"
+        )
+    return rendered
+
+
+def tool_row(family: str, kind: str, item: dict, tokenizer_path: str) -> dict:
+    """One tool-use item: `tool_call` (the lookup tool offered beside another, the call
+    expected), `no_tool` (only a tool that cannot answer offered: no call expected) or
+    `tool_answer` (the gold call and the tool's result given: the answer expected)."""
+    from training.data.demo_tools import TOOLS, call, lookup_result
+
+    needed = LOOKUP_TOOL[kind]
+    question = TOOL_QUESTION[kind].format(s=item["subject"])
+    if family == "no_tool":
+        names = [UNRELATED_TOOL]
+    else:
+        other = _rng("tool", kind, item["subject"]).choice(sorted(n for n in TOOLS if n != needed))
+        names = sorted([needed, other], key=lambda n: _rng("order", item["subject"], n).random())
+    tools = [TOOLS[n] for n in names]
+    messages = [{"role": "user", "content": question}]
+    if family == "tool_answer":
+        messages += [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [call(needed, term=item["subject"])],
+            },
+            {"role": "tool", "content": lookup_result(item["subject"], item["answer"])},
+        ]
+    return {
+        "subject": item["subject"],
+        "answer": item["answer"],
+        "prompt": tool_prompt(tokenizer_path, messages, tools),
+        "tools": json.dumps(tools, ensure_ascii=False),
+        "expected_call": "" if family == "no_tool" else needed,
+    }
+
+
 def grounded_documents(item: dict, distractors: list[dict]) -> list[dict]:
     """The gold dictionary entry among two others (the first two distractors), order seeded."""
     docs = [item, *distractors[: N_DOCUMENTS - 1]]
@@ -148,11 +209,16 @@ def build(
     tokenizer: str | None = None,
     limit: int | None = None,
 ) -> list[dict]:
-    """Rows for one task family: mc, cloze, chat_cloze, grounded_cloze, gen, grounded_gen."""
+    """Rows for one task family: mc, cloze, chat_cloze, grounded_cloze, gen, grounded_gen,
+    tool_call, no_tool, tool_answer."""
     family, _, kind = kind_of_task.partition(":")
     chosen, pool = items(heldout, kind, split)
     if limit:
         chosen = chosen[:limit]
+    if family in ("tool_call", "no_tool", "tool_answer"):
+        if tokenizer is None:
+            raise ValueError(f"the {family} tasks render chat prompts: pass metadata `tokenizer`")
+        return [tool_row(family, kind, item, tokenizer) for item in chosen]
     rows = []
     for item in chosen:
         answers, gold, distractors = multiple_choice(item, pool, kind)

@@ -6,6 +6,7 @@ Shared by the lm-eval generation tasks (training/eval/tasks) and the decoding-de
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -58,3 +59,44 @@ def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, z * math.sqrt(var / n)
+
+
+#: A Hermes tool call as the chat template writes it (an unclosed last block still counts).
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+
+
+def tool_calls_in(text: str) -> list[dict | None]:
+    """Each `<tool_call>` block of an answer as {"name", "arguments"}, or None where a block is
+    not a JSON object with a string name and object arguments."""
+    calls: list[dict | None] = []
+    for block in _TOOL_CALL.findall(text):
+        try:
+            value = json.loads(block)
+        except json.JSONDecodeError:
+            calls.append(None)
+            continue
+        ok = (
+            isinstance(value, dict)
+            and isinstance(value.get("name"), str)
+            and isinstance(value.get("arguments", {}), dict)
+        )
+        calls.append(
+            {"name": value["name"], "arguments": value.get("arguments", {})} if ok else None
+        )
+    return calls
+
+
+def call_is_valid(found: dict | None, tools: list[dict]) -> bool:
+    """Parses, names an offered tool, and its arguments follow that tool's schema (the demo
+    tools take required string properties and nothing else)."""
+    if found is None:
+        return False
+    schemas = {t["function"]["name"]: t["function"].get("parameters", {}) for t in tools}
+    if found["name"] not in schemas:
+        return False
+    schema, args = schemas[found["name"]], found["arguments"]
+    properties = schema.get("properties", {})
+    if set(schema.get("required", [])) - set(args) or set(args) - set(properties):
+        return False
+    types = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+    return all(isinstance(args[k], types.get(properties[k].get("type"), object)) for k in args)

@@ -8,10 +8,12 @@ passes them; the item logic lives in `training.eval.items`.
 
 from __future__ import annotations
 
+import json
+
 import datasets
 
 from training.eval import items as eval_items
-from training.eval.metrics import char_f1, is_loop
+from training.eval.metrics import call_is_valid, char_f1, is_loop, tool_calls_in
 
 #: `xiaophi-train eval`'s model class ends every generated answer with one of these marks, so
 #: the scorer knows whether the model stopped on its own or ran into the token limit.
@@ -76,6 +78,18 @@ def idiom_grounded_gen(**meta):
     return _rows("grounded_gen:idiom", **meta)
 
 
+def idiom_tool_call(**meta):
+    return _rows("tool_call:idiom", **meta)
+
+
+def idiom_no_tool(**meta):
+    return _rows("no_tool:idiom", **meta)
+
+
+def idiom_tool_answer_gen(**meta):
+    return _rows("tool_answer:idiom", **meta)
+
+
 def heldout_text(**meta):
     max_chars = meta.get("bpc_max_chars")
     texts = eval_items.bpc_texts(
@@ -108,3 +122,26 @@ def generation_results(doc: dict, results: list[str]) -> dict:
         "loop_rate": float(is_loop(answer, stopped)),
         "stop_rate": float(stopped),
     }
+
+
+def _answer_text(text: str) -> str:
+    """A generated answer without the stop mark `xiaophi-train eval` appends."""
+    return text[:-1] if text.endswith((STOPPED_MARK, LIMIT_MARK)) else text
+
+
+def tool_call_results(doc: dict, results: list[str]) -> dict:
+    """`valid_call`: the answer's first tool call parses, names an offered tool and follows its
+    schema; `exact_args`: it is the expected call with the term copied exactly."""
+    (text,) = results
+    calls = tool_calls_in(_answer_text(text))
+    first = calls[0] if calls else None
+    tools = json.loads(doc["tools"])
+    valid = call_is_valid(first, tools)
+    exact = valid and first == {"name": doc["expected_call"], "arguments": {"term": doc["subject"]}}
+    return {"valid_call": float(valid), "exact_args": float(exact)}
+
+
+def no_tool_results(doc: dict, results: list[str]) -> dict:
+    """`no_call`: no tool call where the offered tool cannot answer the question."""
+    (text,) = results
+    return {"no_call": float(not tool_calls_in(_answer_text(text)) and "<tool_call>" not in text)}
