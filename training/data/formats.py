@@ -33,6 +33,7 @@ import datasets
 import pyarrow as pa
 
 from training.data.tool_format import (
+    describe as _describe,
     normal_tool_call,
     tool_calls_problem,
     tool_names,
@@ -222,13 +223,6 @@ ROW_CHECKS: dict[str, Callable[[Row], RowProblem]] = {
     "sft": _sft_row_problem,
     "dpo": _dpo_row_problem,
 }
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    text = json.dumps(value, ensure_ascii=False)
-    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
 
 
 # --------------------------------------------------------------------------------------------

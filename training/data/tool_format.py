@@ -17,7 +17,8 @@ from typing import Any
 RowProblem = tuple[str, str] | None
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A value as a problem message quotes it: its type and the start of its JSON."""
     if value is None:
         return "null"
     text = json.dumps(value, ensure_ascii=False)
@@ -34,22 +35,22 @@ def tools_problem(value: Any) -> RowProblem:
     if not isinstance(value, list) or not value:
         return "tools", (
             'must be a non-empty list of {"type": "function", "function": {"name": ..., '
-            f'"parameters": {{...}}}}}}; got {_describe(value)}'
+            f'"parameters": {{...}}}}}}; got {describe(value)}'
         )
     for i, tool in enumerate(value):
         where = f"tools[{i}]"
         fn = _function_of(tool) if isinstance(tool, dict) else None
         if not isinstance(fn, dict):
-            return where, f'must be an object with a "function" object; got {_describe(tool)}'
+            return where, f'must be an object with a "function" object; got {describe(tool)}'
         if not isinstance(fn.get("name"), str) or not fn["name"].strip():
             return (
                 f"{where}.function.name",
-                f"must be a non-empty string; got {_describe(fn.get('name'))}",
+                f"must be a non-empty string; got {describe(fn.get('name'))}",
             )
         if "parameters" in fn and not isinstance(fn["parameters"], dict):
             return (
                 f"{where}.function.parameters",
-                f"must be a JSON Schema object; got {_describe(fn['parameters'])}",
+                f"must be a JSON Schema object; got {describe(fn['parameters'])}",
             )
     return None
 
@@ -66,18 +67,18 @@ def tool_calls_problem(calls: Any, where: str, declared: set[str]) -> RowProblem
     for rows that give no `tools`)."""
     field = f"{where}.tool_calls"
     if not isinstance(calls, list) or not calls:
-        return field, f"must be a non-empty list of tool calls; got {_describe(calls)}"
+        return field, f"must be a non-empty list of tool calls; got {describe(calls)}"
     for i, call in enumerate(calls):
         at = f"{field}[{i}]"
         fn = _function_of(call) if isinstance(call, dict) else None
         if not isinstance(fn, dict):
             return at, (
                 'must be {"type": "function", "function": {"name": ..., "arguments": ...}}; '
-                f"got {_describe(call)}"
+                f"got {describe(call)}"
             )
         name = fn.get("name")
         if not isinstance(name, str) or not name.strip():
-            return f"{at}.function.name", f"must be a non-empty string; got {_describe(name)}"
+            return f"{at}.function.name", f"must be a non-empty string; got {describe(name)}"
         if declared and name not in declared:
             return f"{at}.function.name", (
                 f"calls `{name}`, which the row's `tools` do not declare "
@@ -93,7 +94,7 @@ def tool_calls_problem(calls: Any, where: str, declared: set[str]) -> RowProblem
                     "as a JSON object or as its JSON text"
                 )
         if not isinstance(args, dict):
-            return f"{at}.function.arguments", f"must be a JSON object; got {_describe(args)}"
+            return f"{at}.function.arguments", f"must be a JSON object; got {describe(args)}"
     return None
 
 
