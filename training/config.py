@@ -91,6 +91,12 @@ class DataConfig(Section):
         ["data/demo/sft.jsonl"],
         description="SFT files: jsonl/parquet with `messages`, or `prompt` + `completion`.",
     )
+    sft_repeat: list[int] = Field(
+        [],
+        description="How many times each `sft` file's conversations count when SFT draws its "
+        "sample (one whole number >= 1 per file; empty = 1 each): a small file, such as "
+        "tool-use conversations, gets a larger share.",
+    )
     sft_eval: str = Field(
         "data/demo/sft_eval.jsonl", description="Held-out SFT conversations for eval loss."
     )
@@ -106,12 +112,30 @@ class DataConfig(Section):
     )
     num_proc: int = Field(2, description="Processes for `datasets.map` tokenization.")
 
+    @model_validator(mode="after")
+    def _one_repeat_per_sft_file(self) -> DataConfig:
+        if self.sft_repeat and (len(self.sft_repeat) != len(self.sft) or min(self.sft_repeat) < 1):
+            raise ValueError(
+                f"data.sft_repeat={self.sft_repeat} needs one whole number >= 1 for each of the "
+                f"{len(self.sft)} data.sft files ({', '.join(self.sft)}), or none at all."
+            )
+        return self
+
 
 class TokenizerConfig(Section):
     vocab_size: int = Field(8000, description="BPE vocabulary size, special tokens included.")
     min_frequency: int = Field(2, description="Minimum pair frequency for a merge.")
     max_chars: int | None = Field(
         None, description="Train on at most this many characters (None = all)."
+    )
+    chat_files: StrList = Field(
+        [],
+        description="SFT files whose conversations, as the chat template renders them (tools, "
+        "calls and results included), the tokenizer learns from too: what a chat model must "
+        "write (tool-call JSON, role text) becomes few tokens.",
+    )
+    chat_max_chars: int = Field(
+        400_000, description="At most this many characters of rendered `chat_files`."
     )
 
     @field_validator("vocab_size")

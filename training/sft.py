@@ -97,7 +97,12 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     model, tokenizer = load_model_and_tokenizer(run_dir / "pretrain", STAGE)
     available = sum(check_files(recipe.data.sft, "sft").values())
     # only the seeded sample is converted and tokenised, not every conversation
-    train_data = load_sft_dataset(recipe.data.sft, sample=cfg.max_train_samples, seed=cfg.seed)
+    train_data = load_sft_dataset(
+        recipe.data.sft,
+        sample=cfg.max_train_samples,
+        seed=cfg.seed,
+        repeats=recipe.data.sft_repeat,
+    )
     eval_data = load_sft_dataset([recipe.data.sft_eval])
     eval_data = eval_data.select(range(min(cfg.max_eval_samples, len(eval_data))))
 

@@ -77,7 +77,15 @@ _MODEL = (*_BASE, "model.", "pretrain.")
 _SFT = (*_MODEL, "sft.", "decoding.")  # the decoding defaults live in the checkpoint
 
 STAGES: list[Stage] = [
-    Stage("tokenizer", "training.tokenizer", _BASE, reads=_pretrain_text),
+    Stage(
+        "tokenizer",
+        "training.tokenizer",
+        _BASE,
+        reads=lambda r: (
+            _pretrain_text(r)
+            + ([(r.tokenizer.chat_files, "sft")] if r.tokenizer.chat_files else [])
+        ),
+    ),
     Stage(
         "pretrain",
         "training.pretrain",

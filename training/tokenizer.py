@@ -6,6 +6,8 @@ distinct pre-tokens, not by the corpus size.
 
 from __future__ import annotations
 
+import itertools
+import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -110,6 +112,25 @@ def capped_texts(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
         yield text
 
 
+def rendered_conversations(paths) -> Iterator[str]:
+    """Each SFT conversation of `paths` as the chat template renders it (tools, calls and
+    results included), the special-token strings taken out: they are tokens of their own, and
+    BPE would spend merges on their characters."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from training.data.formats import iter_sft_rows
+
+    specials = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+    for row in iter_sft_rows(paths):
+        (text,), _ = render_jinja_template(
+            [row["messages"]],
+            tools=row["tools"] or None,
+            documents=row["documents"] or None,
+            chat_template=CHAT_TEMPLATE,
+        )
+        yield specials.sub("\n", text)
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
 
@@ -122,6 +143,9 @@ def main(recipe, run_dir: Path, work: Path) -> dict:
     cfg = recipe.tokenizer
     start = time.time()
     texts = capped_texts(iter_texts(recipe.data.pretrain), cfg.max_chars)
+    if cfg.chat_files:
+        chats = capped_texts(rendered_conversations(cfg.chat_files), cfg.chat_max_chars)
+        texts = itertools.chain(texts, chats)
     tokenizer = train_tokenizer(
         texts,
         vocab_size=cfg.vocab_size,

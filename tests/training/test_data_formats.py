@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -361,3 +362,32 @@ def test_a_file_changed_after_its_check_is_checked_again(tmp_path):
     with pytest.raises(DataError) as info:
         check_files([path], "sft")
     assert info.value.row == 4
+
+
+def test_a_repeated_file_counts_as_listed_that_often_in_the_draw(tmp_path):
+    """repeats=[1, 4]: the draw is the one a dataset holding the second file four times gives."""
+    big = write_jsonl(tmp_path / "big.jsonl", chats(30, "甲"))
+    small = write_jsonl(tmp_path / "small.jsonl", chats(3, "乙"))
+    listed = datasets.concatenate_datasets(
+        [load_sft_dataset([big])] + [load_sft_dataset([small])] * 4
+    )
+    expected = listed.shuffle(seed=5).select(range(14))["messages"]
+    assert load_sft_dataset([big, small], sample=14, seed=5, repeats=[1, 4])["messages"] == expected
+    everything = load_sft_dataset([big, small], repeats=[1, 4])["messages"]
+    assert everything == listed["messages"] and len(everything) == 42
+    # repeats of 1 are the plain draw
+    assert (
+        load_sft_dataset([big, small], sample=14, seed=5, repeats=[1, 1])["messages"]
+        == load_sft_dataset([big, small], sample=14, seed=5)["messages"]
+    )
+    with pytest.raises(ValueError, match="one whole number"):
+        load_sft_dataset([big, small], repeats=[2])
+
+
+def test_the_recipe_wants_one_repeat_per_sft_file():
+    from training.config import load_recipe
+
+    with pytest.raises(ValueError, match=r"data.sft_repeat=\[2\] needs one whole number"):
+        load_recipe("tiny", {"data.sft": ["a.jsonl", "b.jsonl"], "data.sft_repeat": [2]})
+    recipe = load_recipe("tiny", {"data.sft": ["a.jsonl", "b.jsonl"], "data.sft_repeat": [1, 3]})
+    assert recipe.data.sft_repeat == [1, 3]

@@ -8,6 +8,7 @@ import copy
 import json
 
 import pytest
+from transformers import AutoTokenizer
 
 from serving.tool_calls import parse_tool_calls
 from tests.training.conftest import tiny_overrides
@@ -171,3 +172,35 @@ def test_dpo_rows_take_no_tool_turns(tmp_path):
     row = {"prompt": "你好", "chosen": "好", "rejected": [{"role": "tool", "content": "x"}]}
     with pytest.raises(DataError, match=r"rejected\[0\]\.role"):
         check_files([write(tmp_path / "dpo.jsonl", [row])], "dpo")
+
+
+def test_the_tokenizer_learns_the_tool_format_from_rendered_conversations(tiny_data, tmp_path):
+    """tokenizer.chat_files: the tool-call JSON a chat model must write becomes few tokens."""
+    from training.tokenizer import main as tokenizer_stage
+    from training.tokenizer import rendered_conversations
+
+    terms = ["守株待兔", "画蛇添足", "亡羊补牢", "对牛弹琴", "井底之蛙", "掩耳盗铃", "刻舟求剑"]
+    chats = write(tmp_path / "tools.jsonl", [tool_row({"term": t}) for t in terms[:-1]] * 5)
+    (text, *_) = rendered_conversations([chats])
+    assert '<tool_call>\n{"name": "lookup_idiom"' in text and "<tools>" in text
+    assert "<|im_start|>" not in text and "<|im_end|>" not in text  # tokens of their own
+
+    held_out = tool_row({"term": terms[-1]})
+    lengths = {}
+    for name, files in (("without", []), ("with", [chats])):
+        recipe = load_recipe(
+            "tiny",
+            tiny_overrides(
+                tiny_data, **{"tokenizer.chat_files": files, "tokenizer.vocab_size": 1000}
+            ),
+        )
+        work = tmp_path / name
+        work.mkdir()
+        tokenizer_stage(recipe, tmp_path, work)
+        tok = AutoTokenizer.from_pretrained(str(work))
+        lengths[name] = len(
+            tok.apply_chat_template(
+                held_out["messages"], tools=held_out["tools"], return_dict=False
+            )
+        )
+    assert lengths["with"] < lengths["without"] * 0.6, lengths

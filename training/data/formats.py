@@ -532,16 +532,23 @@ def dpo_record(row: Row) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def load_sft_dataset(paths: PathsLike, sample: int = 0, seed: int = 0) -> datasets.Dataset:
+def load_sft_dataset(
+    paths: PathsLike, sample: int = 0, seed: int = 0, repeats: Sequence[int] = ()
+) -> datasets.Dataset:
     """SFT conversations as a Dataset with one column, `messages` (plus `chat_template_kwargs`
-    when any row has documents).
+    when any row has documents, and `tools` when any row uses tools).
 
     `sample` > 0 keeps that many conversations, exactly those (in that order) that
     `.shuffle(seed=seed).select(range(sample))` of the whole dataset would keep — only they are
-    converted.
+    converted. `repeats` (one per file) counts each file's conversations that many times, as if
+    the file were listed that often, before the draw.
     """
     files = _as_paths(paths)
     counts = check_files(files, "sft")
+    if repeats and (len(repeats) != len(files) or min(repeats) < 1):
+        raise ValueError(f"repeats {list(repeats)} needs one whole number >= 1 per file")
+    if repeats and max(repeats) > 1:
+        counts = {k: n * r for (k, n), r in zip(counts.items(), repeats, strict=True)}
     documents = any(_check_rows(path, "sft").has_documents for path in files)
     if any(_check_rows(path, "sft").has_tools for path in files):
         convert = _sft_tool_document_record if documents else _sft_tool_record
@@ -553,13 +560,16 @@ def load_sft_dataset(paths: PathsLike, sample: int = 0, seed: int = 0) -> datase
     total = sum(counts.values())
     picked = _shuffled_indices(total, seed)[:sample] if 0 < sample < total else None
     parts, offset = [], 0
-    for path in files:
-        records = counts[str(path)]
+    for path, repeat in zip(files, repeats or [1] * len(files), strict=True):
+        size = counts[str(path)]
+        records = size // repeat
         rows = None
         if picked is not None:
-            rows = [i - offset for i in picked if offset <= i < offset + records]
+            rows = [(i - offset) % records for i in picked if offset <= i < offset + size]
+        elif repeat > 1:
+            rows = list(range(records)) * repeat
         parts.append(_load_converted(path, convert, features, records, rows))
-        offset += records
+        offset += size
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if picked is not None and len(parts) > 1:
         # each file's picks are in draw order; put the files' picks back into one draw order
@@ -593,6 +603,21 @@ def iter_sft_conversations(paths: PathsLike) -> Iterator[Row]:
                 "messages": sft_messages(row),
                 "documents": row.get("documents") or [],
                 "uses_tools": _uses_tools(row),
+            }
+
+
+def iter_sft_rows(paths: PathsLike) -> Iterator[Row]:
+    """Every checked SFT row as the chat template takes it: ``messages`` (tool calls
+    normalised), ``tools`` (a list, empty without) and ``documents``, in file order."""
+    files = _as_paths(paths)
+    check_files(files, "sft")
+    for path in files:
+        for _, row in READERS[path.suffix.lower()](path):
+            tools = tools_json(row.get("tools"))
+            yield {
+                "messages": sft_messages(row, tools=True),
+                "tools": json.loads(tools) if tools else [],
+                "documents": _documents(row),
             }
 
 
