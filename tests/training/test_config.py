@@ -206,7 +206,13 @@ def test_a_run_folder_of_the_dataclass_recipes_is_still_the_same_run(tmp_path):
             added += [f"{section}.{k}" for k in extra]
             dumped[section] = {k: v for k, v in dumped[section].items() if k in fields}
     assert json.dumps(dumped) == json.dumps(stored["recipe"])
-    assert added == ["pretrain.max_time_s", "sft.max_train_samples"]
+    assert added == [
+        "data.sft_repeat",
+        "tokenizer.chat_files",
+        "tokenizer.chat_max_chars",
+        "pretrain.max_time_s",
+        "sft.max_train_samples",
+    ]
     run = tmp_path / "run"
     run.mkdir()
     (run / RECIPE_FILE).write_text(stored_text, encoding="utf-8")
