@@ -118,10 +118,10 @@ def rendered_conversations(paths) -> Iterator[str]:
     BPE would spend merges on their characters."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from training.data.formats import iter_sft_rows
+    from training.data.formats import iter_sft_conversations
 
     specials = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-    for row in iter_sft_rows(paths):
+    for row in iter_sft_conversations(paths):
         (text,), _ = render_jinja_template(
             [row["messages"]],
             tools=row["tools"] or None,

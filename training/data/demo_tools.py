@@ -15,7 +15,6 @@ finished rows for held-out strings like every other training file.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 
@@ -30,6 +29,7 @@ from training.data.demo_chats import (
     xiehouyu_answer,
 )
 from training.data.demo_sources import Raw
+from training.data.tool_format import tool_call
 
 
 def _tool(name: str, description: str, parameter: str, what: str) -> dict:
@@ -71,10 +71,7 @@ def lookup_result(term: str, text: str) -> str:
 
 
 def call(name: str, **arguments: str) -> dict:
-    return {
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
-    }
+    return tool_call(name, arguments)
 
 
 def offered(needed: str | None, rng: random.Random) -> list[dict]:

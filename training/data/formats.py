@@ -549,8 +549,9 @@ def load_sft_dataset(
         raise ValueError(f"repeats {list(repeats)} needs one whole number >= 1 per file")
     if repeats and max(repeats) > 1:
         counts = {k: n * r for (k, n), r in zip(counts.items(), repeats, strict=True)}
-    documents = any(_check_rows(path, "sft").has_documents for path in files)
-    if any(_check_rows(path, "sft").has_tools for path in files):
+    checked = [_check_rows(path, "sft") for path in files]
+    documents = any(c.has_documents for c in checked)
+    if any(c.has_tools for c in checked):
         convert = _sft_tool_document_record if documents else _sft_tool_record
         features = sft_tool_features(documents)
     elif documents:
@@ -593,31 +594,21 @@ def _file_of(index: int, counts: dict[str, int]) -> int:
 
 
 def iter_sft_conversations(paths: PathsLike) -> Iterator[Row]:
-    """Every checked SFT row as ``{"messages", "documents"}``, in file order, without building
-    a Dataset (for reading a few conversations out of many)."""
+    """Every checked SFT row as the chat template takes it — ``messages`` (tool calls
+    normalised in a row that uses tools), ``tools`` (a list, empty without), ``documents`` —
+    plus ``uses_tools``, in file order, without building a Dataset (for reading a few
+    conversations out of many, or rendering them)."""
     files = _as_paths(paths)
     check_files(files, "sft")
     for path in files:
         for _, row in READERS[path.suffix.lower()](path):
-            yield {
-                "messages": sft_messages(row),
-                "documents": row.get("documents") or [],
-                "uses_tools": _uses_tools(row),
-            }
-
-
-def iter_sft_rows(paths: PathsLike) -> Iterator[Row]:
-    """Every checked SFT row as the chat template takes it: ``messages`` (tool calls
-    normalised), ``tools`` (a list, empty without) and ``documents``, in file order."""
-    files = _as_paths(paths)
-    check_files(files, "sft")
-    for path in files:
-        for _, row in READERS[path.suffix.lower()](path):
+            uses_tools = _uses_tools(row)
             tools = tools_json(row.get("tools"))
             yield {
-                "messages": sft_messages(row, tools=True),
+                "messages": sft_messages(row, tools=uses_tools),
                 "tools": json.loads(tools) if tools else [],
                 "documents": _documents(row),
+                "uses_tools": uses_tools,
             }
 
 

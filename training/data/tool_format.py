@@ -98,16 +98,19 @@ def tool_calls_problem(calls: Any, where: str, declared: set[str]) -> RowProblem
     return None
 
 
+def tool_call(name: str, arguments: dict) -> dict:
+    """A call as SFT data holds it: OpenAI's shape, the arguments as compact JSON text."""
+    return {
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
+
+
 def normal_tool_call(call: dict) -> dict:
     """A checked call as the template renders it and the server's parser reads it back."""
     fn = _function_of(call)
     args = fn.get("arguments", {})
-    if isinstance(args, str):
-        args = json.loads(args)
-    return {
-        "type": "function",
-        "function": {"name": fn["name"], "arguments": json.dumps(args, ensure_ascii=False)},
-    }
+    return tool_call(fn["name"], json.loads(args) if isinstance(args, str) else args)
 
 
 def tools_json(tools: Any) -> str | None:

@@ -8,6 +8,7 @@ demo's held-out data; any other task name goes to lm-eval's own registry unchang
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ LIKELIHOOD_TASKS = [t for t in LOCAL_TASKS if not t.endswith("_gen")]
 GENERATION_TASKS = [t for t in LOCAL_TASKS if t.endswith("_gen")] + list(TOOL_TASKS)
 
 
+@functools.cache
 def _hflm_class():
     from lm_eval.api.registry import register_model
     from lm_eval.models.huggingface import HFLM
@@ -80,6 +82,7 @@ def _hflm_class():
     return XiaophiLM
 
 
+@functools.cache
 def completions_class():
     """lm-eval's `local-completions` model with XiaophiLM's encoding (context and answer apart),
     registered as `xiaophi-completions`."""
@@ -95,14 +98,8 @@ def completions_class():
     return XiaophiCompletions
 
 
-_LM_CLASS = None
-
-
 def lm_class():
-    global _LM_CLASS
-    if _LM_CLASS is None:
-        _LM_CLASS = _hflm_class()
-    return _LM_CLASS
+    return _hflm_class()
 
 
 def _local_tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
@@ -118,6 +115,22 @@ def _local_tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
         )
     local = list(dict.fromkeys(name for t in local for name in groups.get(t, [t])))
     return local, [t for t in tasks if not t.startswith(LOCAL_PREFIX)]
+
+
+def _run_tasks(
+    local_lm, standard_lm, local: list[str], standard: list[str], tokenizer_path, data: dict
+) -> dict:
+    """The packaged tasks on `local_lm()` and lm-eval's own on `standard_lm()`, each model built
+    only when its tasks are asked for (the one path of `evaluate` and `evaluate_server`)."""
+    import lm_eval
+
+    results: dict = {}
+    if local:
+        results.update(_run_local(local_lm(), local, tokenizer_path, **data))
+    if standard:
+        out = lm_eval.simple_evaluate(model=standard_lm(), tasks=standard, bootstrap_iters=1000)
+        results.update(_scores(out, [k for k in out["results"]]))
+    return results
 
 
 def _run_local(lm, local: list[str], tokenizer_path, heldout, eval_text, **options) -> dict:
@@ -169,7 +182,6 @@ def evaluate(
     `max_length` caps the tokens the model sees at once (bits/char windows); by default the
     model's context.
     """
-    import lm_eval
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,21 +192,30 @@ def evaluate(
         model = AutoModelForCausalLM.from_pretrained(str(model))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
-    local, standard = _local_tasks(tasks)
-    options = dict(
-        split=split, limit=limit, bpc_max_chars=bpc_max_chars, max_new_tokens=max_new_tokens
+    hf = dict(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=device,
+        max_length=max_length,
     )
-    hf = dict(batch_size=batch_size, device=device, max_length=max_length)
-    results: dict = {}
-    if local:
-        lm = lm_class()(pretrained=model, tokenizer=tokenizer, **hf)
-        results.update(_run_local(lm, local, tokenizer_path, heldout, eval_text, **options))
-    if standard:
+
+    def plain_hf():
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, **hf)
-        out = lm_eval.simple_evaluate(model=lm, tasks=standard, bootstrap_iters=1000)
-        results.update(_scores(out, [k for k in out["results"]]))
+        return HFLM(**hf)
+
+    data = dict(
+        heldout=heldout,
+        eval_text=eval_text,
+        split=split,
+        limit=limit,
+        bpc_max_chars=bpc_max_chars,
+        max_new_tokens=max_new_tokens,
+    )
+    results = _run_tasks(
+        lambda: lm_class()(**hf), plain_hf, *_local_tasks(tasks), tokenizer_path, data
+    )
     results["wall_time_s"] = round(time.time() - started, 2)
     return results
 
@@ -250,17 +271,15 @@ def evaluate_server(
     scores what it scores in process. Each scored text plus the one token the API generates must
     fit the served context (`max_length`, by default the server's `max_model_len`): the bits/char
     windows are 2 tokens shorter than `evaluate`'s at the same `max_length`."""
-    import lm_eval
-
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     started = time.time()
-    local, standard = _local_tasks(tasks)
-    generation = [t for t in local if t in GENERATION_TASKS]
-    if generation and tasks != [LOCAL_PREFIX]:
+    asked = [t for t in tasks if t in GENERATION_TASKS or t == TOOLS_GROUP]
+    if asked:  # by name; the `xiaophi` group over HTTP means its likelihood tasks
         raise ValueError(
-            f"{', '.join(generation)} over HTTP is not supported (the answers need the model's "
+            f"{', '.join(asked)} over HTTP is not supported (the answers need the model's "
             "end tokens to mark a stop); evaluate the checkpoint folder for them"
         )
+    local, standard = _local_tasks(tasks)
     local = [t for t in local if t not in GENERATION_TASKS]
     api = dict(
         base_url=f"{base_url.rstrip('/')}/completions",
@@ -271,16 +290,23 @@ def evaluate_server(
         max_length=max_length or served_context(base_url, model),
         max_retries=1,
     )
-    options = dict(split=split, limit=limit, bpc_max_chars=bpc_max_chars, max_new_tokens=1)
-    results: dict = {}
-    if local:
-        lm = completions_class()(**api)
-        results.update(_run_local(lm, local, tokenizer_path, heldout, eval_text, **options))
-    if standard:
+
+    def plain_api():
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-        out = lm_eval.simple_evaluate(model=LocalCompletionsAPI(**api), tasks=standard)
-        results.update(_scores(out, [k for k in out["results"]]))
+        return LocalCompletionsAPI(**api)
+
+    data = dict(
+        heldout=heldout,
+        eval_text=eval_text,
+        split=split,
+        limit=limit,
+        bpc_max_chars=bpc_max_chars,
+        max_new_tokens=1,
+    )
+    results = _run_tasks(
+        lambda: completions_class()(**api), plain_api, local, standard, tokenizer_path, data
+    )
     results["wall_time_s"] = round(time.time() - started, 2)
     return results
 

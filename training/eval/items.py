@@ -148,18 +148,25 @@ def chat_prompt(tokenizer_path: str, question: str, documents: list[dict] | None
 def tool_prompt(tokenizer_path: str, messages: list[dict], tools: list[dict]) -> str:
     """`messages` with `tools` as the checkpoint's chat template renders them, ready for the
     assistant's turn; a template that does not render tools cannot be scored on tool use."""
-    tokenizer = _tokenizer(str(tokenizer_path))
-    rendered = tokenizer.apply_chat_template(
-        messages, tools=tools, add_generation_prompt=True, tokenize=False
-    )
-    if rendered == tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False
-    ):
+    if not _renders_tools(str(tokenizer_path)):
         raise ValueError(
             f"the chat template of {tokenizer_path} does not render `tools`: the tool tasks need "
             "a checkpoint trained with xiaophi's current template (rerun its tokenizer stage)"
         )
-    return rendered
+    return _tokenizer(str(tokenizer_path)).apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=False
+    )
+
+
+@lru_cache(maxsize=4)
+def _renders_tools(tokenizer_path: str) -> bool:
+    """Whether the template shows the model its tools (asked once per checkpoint, as
+    serving/tool_calls.py asks it of the served one)."""
+    probe = {"type": "function", "function": {"name": "xiaophi_probe_tool", "parameters": {}}}
+    text = _tokenizer(tokenizer_path).apply_chat_template(
+        [{"role": "user", "content": "hi"}], tools=[probe], tokenize=False
+    )
+    return "xiaophi_probe_tool" in text
 
 
 def tool_row(family: str, kind: str, item: dict, tokenizer_path: str) -> dict:
