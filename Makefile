@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality clean docker-smoke gpu-check gpu-wheels
+.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality bench-tools clean docker-smoke gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ bench-train: install
 # the dev split (bits/char, cloze and letter accuracies), wall time beside each row.
 bench-quality: install
 	$(PY) -m bench.quality_bench $(QUALITY_ARGS)
+
+# Tool use against SFT steps on the demo-sized model (valid/exact calls, F1 with the tool result,
+# grounded and closed-book F1; the pretrained model as baseline), dev and test splits.
+bench-tools: install
+	$(PY) -m bench.tool_curve $(TOOLS_ARGS)
 
 bench-serve: install
 	$(PY) -m bench.serve_bench

@@ -30,8 +30,10 @@ from serving.api.routes import (
     knowledge_bases,
     metrics,
     models,
+    tools,
 )
 from serving.config import Settings
+from serving.dictionary_tools import DictionaryTools
 from serving.engine.factory import LoadedModel, build_engine
 from serving.engine.supervision import ENGINE_LOST_EXIT_CODE
 from serving.errors import install_error_handlers
@@ -47,16 +49,20 @@ def create_app(
     settings: Settings | None = None,
     load: Callable[[Settings], LoadedModel] = build_engine,
     kb_settings: KBSettings | None = None,
+    dictionary_tools: DictionaryTools | None = None,
 ) -> FastAPI:
     """Build the app. `load` turns settings into an engine (tests and new engines swap it).
 
     `kb_settings` defaults to the `XIAOPHI_KB_*` variables, with `settings.kb_dir` when given
     and the run's own embedder beside the served checkpoint when none is configured.
+    `dictionary_tools` defaults to `settings.tools_file`'s (a bad file raises ToolsFileError).
     """
     settings = settings or Settings()
     if kb_settings is None:
         kb_settings = server_kb_settings(settings.model, settings.kb_dir)
     kbs = KnowledgeBases(kb_settings)
+    if dictionary_tools is None:
+        dictionary_tools = DictionaryTools.from_settings(settings.tools_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +95,7 @@ def create_app(
     app.state.service = None
     app.state.load_error = None
     app.state.knowledge_bases = kbs
+    app.state.dictionary_tools = dictionary_tools
     app.state.exit_code = 0
     app.state.request_exit = None  # set by whoever runs the server (serving/cli.py)
     app.state.metrics = ServingMetrics(
@@ -122,6 +129,7 @@ def create_app(
         completions.router,
         knowledge_bases.router,
         embeddings.router,
+        tools.router,
     ):
         app.include_router(router)
     if settings.ui:

@@ -69,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
         "--kb-dir", help="knowledge-base folder (default ./kb; other settings: XIAOPHI_KB_*)"
     )
     parser.add_argument(
+        "--tools-file",
+        help="dictionary tools to run at /v1/tools (JSON, e.g. data/demo/tools.json)",
+    )
+    parser.add_argument(
         "--max-upload-files", type=int, help="files per knowledge-base upload (default 16)"
     )
     parser.add_argument("--log-level", help="uvicorn log level (default info)")
@@ -82,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     # single-stream decoding on 2 cores). Must be set before torch loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = Settings(**parse_args(argv))
+    from serving.dictionary_tools import DictionaryTools, ToolsFileError
+
+    try:  # before anything starts: a bad file is a message, not a traceback
+        tools = DictionaryTools.from_settings(settings.tools_file)
+    except ToolsFileError as exc:
+        sys.exit(f"xiaophi-serve: {exc}")
     spawned = None
     if settings.engine == "slots" and settings.engine_process and settings.model is not None:
         # first: the engine process imports torch and loads the model while this process
@@ -96,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     from serving.app import create_app
     from serving.engine.factory import build_engine
 
-    app = create_app(settings, load=functools.partial(build_engine, spawned=spawned))
+    app = create_app(
+        settings, load=functools.partial(build_engine, spawned=spawned), dictionary_tools=tools
+    )
     # uvicorn.run without its reload and workers modes, so that the app can end the server
     # (a lost engine) through a graceful shutdown and then say why in the exit status
     server = uvicorn.Server(

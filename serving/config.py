@@ -109,6 +109,13 @@ class Settings(BaseSettings):
             "settings are the `XIAOPHI_KB_*` variables of rag/config.py."
         ),
     )
+    tools_file: Path | None = Field(
+        None,
+        description=(
+            "Dictionary tools this server runs at /v1/tools (JSON; serving/dictionary_tools.py "
+            "says its format; `make demo` writes data/demo/tools.json). Without one, none."
+        ),
+    )
     max_upload_files: int = Field(
         16, ge=1, description="Most files in one knowledge-base upload request."
     )

@@ -57,6 +57,10 @@ class ModelNotFoundError(ServiceError):
     pass
 
 
+class ToolNotFoundError(ServiceError):
+    pass
+
+
 class GenerationFailedError(RuntimeError):
     """The engine failed a request after it started (reported to the client, in-stream if streaming).
 
@@ -112,6 +116,7 @@ def status_of(exc: BaseException) -> int:
         return exc.status
     for cls, status in (
         (ModelNotFoundError, 404),
+        (ToolNotFoundError, 404),
         (ContextLengthError, 400),
         (InvalidRequestError, 400),
         (QueueFullError, 429),

@@ -25,7 +25,7 @@ ERROR_DESCRIPTIONS = {
     400: "Invalid request: a field, the JSON itself, or a value this model cannot take "
     "(`error.param` names the field).",
     401: "Missing or wrong API key (`Authorization: Bearer <key>`).",
-    404: "Unknown model, knowledge base or document.",
+    404: "Unknown model, tool, knowledge base or document.",
     409: "The knowledge base already exists, or another writer kept it busy too long.",
     413: "The request body, or an uploaded file, is larger than the server accepts.",
     429: "The server is busy (too many requests running and waiting): retry later.",

@@ -297,3 +297,33 @@ def test_tool_conversations_call_offered_tools_and_answer_from_the_result(demo):
         "none",
     }, kinds
     assert min(kinds.values()) >= 100, kinds
+
+
+@pytest.mark.slow
+def test_the_tools_file_answers_as_the_training_conversations_and_knows_held_out_terms(demo):
+    """`tools.json` (what `make demo` serves at /v1/tools) returns, for every lookup in the
+    training conversations, exactly the tool turn the model learned from; the held-out terms the
+    tool tasks ask about are in it (looking them up is the point), with their gold answers."""
+    from serving.dictionary_tools import DictionaryTools
+    from training.data.demo_tools import lookup_result
+    from training.eval.items import LOOKUP_TOOL
+
+    out, _ = demo
+    tools = DictionaryTools.load(out / "tools.json")
+    looked_up = 0
+    for row in read_rows(out / "sft_tools.jsonl"):
+        messages = row["messages"]
+        for i, message in enumerate(messages):
+            for call in message.get("tool_calls") or []:
+                fn = call["function"]
+                if fn["name"] == "calculate":
+                    continue
+                assert tools.run(fn["name"], fn["arguments"]) == messages[i + 1]["content"]
+                looked_up += 1
+    assert looked_up > 2000
+    held = read_rows(out / "heldout.jsonl")
+    for item in held:
+        result = tools.run(LOOKUP_TOOL[item["kind"]], {"term": item["subject"]})
+        assert result.startswith(f"{item['subject']}：") and item["answer"] in result
+        if item["kind"] == "idiom":  # what the tool_answer eval task puts in the conversation
+            assert result == lookup_result(item["subject"], item["answer"])

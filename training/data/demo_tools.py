@@ -55,7 +55,7 @@ TOOLS = {
     ),
     "calculate": _tool("calculate", "计算一个四则运算算式", "expression", "算式，如 12*(3+4)"),
 }
-NOT_FOUND = "没有找到“{w}”。"
+NOT_FOUND = "没有找到“{term}”。"
 ANSWER_NOT_FOUND = "词典里没有“{w}”这一条。"
 ARITHMETIC_QUESTIONS = ("{e}等于多少？", "帮我算一下{e}。", "{e}=?", "计算：{e}")
 #: conversations per kind (at most; fewer when a dictionary is smaller)
@@ -103,25 +103,43 @@ def arithmetic(rng: random.Random) -> tuple[str, str, str]:
     return f"{a}{shown}{b}", f"{a}{op}{b}", str(value)
 
 
+QUESTIONS = {
+    "lookup_idiom": IDIOM_QUESTIONS,
+    "lookup_word": WORD_QUESTIONS,
+    "lookup_xiehouyu": XIEHOUYU_QUESTIONS,
+}
+
+
+def dictionary_entries(raw: Raw) -> dict[str, list[tuple[str, str]]]:
+    """Each lookup tool's (term, text) entries, in the packages' order."""
+    return {
+        "lookup_idiom": [(i.word, idiom_answer(i)) for i in raw.idioms],
+        "lookup_word": [(w.word, word_answer(w)) for w in raw.words],
+        "lookup_xiehouyu": [(x.riddle, xiehouyu_answer(x)) for x in raw.xiehouyu],
+    }
+
+
+def tools_file(raw: Raw) -> dict:
+    """The dictionaries behind the lookup tools as xiaophi-serve's tools file
+    (serving/dictionary_tools.py): whole, held-out terms included — looking up what it does not
+    know is what the model is trained to do. A term listed twice keeps its first entry, and each
+    result reads as in the training conversations."""
+    tools = []
+    for name, entries in dictionary_entries(raw).items():
+        results: dict[str, str] = {}
+        for term, text in entries:
+            results.setdefault(term, lookup_result(term, text))
+        tools.append({"tool": TOOLS[name], "entries": results})
+    return {"not_found": NOT_FOUND, "tools": tools}
+
+
 def tool_chats(raw: Raw, held_keys: set[str], seed: int) -> Iterator[Record]:
     """Every tool-use conversation of the demo (its own random stream: the other files do not
     change when this one does)."""
     rng = random.Random(seed + 7)
-    dictionaries = {
-        "lookup_idiom": (
-            [(i.word, idiom_answer(i)) for i in raw.idioms if i.word not in held_keys],
-            IDIOM_QUESTIONS,
-        ),
-        "lookup_word": (
-            [(w.word, word_answer(w)) for w in raw.words if w.word not in held_keys],
-            WORD_QUESTIONS,
-        ),
-        "lookup_xiehouyu": (
-            [(x.riddle, xiehouyu_answer(x)) for x in raw.xiehouyu if x.riddle not in held_keys],
-            XIEHOUYU_QUESTIONS,
-        ),
-    }
-    for name, (entries, questions) in dictionaries.items():
+    for name, all_entries in dictionary_entries(raw).items():
+        entries = [(term, text) for term, text in all_entries if term not in held_keys]
+        questions = QUESTIONS[name]
         for term, text in rng.sample(entries, min(N_LOOKUPS[name], len(entries))):
             question = rng.choice(questions).format(w=term, q=term)
             row = tool_chat(
@@ -143,7 +161,7 @@ def tool_chats(raw: Raw, held_keys: set[str], seed: int) -> Iterator[Record]:
             offered("lookup_idiom", rng),
             question,
             [call("lookup_idiom", term=missing)],
-            [NOT_FOUND.format(w=missing)],
+            [NOT_FOUND.format(term=missing)],
             ANSWER_NOT_FOUND.format(w=missing),
         )
         yield row, "tools"
