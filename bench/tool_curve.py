@@ -86,6 +86,7 @@ def score(model_dir: Path, recipe, split: str) -> dict:
         model_dir,
         TASKS,
         heldout=recipe.eval.heldout,
+        eval_text=recipe.data.pretrain_eval,
         split=split,
         limit=recipe.eval.limit,
         max_new_tokens=recipe.eval.max_new_tokens,

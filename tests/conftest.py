@@ -63,6 +63,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tool_model(tmp_path_factory) -> Path:
+    """A checkpoint xiaophi trained to call `lookup_idiom` (tests/tool_model.py); read-only."""
+    from tests.tool_model import train_tool_model
+
+    return train_tool_model(tmp_path_factory.mktemp("tool_model"))
+
+
+@pytest.fixture(scope="session")
 def embedder_folder(tmp_path_factory) -> Path:
     """A tiny sentence-transformers model folder (random StaticEmbedding); treat it as read-only."""
     from tests.rag.conftest import save_static_embedder

@@ -25,6 +25,7 @@ LABELS = {
     "refresh": "刷新列表",
     "create_kb": "创建知识库",
     "upload": "上传到知识库",
+    "use_tools": "使用工具",
 }
 
 
@@ -35,6 +36,7 @@ class ChatPanel:
     send: gr.Button
     stop: gr.Button
     new_chat: gr.Button
+    use_tools: gr.Checkbox
 
 
 @dataclass
@@ -74,7 +76,13 @@ def chat_panel() -> ChatPanel:
     with gr.Row():
         stop = gr.Button(LABELS["stop"], size="sm", elem_id="stop")
         new_chat = gr.Button(LABELS["new_chat"], size="sm", elem_id="new-chat")
-    return ChatPanel(chatbot, textbox, send, stop, new_chat)
+        use_tools = gr.Checkbox(
+            label=LABELS["use_tools"],
+            value=False,
+            elem_id="use-tools",
+            info="让模型查词典（成语、词语、歇后语）并搜索所选知识库；每次调用显示在回答上方",
+        )
+    return ChatPanel(chatbot, textbox, send, stop, new_chat, use_tools)
 
 
 def kb_panel() -> KBPanel:
@@ -110,7 +118,9 @@ def generation_panel() -> GenerationPanel:
         system_prompt = gr.Textbox(
             value=DEFAULT_SYSTEM_PROMPT, label="系统提示词（system prompt）", lines=2
         )
-        temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature（0 = 贪心）")
+        temperature = gr.Slider(
+            0.0, 2.0, value=0.7, step=0.05, label="temperature（0 = 贪心）", elem_id="temperature"
+        )
         top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p")
         max_tokens = gr.Slider(
             16, 2048, value=256, step=16, label="max tokens（回答最长 token 数）"
@@ -146,6 +156,7 @@ def wire_chat(events: PageEvents, chat: ChatPanel, gen: GenerationPanel, kb: KBP
         gen.top_p,
         gen.max_tokens,
         kb.picker,
+        chat.use_tools,
         page_key,
     ]
     outputs = [chat.chatbot, chat.textbox, chat.send]

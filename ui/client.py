@@ -87,6 +87,23 @@ class UploadResult:
 
 
 @dataclass
+class ToolCall:
+    """A call the model made; `arguments` is its JSON text, as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_message_part(self) -> dict[str, Any]:
+        """The call as an assistant message's `tool_calls` entry sends it back."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass
 class ChatSettings:
     """What the page lets the user choose for one answer."""
 
@@ -266,10 +283,24 @@ class XiaophiClient:
         body = self._request("POST", path, json={"query": query, "top_k": top_k})
         return [Source.from_api(hit) for hit in body.get("data", [])]
 
+    def list_tools(self) -> list[dict[str, Any]]:
+        """The tools the server runs (`/v1/tools`), as a chat request's `tools` takes them."""
+        return self._request("GET", "/v1/tools").get("data", [])
+
+    def run_tool(self, name: str, arguments: str | dict[str, Any]) -> str:
+        """Run one of the server's tools; what to send back to the model."""
+        body = self._request("POST", f"/v1/tools/{_quote(name)}", json={"arguments": arguments})
+        return str(body.get("content", ""))
+
     def stream_chat(
-        self, messages: list[dict[str, str]], settings: ChatSettings, model: str | None = None
-    ) -> Iterator[str | list[Source]]:
-        """Yield text deltas as they arrive, then (for a RAG answer) the list of sources."""
+        self,
+        messages: list[dict[str, Any]],
+        settings: ChatSettings,
+        model: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Iterator[str | list[Source] | ToolCall]:
+        """Yield text deltas as they arrive, then (for a RAG answer) the list of sources, then
+        each tool call the model made (offered `tools`, it may answer with calls)."""
         if model is None:
             models = self.list_models()
             if not models:
@@ -278,8 +309,10 @@ class XiaophiClient:
         extra_body = dict(settings.extra)
         if settings.knowledge_base:
             extra_body["knowledge_base"] = settings.knowledge_base
+        offered = {"tools": tools} if tools else {}
         try:
             stream = self._openai.chat.completions.create(
+                **offered,
                 model=model,
                 messages=messages,
                 stream=True,
@@ -303,9 +336,14 @@ class XiaophiClient:
             ) from exc
 
 
-def _chat_events(chunks: Iterator[ChatCompletionChunk]) -> Iterator[str | list[Source]]:
-    """Text deltas and the sources (a RAG answer's extra `sources` field) of a chat stream."""
+def _chat_events(
+    chunks: Iterator[ChatCompletionChunk],
+) -> Iterator[str | list[Source] | ToolCall]:
+    """Text deltas and the sources (a RAG answer's extra `sources` field) of a chat stream, then
+    its tool calls, each put together from its deltas (id and name first, then the arguments
+    in pieces, as OpenAI streams them)."""
     finished = False
+    calls: dict[int, ToolCall] = {}
     for chunk in chunks:
         sources = (chunk.model_extra or {}).get("sources")
         if sources:
@@ -313,10 +351,17 @@ def _chat_events(chunks: Iterator[ChatCompletionChunk]) -> Iterator[str | list[S
         for choice in chunk.choices:
             if choice.delta and choice.delta.content:
                 yield choice.delta.content
+            for part in (choice.delta.tool_calls if choice.delta else None) or []:
+                call = calls.setdefault(part.index, ToolCall("", "", ""))
+                call.id = part.id or call.id
+                if part.function is not None:
+                    call.name = part.function.name or call.name
+                    call.arguments += part.function.arguments or ""
             finished = finished or choice.finish_reason is not None
     # the client ends quietly when the connection closes early; an answer always says why it ended
     if not finished:
         raise UIError("回答中途断开了（连接被关闭），请重试。")
+    yield from (calls[i] for i in sorted(calls))
 
 
 def _quote(name: str) -> str:

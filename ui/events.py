@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from ui.client import ChatSettings, UploadResult, XiaophiClient
+from ui.client import ChatSettings, ToolCall, UIError, UploadResult, XiaophiClient
 from ui.page_text import (
     api_messages,
     error_note,
@@ -20,7 +20,9 @@ from ui.page_text import (
     format_upload_results,
     readable,
     sources_note,
+    tool_note,
 )
+from ui.tools import MAX_TOOL_ROUNDS, offered_tools, run_call
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +123,15 @@ class PageEvents:
         top_p: float,
         max_tokens: float,
         kb: str,
+        use_tools: bool,
         page_key: str,
         request: gr.Request,
     ) -> Iterator[tuple[list[dict[str, Any]], str, Any]]:
-        """Streams the answer into the chat (then its sources); the send button is off meanwhile."""
+        """Streams the answer into the chat (then its sources); the send button is off meanwhile.
+
+        With `use_tools` the model is offered the server's tools (and a search of the picked
+        knowledge base, instead of the server's own retrieval); each call it makes is run
+        through the server, shown folded above the answer, and sent back until it answers."""
         history = list(history or [])
         if not (message or "").strip():
             yield history, "", gr.update()
@@ -142,12 +149,40 @@ class PageEvents:
         )
         try:
             with self.client_for(page_key, request) as client:
-                for event in client.stream_chat(conversation, settings):
-                    if isinstance(event, str):
-                        answer["content"] += event
-                    else:
-                        history.append(sources_note(event))
-                    yield history, "", gr.update()
+                tools = offered_tools(client, kb or None) if use_tools else []
+                if tools and kb:  # the model searches the knowledge base through its tool
+                    settings.knowledge_base = None
+                for rounds in range(MAX_TOOL_ROUNDS + 1):
+                    calls: list[ToolCall] = []
+                    for event in client.stream_chat(conversation, settings, tools=tools):
+                        if isinstance(event, str):
+                            answer["content"] += event
+                        elif isinstance(event, ToolCall):
+                            calls.append(event)
+                        else:
+                            history.append(sources_note(event))
+                        yield history, "", gr.update()
+                    if not calls:
+                        break
+                    if rounds == MAX_TOOL_ROUNDS:
+                        raise UIError(f"模型连续调用工具超过 {MAX_TOOL_ROUNDS} 轮，已停止。")
+                    conversation.append(
+                        {
+                            "role": "assistant",
+                            "content": answer["content"] or None,
+                            "tool_calls": [call.as_message_part() for call in calls],
+                        }
+                    )
+                    answer["content"] = ""
+                    for call in calls:
+                        result = run_call(client, kb or None, call)
+                        conversation.append(
+                            {"role": "tool", "tool_call_id": call.id, "content": result}
+                        )
+                        history.insert(
+                            history.index(answer), tool_note(call.name, call.arguments, result)
+                        )
+                        yield history, "", gr.update()
             if not answer["content"]:
                 answer["content"] = "（模型没有生成任何文字）"
         except Exception as exc:

@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 
 SOURCES_TITLE = "参考来源"
 ERROR_TITLE = "出错了"
+TOOL_TITLE = "调用工具"
 SNIPPET_CHARS = 120
 
 
@@ -79,6 +80,15 @@ def sources_note(sources: list[Source]) -> dict[str, Any]:
         "role": "assistant",
         "content": format_sources(sources),
         "metadata": {"title": f"{SOURCES_TITLE}（{len(sources)}）"},
+    }
+
+
+def tool_note(name: str, arguments: str, result: str) -> dict[str, Any]:
+    """One tool call the model made and what it returned, folded under its title."""
+    return {
+        "role": "assistant",
+        "content": f"参数：`{arguments}`\n\n结果：\n\n{result}",
+        "metadata": {"title": f"{TOOL_TITLE}：{name}", "status": "done"},
     }
 
 

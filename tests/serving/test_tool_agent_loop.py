@@ -12,76 +12,9 @@ import pytest
 from openai import OpenAI
 
 from tests.serving.conftest import run_server, tiny_settings
-from tests.training.conftest import (  # noqa: F401  (tiny_data: a fixture)
-    IDIOMS,
-    tiny_data,
-    tiny_overrides,
-    write_jsonl,
-)
-from training.config import load_recipe
-from training.data.demo_tools import TOOLS, call, lookup_result, tool_chat
-from training.pipeline import run_single_stage
+from tests.tool_model import GREETINGS, IDIOMS, LOOKUP, QUESTION, lookup_idiom
 
 pytestmark = pytest.mark.slow
-
-QUESTION = "“{w}”是什么意思？"
-LOOKUP = TOOLS["lookup_idiom"]
-GREETINGS = {"你好": "你好！有什么可以帮你？", "谢谢": "不客气。"}
-
-
-def lookup_idiom(term: str) -> str:
-    """The tool the client runs: the test's dictionary."""
-    return lookup_result(term, IDIOMS[term]) if term in IDIOMS else f"没有找到“{term}”。"
-
-
-def training_rows() -> list[dict]:
-    """Each idiom asked, looked up and answered from the result; greetings answered without a
-    call while the tool is offered."""
-    rows = [
-        tool_chat(
-            [LOOKUP], QUESTION.format(w=w), [call("lookup_idiom", term=w)], [lookup_idiom(w)], text
-        )
-        for w, text in IDIOMS.items()
-    ]
-    rows += [
-        {
-            "tools": [LOOKUP],
-            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-        }
-        for q, a in GREETINGS.items()
-    ]
-    return rows
-
-
-@pytest.fixture(scope="module")
-def tool_model(tiny_data, tmp_path_factory):  # noqa: F811  (the imported fixture)
-    folder = tmp_path_factory.mktemp("tool_model")
-    tools_file = write_jsonl(folder / "sft_tools.jsonl", training_rows())
-    recipe = load_recipe(
-        "tiny",
-        tiny_overrides(
-            tiny_data,
-            **{
-                "data.sft": [tools_file],
-                "data.sft_repeat": [16],
-                "tokenizer.chat_files": [tools_file],
-                "tokenizer.vocab_size": 1000,
-                "model.hidden_size": 64,
-                "model.num_heads": 4,
-                "model.max_position_embeddings": 512,
-                "sft.seq_len": 512,
-                "sft.max_steps": 150,
-                "sft.micro_batch": 8,
-                "sft.lr": 1e-2,
-                "sft.warmup_steps": 10,
-                "decoding.tune": False,
-            },
-        ),
-    )
-    run = folder / "run"
-    for stage in ("tokenizer", "pretrain", "sft"):
-        run_single_stage(recipe, run, stage)
-    return run / "sft"
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +67,13 @@ def test_a_langchain_agent_calls_the_dictionary_and_answers_from_it(tool_server)
 
     asked = []
 
-    @tool("lookup_idiom", description=LOOKUP["function"]["description"])
+    # the schema the model was trained with (LangChain's own from the signature would lack
+    # the argument's description: a prompt this tiny model has never seen)
+    @tool(
+        "lookup_idiom",
+        description=LOOKUP["function"]["description"],
+        args_schema=LOOKUP["function"]["parameters"],
+    )
     def lookup(term: str) -> str:
         asked.append(term)
         return lookup_idiom(term)

@@ -33,7 +33,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> dict[str, str]:
     """Files in every documented format, small enough for seconds of training (read-only)."""
-    d = tmp_path_factory.mktemp("data")
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def write_tiny_data(d: Path) -> dict[str, str]:
+    """`tiny_data`'s files, written into `d`."""
     texts = [
         f"{k}：{v}这是第{i}个例子，今天天气很好，我们去公园散步吧。"
         for i in range(30)

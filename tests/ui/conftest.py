@@ -65,6 +65,20 @@ def ui_server(rag_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
+def tools_ui_server(tool_model, tmp_path_factory) -> Iterator[RunningServer]:
+    """xiaophi-serve with the page, a model trained to call `lookup_idiom` and a tools file
+    that runs it (tests/tool_model.py)."""
+    from tests.tool_model import write_tools_file
+
+    folder = tmp_path_factory.mktemp("ui_tools")
+    settings = tiny_settings(
+        tool_model, kb_dir=folder / "kb", tools_file=write_tools_file(folder / "tools.json")
+    )
+    with run_server(settings, kb_settings=kb_settings(folder / "kb")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def keyed_server(tiny_checkpoint, tmp_path_factory) -> Iterator[RunningServer]:
     """A server that wants an API key (`secret`), without the page mounted."""
     kb_dir = tmp_path_factory.mktemp("ui_kb_keyed") / "kb"

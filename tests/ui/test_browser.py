@@ -113,6 +113,32 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
         shutil.copyfile(shot, target)
 
 
+def test_use_tools_runs_the_models_calls_and_shows_them_folded(tools_ui_server, page):
+    """ "使用工具" on: the model asks the dictionary, the page runs the call through the server,
+    shows the call and its result folded above the answer, and the answer taken from it."""
+    from tests.tool_model import IDIOMS, QUESTION, lookup_idiom
+
+    page.goto(f"{tools_ui_server.url}/ui/")
+    page.wait_for_selector("#chat-input textarea")
+    page.get_by_text("已刷新：0 个知识库").wait_for()
+    page.get_by_label("使用工具").check()
+    page.get_by_text("生成设置").click()
+    page.fill("#temperature input[type=number]", "0")
+    page.press("#temperature input[type=number]", "Enter")
+    screenshot.ask(page, QUESTION.format(w="井底之蛙"))
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    assert bots.last.inner_text().strip() == IDIOMS["井底之蛙"]
+    chat = page.locator("#chatbot")
+    title = chat.get_by_text("调用工具：lookup_idiom")
+    title.wait_for()
+    assert lookup_idiom("井底之蛙") not in chat.inner_text()  # folded
+    title.click()
+    chat.get_by_text(lookup_idiom("井底之蛙")).wait_for()
+    assert (
+        '{"term": "井底之蛙"}' in chat.inner_text()
+    )  # the call's arguments, as the model wrote them
+
+
 @pytest.fixture
 def page_without_api(dead_url) -> Iterator[str]:
     """The stand-alone page pointed at an address where no API listens."""

@@ -204,3 +204,49 @@ def test_stream_chat_through_the_openai_client_reads_text_sources_and_failures()
                     collect(events)
     # without a key the client sends no Authorization header (as the KB routes do)
     assert seen and all("authorization" not in headers for headers in seen)
+
+
+def test_the_page_tools_run_through_the_server(tools_ui_server, gbk_file):
+    """What "使用工具" offers and runs: the server's dictionary tools, and a search of the
+    picked knowledge base (through its search API); a call that cannot run says why."""
+    from tests.tool_model import LOOKUP, lookup_idiom
+    from ui.client import ToolCall
+    from ui.tools import SEARCH_TOOL, offered_tools, run_call
+
+    with XiaophiClient(tools_ui_server.url) as client:
+        assert offered_tools(client, None) == [LOOKUP]
+        name = kb_name()
+        client.create_knowledge_base(name)
+        client.upload_documents(name, [gbk_file])
+        assert offered_tools(client, name) == [LOOKUP, SEARCH_TOOL]
+
+        lookup = ToolCall("call-1", "lookup_idiom", '{"term": "守株待兔"}')
+        assert run_call(client, name, lookup) == lookup_idiom("守株待兔")
+        found = run_call(
+            client, name, ToolCall("call-2", "search_knowledge_base", '{"query": "守株待兔"}')
+        )
+        assert found.startswith(f"【{gbk_file.name}】") and "兔子" in found
+        assert "工具调用失败" in run_call(
+            client, None, ToolCall("c", "search_knowledge_base", '{"query": "兔"}')
+        )
+        bad = run_call(client, name, ToolCall("c", "search_knowledge_base", '{"q": 1}'))
+        assert bad.startswith("工具调用失败") and '{"q": 1}' in bad
+        unknown = run_call(client, name, ToolCall("c", "lookup_word", '{"term": "天气"}'))
+        assert unknown.startswith("工具调用失败") and "lookup_idiom" in unknown  # what it runs
+
+
+def test_stream_chat_puts_streamed_tool_calls_together(tools_ui_server):
+    from tests.tool_model import LOOKUP, QUESTION
+    from ui.client import ToolCall
+
+    with XiaophiClient(tools_ui_server.url) as client:
+        events = list(
+            client.stream_chat(
+                [{"role": "user", "content": QUESTION.format(w="对牛弹琴")}],
+                ChatSettings(temperature=0.0, max_tokens=64),
+                tools=[LOOKUP],
+            )
+        )
+    (call,) = [e for e in events if isinstance(e, ToolCall)]
+    assert call.name == "lookup_idiom" and json.loads(call.arguments) == {"term": "对牛弹琴"}
+    assert call.id.startswith("chatcmpl-tool-") and events[-1] is call
