@@ -78,11 +78,17 @@ def ensure_demo_data(data: Path) -> None:
         )
 
 
-def score(model_dir: Path, recipe, split: str) -> dict:
+def score(model_dir: Path, recipe, split: str, repetition_penalty: float | None = None) -> dict:
+    """The tasks on `model_dir` with its own decoding defaults, or with `repetition_penalty`."""
     from training.eval.harness import evaluate
+    from training.model_factory import load_model_and_tokenizer
 
+    model = model_dir
+    if repetition_penalty is not None:
+        model, _ = load_model_and_tokenizer(str(model_dir))
+        model.generation_config.repetition_penalty = repetition_penalty
     return evaluate(
-        model_dir,
+        model,
         model_dir,
         TASKS,
         heldout=recipe.eval.heldout,
@@ -107,29 +113,50 @@ def base_run(out: Path, recipe) -> Path:
     return base
 
 
-def both_splits(model_dir: Path, recipe) -> dict:
-    return {split: score(model_dir, recipe, split) for split in SPLITS}
+def both_splits(model_dir: Path, recipe, repetition_penalty: float | None = None) -> dict:
+    return {split: score(model_dir, recipe, split, repetition_penalty) for split in SPLITS}
 
 
-def sft_row(out: Path, base: Path, recipe, steps: int) -> dict:
+def sft_rows(out: Path, base: Path, recipe, steps: int, tool_repeat: int) -> list[dict]:
+    """The SFT checkpoint of `steps` steps (trained, or kept from an earlier invocation), scored
+    with the decoding defaults the SFT stage chose on its dev probes and with repetition
+    penalty 1.0: a penalty counts the prompt's tokens too, so it works against copying a term
+    from the question or an answer from a tool result."""
     from training.pipeline import run_stage
+    from training.stage_dirs import is_finished, read_stage_report
 
-    run = out / f"sft{steps}"
-    if run.exists():
-        shutil.rmtree(run)
-    run.mkdir(parents=True)
-    for stage in ("tokenizer", "pretrain"):
-        shutil.copytree(base / stage, run / stage)
-    started = time.time()
-    report = run_stage(recipe, run, "sft")
-    wall = time.time() - started
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)
-    return {
-        "steps": steps,
-        "sft_wall_s": round(wall, 1),
-        "tokens_seen": report.get("tokens_seen"),
-        "scores": both_splits(run / "sft", recipe),
-    }
+    run = out / f"sft{steps}_x{tool_repeat}"
+    if is_finished(run, "sft"):
+        report = read_stage_report(run, "sft")
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        for stage in ("tokenizer", "pretrain"):
+            shutil.copytree(base / stage, run / stage)
+        report = run_stage(recipe, run, "sft")
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    chosen = report.get("decoding", {}).get("chosen", {}).get("settings", {})
+    penalty = float(chosen.get("repetition_penalty", 1.0))
+    common = {"steps": steps, "sft_wall_s": report.get("wall_time_s", 0.0)}
+    rows = [
+        {
+            **common,
+            "name": f"{steps} (rp {penalty:g}, chosen)",
+            "repetition_penalty": penalty,
+            "scores": both_splits(run / "sft", recipe),
+        }
+    ]
+    if penalty != 1.0:
+        rows.append(
+            {
+                **common,
+                "name": f"{steps} (rp 1)",
+                "repetition_penalty": 1.0,
+                "scores": both_splits(run / "sft", recipe, 1.0),
+            }
+        )
+    return rows
 
 
 def cell(scores: dict, task: str, metric: str) -> str:
@@ -186,9 +213,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_rows(rows, "test"), flush=True)
     curve = out / "curve.json"
     for n in steps:
-        row = sft_row(out, base, recipe_for(data, n, args.tool_repeat, args.limit), n)
-        rows.append({"name": f"{n}", **row})
-        print(format_rows(rows[-1:], "test").splitlines()[-1], flush=True)
+        recipe = recipe_for(data, n, args.tool_repeat, args.limit)
+        new = sft_rows(out, base, recipe, n, args.tool_repeat)
+        rows += new
+        print("\n".join(format_rows(new, "test").splitlines()[2:]), flush=True)
         curve.write_text(
             json.dumps(
                 {"machine": machine, "goals": GOALS, "rows": rows}, ensure_ascii=False, indent=2

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from training.data.demo import build_status
+from training.data.demo import TOOLS_FILE, build_status
 from training.stage_dirs import is_finished
 
 BIN = Path(sys.executable).parent
@@ -267,6 +267,8 @@ def start_server(args: argparse.Namespace, run_dir: Path) -> subprocess.Popen:
         MODEL_NAME,
         "--kb-dir",
         args.kb_dir,
+        "--tools-file",  # the dictionaries the page's 使用工具 looks things up in
+        str(Path(args.data) / TOOLS_FILE),
         "--host",
         args.host,
         "--port",

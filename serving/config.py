@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="uvicorn log level.")
 
+    @field_validator("tools_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        # XIAOPHI_TOOLS_FILE= (as compose passes an unset default through): no tools
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):

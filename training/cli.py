@@ -13,6 +13,7 @@ from pathlib import Path
 
 from training.config import field_flags, load_recipe, parse_flag_value
 from training.distributed import is_main_process
+from training.export_gguf import OUTTYPES, QUANTIZE_TYPES
 from training.stages import STAGE_NAMES
 
 DEFAULT_CHAT_PROMPTS = [
@@ -111,6 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--concurrency", type=int, default=4, help="With --server: requests in flight.")
 
+    export = sub.add_parser("export", help="Export a checkpoint for other runtimes.")
+    export_sub = export.add_subparsers(dest="export_format", required=True)
+    gguf = export_sub.add_parser(
+        "gguf",
+        help="One GGUF file for llama.cpp and ollama (and an ollama Modelfile beside it).",
+    )
+    gguf.add_argument(
+        "checkpoint", help="A checkpoint folder, or a run folder (its dpo model, else its sft)."
+    )
+    gguf.add_argument("--out", help="The .gguf file (default: beside the checkpoint).")
+    gguf.add_argument(
+        "--outtype",
+        choices=OUTTYPES,
+        default="f16",
+        help="Weights as written (f32: exact; q8_0 written here, without llama.cpp).",
+    )
+    gguf.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZE_TYPES),
+        help="Then quantize with llama.cpp's quantizer (needs llama-cpp-python), e.g. q4_k_m.",
+    )
+    gguf.add_argument("--system", help="A SYSTEM line for the ollama Modelfile.")
+    gguf.add_argument("--force", action="store_true", help="Overwrite existing files.")
+
     chat = sub.add_parser(
         "chat", help="Ask a checkpoint a few questions (greedy) and print the answers."
     )
@@ -173,6 +198,26 @@ def cmd_eval(args) -> None:
         Path(args.out).write_text(json.dumps(scores, ensure_ascii=False, indent=2))
 
 
+def cmd_export_gguf(args) -> None:
+    from training.export_gguf import (
+        checkpoint_of,
+        export_gguf,
+        quantize_gguf,
+        write_modelfile,
+    )
+
+    exported = export_gguf(args.checkpoint, args.out, args.outtype, force=args.force)
+    final = exported.path
+    print(f"{final}: {args.outtype}, {exported.tensors} tensors, {exported.bytes / 1e6:.1f} MB")
+    if args.quantize:
+        final = quantize_gguf(exported.path, args.quantize, force=args.force)
+        print(f"{final}: {args.quantize}, {final.stat().st_size / 1e6:.1f} MB")
+    modelfile = write_modelfile(final, checkpoint_of(args.checkpoint), args.system)
+    print(f"{modelfile}: the ollama Modelfile. Run it with:")
+    print(f"  cd {final.parent} && ollama create xiaophi -f {modelfile.name} && ollama run xiaophi")
+    print(f"or with llama.cpp: llama-cli -m {final} -cnv")
+
+
 def cmd_chat(args) -> None:
     from training.eval.probe import ask
     from training.model_factory import load_model_and_tokenizer
@@ -195,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_chat(args)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "export":
+            cmd_export_gguf(args)
         elif args.command == "pipeline":
             from training.pipeline import run_pipeline
             from training.stage_console import StageConsole, logs_dir

@@ -138,3 +138,10 @@ def test_xiaophi_serve_stops_at_start_on_a_bad_tools_file(tmp_path, tiny_checkpo
     )
     assert done.returncode == 1
     assert f"xiaophi-serve: tools file {path}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_empty_tools_file_setting_means_no_tools(monkeypatch):
+    from serving.config import Settings
+
+    monkeypatch.setenv("XIAOPHI_TOOLS_FILE", "")
+    assert Settings(_env_file=None).tools_file is None
