@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality bench-tools clean docker-smoke gpu-check gpu-wheels
+.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality bench-tools bench-gguf clean docker-smoke gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -64,6 +64,12 @@ bench-quality: install
 # grounded and closed-book F1; the pretrained model as baseline), dev and test splits.
 bench-tools: install
 	$(PY) -m bench.tool_curve $(TOOLS_ARGS)
+
+# A checkpoint as GGUF in llama.cpp (f32, f16, q8_0, q4_k_m) beside transformers: sizes,
+# held-out bits/char, greedy tokens/s, greedy agreement. GGUF_MODEL: a checkpoint or run folder.
+GGUF_MODEL ?= $(RUN)
+bench-gguf: install
+	$(PY) -m bench.gguf_bench --model $(GGUF_MODEL) $(GGUF_ARGS)
 
 bench-serve: install
 	$(PY) -m bench.serve_bench

@@ -85,7 +85,7 @@ def score(model_dir: Path, recipe, split: str, repetition_penalty: float | None 
 
     model = model_dir
     if repetition_penalty is not None:
-        model, _ = load_model_and_tokenizer(str(model_dir))
+        model, _ = load_model_and_tokenizer(model_dir, "bench-tools")
         model.generation_config.repetition_penalty = repetition_penalty
     return evaluate(
         model,

@@ -399,6 +399,28 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, description="Token limit of generated answers.")
 
 
+class ExportConfig(Section):
+    gguf: StrList = Field(
+        [],
+        description="GGUF files the export stage writes of the run's chat model for llama.cpp "
+        "and ollama, each with an ollama Modelfile: f32, f16, bf16, q8_0, or a llama.cpp "
+        "quantization such as q4_k_m (needs llama-cpp-python). Empty: no export stage.",
+    )
+
+    @field_validator("gguf")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        from training.export_gguf import OUTTYPES, QUANTIZE_TYPES
+
+        known = (*OUTTYPES, *QUANTIZE_TYPES)
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise ValueError(
+                f"export.gguf has {', '.join(unknown)}; choose from {', '.join(known)}"
+            )
+        return value
+
+
 # Knobs that change how fast a run goes, not what it produces: left out of the fingerprint.
 _RUNTIME_KNOBS = {
     "data": ("num_proc",),
@@ -430,6 +452,7 @@ class Recipe(BaseModel):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @model_validator(mode="after")
     def _sequences_fit_the_model(self) -> Recipe:

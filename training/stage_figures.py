@@ -136,6 +136,15 @@ def _eval(r: dict) -> list:
     ]
 
 
+def _gguf(r: dict) -> list:
+    return [
+        lambda: (
+            ", ".join(f"{g['file']} ({g['bytes'] / 1e6:.1f} MB)" for g in r["gguf"].values())
+            + " with an ollama Modelfile each"
+        ),
+    ]
+
+
 FIGURES: dict[str, Callable[[dict], list]] = {
     "tokenizer": _tokenizer,
     "pretrain": _pretrain,
@@ -143,6 +152,7 @@ FIGURES: dict[str, Callable[[dict], list]] = {
     "dpo-data": _dpo_data,
     "dpo": _dpo,
     "embedder": _embedder,
+    "gguf": _gguf,
     "eval": _eval,
 }
 
@@ -193,6 +203,15 @@ def pipeline_ending(summary: dict, run_dir: Path, logs: Path | None = None) -> s
             answer = " ".join(str(row.get("answer", "")).split())
             lines.append(f"  {row.get('question', '?')}")
             lines.append(f"    → {answer[:80]}{'…' if len(answer) > 80 else ''}")
+    gguf = (summary.get("stages") or {}).get("gguf", {}).get("gguf") or {}
+    if gguf:
+        first = next(iter(gguf.values()))["file"]
+        modelfile = first.removesuffix(".gguf") + ".Modelfile"
+        lines += [
+            "",
+            f"for llama.cpp and ollama: {run_dir / 'gguf'}/ — e.g. "
+            f"`cd {run_dir / 'gguf'} && ollama create xiaophi -f {modelfile} && ollama run xiaophi`",
+        ]
     where = f"summary: {run_dir / 'training_summary.json'}"
     if logs is not None:
         where += f" · logs: {logs}/"

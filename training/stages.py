@@ -126,6 +126,13 @@ STAGES: list[Stage] = [
         check=_embedder_pairs_exist,
     ),
     Stage(
+        "gguf",
+        "training.export_stage",
+        (*_SFT, "dpo.", "export."),
+        needs=("dpo",),
+        wanted=lambda r: bool(r.export.gguf),
+    ),
+    Stage(
         "eval",
         "training.eval.stage",
         (*_SFT, "dpo.", "eval."),

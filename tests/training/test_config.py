@@ -205,6 +205,9 @@ def test_a_run_folder_of_the_dataclass_recipes_is_still_the_same_run(tmp_path):
             assert extra == {k: defaults[k] for k in extra}
             added += [f"{section}.{k}" for k in extra]
             dumped[section] = {k: v for k, v in dumped[section].items() if k in fields}
+    for section in [s for s in dumped if s not in stored["recipe"]]:  # whole new sections
+        assert dumped.pop(section) == type(getattr(recipe, section))().model_dump()
+        added.append(f"{section} (section)")
     assert json.dumps(dumped) == json.dumps(stored["recipe"])
     assert added == [
         "data.sft_repeat",
@@ -212,6 +215,7 @@ def test_a_run_folder_of_the_dataclass_recipes_is_still_the_same_run(tmp_path):
         "tokenizer.chat_max_chars",
         "pretrain.max_time_s",
         "sft.max_train_samples",
+        "export (section)",
     ]
     run = tmp_path / "run"
     run.mkdir()

@@ -323,3 +323,23 @@ def test_bad_input_is_refused_with_the_reason(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli_main(["export", "gguf", str(path), "--out", str(out)])
     assert stopped.value.code == 2 and "--force" in capsys.readouterr().err
+
+
+def test_the_gguf_stage_exports_a_runs_chat_model_as_the_recipe_asks(tmp_path):
+    from training.config import load_recipe
+    from training.pipeline import run_stage
+
+    run = tmp_path / "myrun"
+    trained_checkpoint(run / "dpo", "phi", True)
+    recipe = load_recipe("tiny", {"export.gguf": ["q8_0", "q4_k_m"]})
+    report = run_stage(recipe, run, "gguf")
+    assert set(report["gguf"]) == {"q8_0", "q4_k_m"}
+    for kind in ("q8_0", "q4_k_m"):
+        path = run / "gguf" / f"myrun-{kind}.gguf"
+        assert report["gguf"][kind] == {"file": path.name, "bytes": path.stat().st_size}
+        modelfile = (run / "gguf" / f"myrun-{kind}.Modelfile").read_text(encoding="utf-8")
+        assert modelfile.startswith(f"FROM ./{path.name}\n")
+    # only what was asked for: the f16 the quantizer started from is not kept
+    assert sorted(p.suffix for p in (run / "gguf").glob("*.gguf")) == [".gguf", ".gguf"]
+    with pytest.raises(ValueError, match="export.gguf has q3.*q4_k_m"):
+        load_recipe("tiny", {"export.gguf": ["q3"]})

@@ -33,7 +33,9 @@ def finished_run(tiny_data, tmp_path_factory):
 def test_pipeline_learns_and_writes_a_summary(finished_run):
     _, run, summary = finished_run
     stages = summary["stages"]
-    assert summary["ran_this_time"] == ["tokenizer", "pretrain", "sft", "dpo-data", "dpo"]
+    # the tiny recipe's export.gguf: the chat model for llama.cpp and ollama too
+    assert summary["ran_this_time"] == ["tokenizer", "pretrain", "sft", "dpo-data", "dpo", "gguf"]
+    assert (run / "gguf" / f"{run.name}-q8_0.gguf").is_file()
     pre, sft, dpo = stages["pretrain"], stages["sft"], stages["dpo"]
     assert pre["perplexity"] < 0.8 * pre["perplexity_untrained"]
     assert pre["train_loss_last"] < pre["train_loss_first"]
@@ -94,7 +96,7 @@ def test_a_different_recipe_is_refused_in_an_existing_run(finished_run, tiny_dat
     _, run, _ = finished_run
     other = load_recipe("tiny", tiny_overrides(tiny_data, **{"pretrain.max_steps": 99}))
     # pretrain and every stage after it were trained with the old value: each is named.
-    folders = ", ".join(str(run / s) for s in ("pretrain", "sft", "dpo-data", "dpo"))
+    folders = ", ".join(str(run / s) for s in ("pretrain", "sft", "dpo-data", "dpo", "gguf"))
     with pytest.raises(ValueError, match=rf"pretrain\.max_steps.*delete {re.escape(folders)} to"):
         run_pipeline(other, run, log=lambda *_: None)
 
@@ -112,7 +114,7 @@ def test_a_recipe_change_for_stages_not_finished_takes_the_run_over(
     other = load_recipe(
         "tiny", tiny_overrides(tiny_data, **{"embedder.sif_weight": 0.5, "dpo.max_steps": 5})
     )
-    folders = f"{copy / 'dpo-data'}, {copy / 'dpo'}"
+    folders = f"{copy / 'dpo-data'}, {copy / 'dpo'}, {copy / 'gguf'}"
     with pytest.raises(
         ValueError, match=rf"dpo\.max_steps.*delete {re.escape(folders)} to redo them"
     ):
@@ -122,8 +124,9 @@ def test_a_recipe_change_for_stages_not_finished_takes_the_run_over(
 
     shutil.rmtree(copy / "dpo-data")
     shutil.rmtree(copy / "dpo")
+    shutil.rmtree(copy / "gguf")
     summary = run_pipeline(other, copy, log=lambda *_: None)
-    assert summary["ran_this_time"] == ["dpo-data", "dpo"]
+    assert summary["ran_this_time"] == ["dpo-data", "dpo", "gguf"]
     stored = json.loads((copy / "recipe.json").read_text())
     assert stored["fingerprint"] == other.fingerprint()
     assert stored["recipe"]["embedder"]["sif_weight"] == 0.5
@@ -132,11 +135,12 @@ def test_a_recipe_change_for_stages_not_finished_takes_the_run_over(
 
     # Redoing one stage on its own: the next pipeline call rebuilds the summary from the stages'
     # reports instead of returning the stale one.
-    shutil.rmtree(copy / "dpo-data")
-    shutil.rmtree(copy / "dpo")
+    for stage in ("dpo-data", "dpo", "gguf"):
+        shutil.rmtree(copy / stage)
     third = load_recipe("tiny", tiny_overrides(tiny_data, **{"dpo.max_steps": 6}))
     run_single_stage(third, copy, "dpo-data")
     assert run_single_stage(third, copy, "dpo")["steps"] == 6
+    run_single_stage(third, copy, "gguf")
     assert not (copy / "training_summary.json").exists()
     summary = run_pipeline(third, copy, log=lambda *_: None)
     assert summary["ran_this_time"] == [] and summary["stages"]["dpo"]["steps"] == 6

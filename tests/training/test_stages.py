@@ -15,13 +15,25 @@ from training.stages import STAGE_NAMES, STAGES, Stage, get_stage, needed_stages
 
 
 def test_the_stages_run_in_pipeline_order_and_only_trainer_stages_in_every_process():
-    assert STAGE_NAMES == ["tokenizer", "pretrain", "sft", "dpo-data", "dpo", "embedder", "eval"]
+    assert STAGE_NAMES == [
+        "tokenizer",
+        "pretrain",
+        "sft",
+        "dpo-data",
+        "dpo",
+        "embedder",
+        "gguf",
+        "eval",
+    ]
     assert [s.name for s in STAGES if s.all_processes] == ["pretrain", "sft", "dpo"]
 
 
 def test_which_stages_a_recipe_wants():
     recipe = Recipe()
-    assert [s.name for s in wanted_stages(recipe)] == STAGE_NAMES
+    assert [s.name for s in wanted_stages(recipe)] == [n for n in STAGE_NAMES if n != "gguf"]
+    recipe.export.gguf = ["f16", "q4_k_m"]  # asked for: GGUF files of the chat model
+    assert "gguf" in [s.name for s in wanted_stages(recipe)]
+    recipe.export.gguf = []
     recipe.data.dpo = ["pairs.jsonl"]  # the user brought their own preference pairs
     recipe.embedder.enabled = False
     recipe.eval.enabled = False
@@ -38,6 +50,7 @@ def test_what_each_stage_needs_first():
         "dpo-data": ["sft"],
         "dpo": ["sft", "dpo-data"],
         "embedder": [],
+        "gguf": ["dpo"],
         "eval": [],
     }
     recipe.data.dpo = ["pairs.jsonl"]
@@ -56,15 +69,16 @@ def test_what_each_stage_reads_comes_from_the_recipe():
 @pytest.mark.parametrize(
     "field, stages",
     [
-        ("data.num_proc", ["tokenizer", "pretrain", "sft", "dpo-data", "dpo", "eval"]),
-        ("model.hidden_size", ["pretrain", "sft", "dpo-data", "dpo", "eval"]),
-        ("decoding.probes", ["sft", "dpo-data", "dpo", "eval"]),
-        ("dpo.beta", ["dpo-data", "dpo", "eval"]),
+        ("data.num_proc", ["tokenizer", "pretrain", "sft", "dpo-data", "dpo", "gguf", "eval"]),
+        ("model.hidden_size", ["pretrain", "sft", "dpo-data", "dpo", "gguf", "eval"]),
+        ("decoding.probes", ["sft", "dpo-data", "dpo", "gguf", "eval"]),
+        ("dpo.beta", ["dpo-data", "dpo", "gguf", "eval"]),
         ("eval.limit", ["eval"]),
+        ("export.gguf", ["gguf"]),
         ("embedder.lr", ["embedder"]),
         # the embedder trains with the run's seed, and with nothing else of pretrain
-        ("pretrain.seed", ["pretrain", "sft", "dpo-data", "dpo", "embedder", "eval"]),
-        ("pretrain.lr", ["pretrain", "sft", "dpo-data", "dpo", "eval"]),
+        ("pretrain.seed", ["pretrain", "sft", "dpo-data", "dpo", "embedder", "gguf", "eval"]),
+        ("pretrain.lr", ["pretrain", "sft", "dpo-data", "dpo", "gguf", "eval"]),
     ],
 )
 def test_which_stages_a_recipe_field_changes(field, stages):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -71,6 +72,19 @@ def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
         assert sources and {s["filename"] for s in sources} <= {
             p.name for p in (demo_data / "kb_docs").iterdir()
         }
+        # the page's 使用工具: the server runs the demo's dictionaries, held-out terms included
+        tools = httpx.get(f"http://127.0.0.1:{port}/v1/tools").json()["data"]
+        assert [t["function"]["name"] for t in tools] == [
+            "lookup_idiom",
+            "lookup_word",
+            "lookup_xiehouyu",
+        ]
+        held = json.loads((demo_data / "idiom_probe.jsonl").read_text().splitlines()[0])
+        term = held["prompt"].split("“")[1].split("”")[0]
+        looked_up = httpx.post(
+            f"http://127.0.0.1:{port}/v1/tools/lookup_idiom", json={"arguments": {"term": term}}
+        ).json()["content"]
+        assert looked_up.startswith(f"{term}：") and held["completion"][:8] in looked_up
     finally:
         stop(proc)
 
@@ -83,8 +97,12 @@ def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
         "dpo-data",
         "dpo",
         "embedder",
+        "gguf",
         "eval",
     ]
+    # the chat model for llama.cpp and ollama, with the commands to run it
+    assert (tmp_path / "runs" / "tiny" / "gguf" / "tiny-q8_0.gguf").stat().st_size > 1e6
+    assert "ollama create xiaophi -f tiny-q8_0.Modelfile" in output
     pre, sft, dpo = stages["pretrain"], stages["sft"], stages["dpo"]
     assert pre["perplexity"] < pre["perplexity_untrained"] / 4  # far below the untrained model's
     assert sft["eval_loss"] < sft["eval_loss_before"]  # below the pretrained model's, same set
