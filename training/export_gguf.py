@@ -308,7 +308,7 @@ def quantize_gguf(source: Path, kind: str, out: Path | None = None, force: bool 
     except ImportError as exc:
         raise ExportError(
             f"--quantize {kind} runs llama.cpp's quantizer, from llama-cpp-python: "
-            "`pip install llama-cpp-python` (it builds llama.cpp, a few minutes), or quantize "
+            "`pip install 'xiaophi[quantize]'` (it builds llama.cpp, a few minutes), or quantize "
             f"{source} with llama.cpp's own `llama-quantize`"
         ) from exc
     params = llama_cpp.llama_model_quantize_default_params()
