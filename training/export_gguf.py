@@ -13,7 +13,7 @@ architecture a recipe can choose:
 The tokenizer: xiaophi's byte-level BPE splits text with Qwen2's pattern first (training/
 tokenizer.py), so `tokenizer.ggml.pre = "qwen2"` makes llama.cpp split it the same way; a
 tokenizer whose pre-tokenizer is anything else is refused with the reason. The chat template
-goes in `tokenizer.chat_template`, `<|im_end|>` is the end-of-generation token (llama.cpp does
+goes in `tokenizer.chat_template` (without transformers' own `{% generation %}` tag), `<|im_end|>` is the end-of-generation token (llama.cpp does
 not read generation_config.json's list), and the checkpoint's repetition penalty goes in
 `general.sampling.penalty_repeat`.
 
@@ -107,6 +107,14 @@ def check_pre_tokenizer(tokenizer_json: dict) -> None:
             + ". The GGUF export supports xiaophi's own tokenizer (training/tokenizer.py), "
             "which llama.cpp reads as its `qwen2` pre-tokenizer."
         )
+
+
+def portable_template(template: str) -> str:
+    """The chat template without transformers' `{% generation %}` block (it only marks the
+    assistant's tokens for training masks; Jinja runtimes outside transformers may not know the
+    tag): the same text, as an `if true` block with the same whitespace control."""
+    template = re.sub(r"\{%(-?)\s*generation\s*(-?)%\}", r"{%\1 if true \2%}", template)
+    return re.sub(r"\{%(-?)\s*endgeneration\s*(-?)%\}", r"{%\1 endif \2%}", template)
 
 
 def _llama_rotary_order(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -266,7 +274,7 @@ def export_gguf(
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
     if chat_template:
-        writer.add_chat_template(chat_template)
+        writer.add_chat_template(portable_template(chat_template))
     if generation is not None and generation.repetition_penalty not in (None, 1.0):
         writer.add_sampling_penalty_repeat(float(generation.repetition_penalty))
 

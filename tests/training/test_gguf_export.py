@@ -6,6 +6,7 @@ tokens; bad input is refused with the reason."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import llama_cpp  # a dev dependency: llama.cpp, built from llama-cpp-python's sdist
@@ -175,7 +176,17 @@ def test_the_file_carries_template_end_token_and_penalty(tmp_path):
     assert value("general.architecture") == "phi2"
     assert value("tokenizer.ggml.pre") == "qwen2"
     assert value("tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert value("tokenizer.chat_template") == tokenizer.chat_template
+    # the template as plain Jinja renders it (transformers' {% generation %} tag left out)
+    template = value("tokenizer.chat_template")
+    tag = re.compile(r"\{%-?\s*generation")
+    assert tag.search(tokenizer.chat_template) and not tag.search(template)
+    import jinja2
+
+    plain = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).from_string(template)
+    for messages in PROMPTS + [PROMPTS[0] + [{"role": "assistant", "content": "你好！"}]]:
+        assert plain.render(messages=messages, add_generation_prompt=True) == (
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        )
     assert value("general.sampling.penalty_repeat") == pytest.approx(1.3)
     names = {t.name: t for t in reader.tensors}
     assert {"output.weight", "output.bias", "token_embd.weight"} <= set(names)
@@ -192,8 +203,6 @@ def render_go_template(template: str, messages: list[dict]) -> str:
     """Go's text/template semantics for the constructs OLLAMA_TEMPLATE uses — `range .Messages`,
     `if eq .Role "…"` / `else` / `end`, `.Role`, `.Content`, and `{{-` trimming the text before
     it — enough to compare its output with the Jinja template's."""
-    import re
-
     parts = re.split(r"(\{\{-?\s*.*?\s*-?\}\})", template)
     tokens = []
     for part in parts:
@@ -270,6 +279,29 @@ def test_the_ollama_template_renders_what_the_chat_template_renders(tmp_path):
             )
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
         assert render_go_template(OLLAMA_TEMPLATE, plain) == expected
+
+
+def test_llama_cpp_chat_answers_with_the_checkpoints_greedy_answer(tmp_path):
+    """llama-cpp-python's chat completion (what `python -m llama_cpp.server` serves), reading
+    the template and end token from the file alone, gives the checkpoint's greedy answer."""
+    path = trained_checkpoint(tmp_path / "model", "phi", True)
+    out = export_gguf(path, tmp_path / "m.gguf", "f32").path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    llm = llama(out)
+    for messages in PROMPTS:
+        ids = prompt_ids(tokenizer, messages)
+        expected = model.generate(
+            torch.tensor([ids]), max_new_tokens=24, do_sample=False, repetition_penalty=1.0
+        )[0, len(ids) :].tolist()
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        expected = expected[: expected.index(end)] if end in expected else expected
+        answer = llm.create_chat_completion(
+            messages, max_tokens=24, temperature=0.0, top_k=1, repeat_penalty=1.0
+        )["choices"][0]["message"]["content"]
+        # the text of the same tokens, invalid UTF-8 dropped as llama-cpp-python drops it (a
+        # tiny model's first token can be half a character)
+        assert answer == llm.detokenize(expected).decode("utf-8", errors="ignore"), messages
 
 
 def test_llama_cpp_quantizes_to_k_quants(tmp_path):
