@@ -32,6 +32,10 @@ from serving.engine.queued import QueuedEngine, RequestState
 logger = logging.getLogger(__name__)
 
 PromptFormat = Literal["auto", "ids", "text"]
+#: `owned_by` in the model cards of llama.cpp's servers (its `llama-server`; llama-cpp-python's
+#: `python -m llama_cpp.server`): they call the repetition penalty `repeat_penalty` and apply
+#: their own defaults to sampling fields a request leaves out (penalty 1.1, top-k 40, min-p 0.05)
+LLAMA_CPP_OWNERS = {"llamacpp", "me"}
 
 
 class UpstreamError(Exception):
@@ -69,6 +73,7 @@ class RemoteEngine(QueuedEngine):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.prompt_format: PromptFormat = prompt_format
+        self.llama_cpp = False  # the upstream is llama.cpp's server (from its model card)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         self._health_interval_s = health_interval_s
@@ -138,6 +143,8 @@ class RemoteEngine(QueuedEngine):
                         f"({', '.join(map(str, listed)) or 'none'}); set XIAOPHI_REMOTE_MODEL",
                     )
                 self.model = listed[0]
+            owners = {m.get("owned_by") for m in cards if m.get("id") == self.model}
+            self.llama_cpp = bool(owners & LLAMA_CPP_OWNERS)
             if self.prompt_format == "auto":
                 self.prompt_format = await self._detect_prompt_format()
         except Exception as exc:  # whatever failed, it is not ready; the prober lives on
@@ -157,13 +164,18 @@ class RemoteEngine(QueuedEngine):
         self._admit_waiting()
 
     async def _detect_prompt_format(self) -> PromptFormat:
-        """`ids` if a one-token completion of a token-id prompt works, else `text`."""
+        """`ids` if a one-token completion of a token-id prompt works, else `text`. A 5xx to
+        the ids is a failing upstream — unless a text prompt then works: llama-cpp-python's
+        server answers its own validation error (a prompt that is not a string) with a 500."""
+        body = {"model": self.model, "max_tokens": 1, "temperature": 0}
         ids = self.tokenizer("你好")["input_ids"] or [0]
-        body = {"model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0}
-        response = await self._client.post(f"{self.base_url}/completions", json=body)
-        if response.status_code >= 500:
-            raise UpstreamError(502, self._refusal(response, response.content))
-        return "ids" if response.status_code < 400 else "text"
+        url = f"{self.base_url}/completions"
+        response = await self._client.post(url, json={**body, "prompt": ids})
+        if response.status_code < 500:
+            return "ids" if response.status_code < 400 else "text"
+        if (await self._client.post(url, json={**body, "prompt": "你好"})).status_code < 400:
+            return "text"
+        raise UpstreamError(502, self._refusal(response, response.content))
 
     # ------------------------------------------------------------------ requests
     def _launch(self, state: RequestState) -> None:
@@ -296,6 +308,12 @@ class RemoteEngine(QueuedEngine):
             body["top_k"] = params.top_k
         if params.repetition_penalty != 1.0:
             body["repetition_penalty"] = params.repetition_penalty
+        if self.llama_cpp:  # its names, and every value stated: its defaults are not ours
+            body.update(
+                repeat_penalty=params.repetition_penalty,
+                top_k=params.top_k or 0,  # 0: off, as here
+                min_p=params.min_p,
+            )
         # OpenAI's fields and vLLM's extras, passed on as they are when set
         for name, unset in (
             ("presence_penalty", 0.0),

@@ -1,0 +1,150 @@
+"""A checkpoint exported to GGUF, served by llama.cpp's OpenAI server (`python -m llama_cpp.server`,
+llama-cpp-python's `[server]` extra), started for real: it continues a prompt as the checkpoint
+does, and xiaophi's `remote` engine in front of it serves the tool loop (llama-cpp-python's
+server takes no token-id prompts, answering them with a 500: the engine finds out and sends
+text; it calls the repetition penalty `repeat_penalty` and has its own sampling defaults: the
+engine states every value in its names)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+from openai import OpenAI
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.serving.conftest import free_port, run_server, tiny_settings
+from tests.tool_model import GREETINGS, IDIOMS, LOOKUP, QUESTION, lookup_idiom
+from training.export_gguf import export_gguf
+
+pytestmark = pytest.mark.slow
+
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def llama_server(tool_model, tmp_path_factory):
+    """llama_cpp.server on the f32 GGUF of the model xiaophi trained to call `lookup_idiom`."""
+    folder = tmp_path_factory.mktemp("llama_cpp")
+    gguf_file = export_gguf(tool_model, folder / "tool-model-f32.gguf", "f32").path
+    port = free_port()
+    log = folder / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_file),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "512",
+        "--n_threads",
+        "2",
+        "--verbose",
+        "false",
+    ]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")[-2000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "llama_cpp.server did not start"
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": QUESTION.format(w="守株待兔")}],
+    [{"role": "user", "content": "你好"}],
+]
+
+
+def test_llama_cpp_server_completes_as_the_checkpoint(llama_server, tool_model):
+    """The prompt as the chat template renders it (tools included), sent as text: llama.cpp's
+    greedy continuation is the checkpoint's, up to its end token."""
+    tokenizer = AutoTokenizer.from_pretrained(tool_model)
+    model = AutoModelForCausalLM.from_pretrained(tool_model).eval()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for messages in CONVERSATIONS:
+        text = tokenizer.apply_chat_template(
+            messages, tools=[LOOKUP], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=MAX_TOKENS,
+            do_sample=False,
+            repetition_penalty=1.0,
+            eos_token_id=end,
+        )[0, len(ids) :].tolist()
+        expected = tokenizer.decode(out[: out.index(end)] if end in out else out)
+        body = {
+            "prompt": text,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0.0,
+            # llama.cpp's names, stated: its defaults are 1.1, 40 and 0.05
+            "repeat_penalty": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+        }
+        answer = httpx.post(f"{llama_server}/completions", json=body, timeout=60).json()
+        assert answer["choices"][0]["text"] == expected, messages
+
+
+def test_xiaophi_remote_engine_in_front_of_llama_cpp_runs_the_tool_loop(llama_server, tool_model):
+    """xiaophi renders the template and parses the tool calls; llama.cpp generates (text
+    prompts: it takes no token ids, which the engine finds out by itself)."""
+    settings = tiny_settings(tool_model, ui=False, engine="remote", remote_base_url=llama_server)
+    with run_server(settings) as server:
+        client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": QUESTION.format(w="守株待兔")}]
+        first = client.chat.completions.create(
+            model="tiny", messages=messages, tools=[LOOKUP], temperature=0, max_tokens=MAX_TOKENS
+        ).choices[0]
+        assert first.finish_reason == "tool_calls"
+        (made,) = first.message.tool_calls
+        assert (made.function.name, json.loads(made.function.arguments)) == (
+            "lookup_idiom",
+            {"term": "守株待兔"},
+        )
+        messages += [
+            first.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": made.id, "content": lookup_idiom("守株待兔")},
+        ]
+        final = client.chat.completions.create(
+            model="tiny", messages=messages, tools=[LOOKUP], temperature=0, max_tokens=MAX_TOKENS
+        ).choices[0]
+        assert final.message.content == IDIOMS["守株待兔"] and final.finish_reason == "stop"
+        greeting = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "你好"}],
+            tools=[LOOKUP],
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+            stream=True,
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in greeting if c.choices)
+            == (GREETINGS["你好"])
+        )
+        assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
