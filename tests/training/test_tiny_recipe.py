@@ -100,9 +100,31 @@ def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
         "gguf",
         "eval",
     ]
-    # the chat model for llama.cpp and ollama, with the commands to run it
-    assert (tmp_path / "runs" / "tiny" / "gguf" / "tiny-q8_0.gguf").stat().st_size > 1e6
+    # the chat model for llama.cpp and ollama, with the commands to run it: llama.cpp reads the
+    # demo model's tokenizer token for token and answers the probe questions, stopping at the end
+    gguf_file = tmp_path / "runs" / "tiny" / "gguf" / "tiny-q8_0.gguf"
+    assert gguf_file.stat().st_size > 1e6
     assert "ollama create xiaophi -f tiny-q8_0.Modelfile" in output
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "runs" / "tiny" / "dpo")
+    llm = llama_cpp.Llama(str(gguf_file), n_ctx=256, n_threads=2, verbose=False)
+    for probe in summary["probe"]:
+        messages = [{"role": "user", "content": probe["question"]}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=True)
+            == tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+        answer = llm.create_chat_completion(  # with the penalty the file carries, as llama-cli
+            messages,
+            max_tokens=64,
+            temperature=0.0,
+            repeat_penalty=float(llm.metadata["general.sampling.penalty_repeat"]),
+        )
+        assert answer["choices"][0]["finish_reason"] == "stop", answer
+        assert answer["choices"][0]["message"]["content"].strip(), answer
     pre, sft, dpo = stages["pretrain"], stages["sft"], stages["dpo"]
     assert pre["perplexity"] < pre["perplexity_untrained"] / 4  # far below the untrained model's
     assert sft["eval_loss"] < sft["eval_loss_before"]  # below the pretrained model's, same set
