@@ -121,7 +121,7 @@ def test_make_demo_trains_learns_and_serves_with_sources(demo_data, tmp_path):
             messages,
             max_tokens=64,
             temperature=0.0,
-            repeat_penalty=float(llm.metadata["general.sampling.penalty_repeat"]),
+            repeat_penalty=float(llm.metadata.get("general.sampling.penalty_repeat", 1.0)),
         )
         assert answer["choices"][0]["finish_reason"] == "stop", answer
         assert answer["choices"][0]["message"]["content"].strip(), answer
