@@ -71,6 +71,16 @@ def tool_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tool_terms(tool_model) -> list[str]:
+    """Idioms whose tool loop `tool_model` gets right (tests/tool_model.py: reliable_terms)."""
+    from tests.tool_model import reliable_terms
+
+    terms = reliable_terms(tool_model)
+    assert len(terms) >= 3, f"the tool model gets only {terms} right: train it longer"
+    return terms
+
+
+@pytest.fixture(scope="session")
 def embedder_folder(tmp_path_factory) -> Path:
     """A tiny sentence-transformers model folder (random StaticEmbedding); treat it as read-only."""
     from tests.rag.conftest import save_static_embedder

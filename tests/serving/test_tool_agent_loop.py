@@ -23,9 +23,9 @@ def tool_server(tool_model):
         yield running
 
 
-def test_the_openai_client_runs_the_loop_the_trained_model_asks_for(tool_server):
+def test_the_openai_client_runs_the_loop_the_trained_model_asks_for(tool_server, tool_terms):
     client = OpenAI(base_url=tool_server.base_url, api_key="unused", max_retries=0, timeout=120)
-    for term in ("守株待兔", "井底之蛙"):
+    for term in tool_terms[:2]:
         messages = [{"role": "user", "content": QUESTION.format(w=term)}]
         first = client.chat.completions.create(
             model="tiny", messages=messages, tools=[LOOKUP], temperature=0, max_tokens=64
@@ -59,7 +59,7 @@ def test_the_openai_client_runs_the_loop_the_trained_model_asks_for(tool_server)
     assert plain.message.content == GREETINGS["你好"]
 
 
-def test_a_langchain_agent_calls_the_dictionary_and_answers_from_it(tool_server):
+def test_a_langchain_agent_calls_the_dictionary_and_answers_from_it(tool_server, tool_terms):
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, ToolMessage
     from langchain_core.tools import tool
@@ -87,10 +87,11 @@ def test_a_langchain_agent_calls_the_dictionary_and_answers_from_it(tool_server)
         max_retries=0,
     )
     agent = create_agent(model, tools=[lookup])
-    state = agent.invoke({"messages": [{"role": "user", "content": QUESTION.format(w="亡羊补牢")}]})
+    term = tool_terms[-1]
+    state = agent.invoke({"messages": [{"role": "user", "content": QUESTION.format(w=term)}]})
     messages = state["messages"]
-    assert asked == ["亡羊补牢"]
+    assert asked == [term]
     calls = [m for m in messages if isinstance(m, AIMessage) and m.tool_calls]
-    assert [c.tool_calls[0]["args"] for c in calls] == [{"term": "亡羊补牢"}]
-    assert [m.content for m in messages if isinstance(m, ToolMessage)] == [lookup_idiom("亡羊补牢")]
-    assert isinstance(messages[-1], AIMessage) and messages[-1].content == IDIOMS["亡羊补牢"]
+    assert [c.tool_calls[0]["args"] for c in calls] == [{"term": term}]
+    assert [m.content for m in messages if isinstance(m, ToolMessage)] == [lookup_idiom(term)]
+    assert isinstance(messages[-1], AIMessage) and messages[-1].content == IDIOMS[term]

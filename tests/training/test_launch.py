@@ -174,7 +174,9 @@ def test_whole_pipeline_in_two_processes_writes_each_stage_once(tiny_data, tmp_p
     assert proc.returncode == 0, proc.stderr[-4000:]
     seen = events(log)
     published = [(rank, d) for rank, e, d in seen if e == "publish"]
-    assert published == [(0, s) for s in ("tokenizer", "pretrain", "sft", "dpo-data", "dpo")]
+    assert published == [
+        (0, s) for s in ("tokenizer", "pretrain", "sft", "dpo-data", "dpo", "gguf")
+    ]
     assert [(rank, e) for rank, e, _ in seen if e == "summary"] == [(0, "summary")]
     assert {rank for rank, e, _ in seen if e == "save"} == {0}
     digests = [(rank, d) for rank, e, d in seen if e == "weights"]

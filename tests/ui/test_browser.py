@@ -5,6 +5,7 @@ Set XIAOPHI_UI_SCREENSHOT=docs/ui.png to keep a screenshot of the page after the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -113,11 +114,12 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
         shutil.copyfile(shot, target)
 
 
-def test_use_tools_runs_the_models_calls_and_shows_them_folded(tools_ui_server, page):
+def test_use_tools_runs_the_models_calls_and_shows_them_folded(tools_ui_server, page, tool_terms):
     """ "使用工具" on: the model asks the dictionary, the page runs the call through the server,
     shows the call and its result folded above the answer, and the answer taken from it."""
     from tests.tool_model import IDIOMS, QUESTION, lookup_idiom
 
+    term = tool_terms[0]
     page.goto(f"{tools_ui_server.url}/ui/")
     page.wait_for_selector("#chat-input textarea")
     page.get_by_text("已刷新：0 个知识库").wait_for()
@@ -125,18 +127,17 @@ def test_use_tools_runs_the_models_calls_and_shows_them_folded(tools_ui_server, 
     page.get_by_text("生成设置").click()
     page.fill("#temperature input[type=number]", "0")
     page.press("#temperature input[type=number]", "Enter")
-    screenshot.ask(page, QUESTION.format(w="井底之蛙"))
+    screenshot.ask(page, QUESTION.format(w=term))
     bots = page.locator('#chatbot [data-testid="bot"]')
-    assert bots.last.inner_text().strip() == IDIOMS["井底之蛙"]
+    assert bots.last.inner_text().strip() == IDIOMS[term]
     chat = page.locator("#chatbot")
     title = chat.get_by_text("调用工具：lookup_idiom")
     title.wait_for()
-    assert lookup_idiom("井底之蛙") not in chat.inner_text()  # folded
+    assert lookup_idiom(term) not in chat.inner_text()  # folded
     title.click()
-    chat.get_by_text(lookup_idiom("井底之蛙")).wait_for()
-    assert (
-        '{"term": "井底之蛙"}' in chat.inner_text()
-    )  # the call's arguments, as the model wrote them
+    chat.get_by_text(lookup_idiom(term)).wait_for()
+    # the call's arguments, as the model wrote them
+    assert json.dumps({"term": term}, ensure_ascii=False) in chat.inner_text()
 
 
 @pytest.fixture

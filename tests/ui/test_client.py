@@ -235,18 +235,18 @@ def test_the_page_tools_run_through_the_server(tools_ui_server, gbk_file):
         assert unknown.startswith("工具调用失败") and "lookup_idiom" in unknown  # what it runs
 
 
-def test_stream_chat_puts_streamed_tool_calls_together(tools_ui_server):
+def test_stream_chat_puts_streamed_tool_calls_together(tools_ui_server, tool_terms):
     from tests.tool_model import LOOKUP, QUESTION
     from ui.client import ToolCall
 
     with XiaophiClient(tools_ui_server.url) as client:
         events = list(
             client.stream_chat(
-                [{"role": "user", "content": QUESTION.format(w="对牛弹琴")}],
+                [{"role": "user", "content": QUESTION.format(w=tool_terms[0])}],
                 ChatSettings(temperature=0.0, max_tokens=64),
                 tools=[LOOKUP],
             )
         )
     (call,) = [e for e in events if isinstance(e, ToolCall)]
-    assert call.name == "lookup_idiom" and json.loads(call.arguments) == {"term": "对牛弹琴"}
+    assert call.name == "lookup_idiom" and json.loads(call.arguments) == {"term": tool_terms[0]}
     assert call.id.startswith("chatcmpl-tool-") and events[-1] is call
