@@ -179,9 +179,8 @@ class PageEvents:
                         conversation.append(
                             {"role": "tool", "tool_call_id": call.id, "content": result}
                         )
-                        history.insert(
-                            history.index(answer), tool_note(call.name, call.arguments, result)
-                        )
+                        here = next(i for i, m in enumerate(history) if m is answer)  # not ==
+                        history.insert(here, tool_note(call.name, call.arguments, result))
                         yield history, "", gr.update()
             if not answer["content"]:
                 answer["content"] = "（模型没有生成任何文字）"
