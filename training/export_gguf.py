@@ -124,7 +124,7 @@ def _llama_rotary_order(weight: np.ndarray, n_head: int) -> np.ndarray:
     return weight.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def _encode(data: np.ndarray, outtype: str, name: str):
+def _encode(data: np.ndarray, outtype: str):
     """The tensor's data and its GGML type for `outtype` (1-D and norms stay f32)."""
     import gguf
 
@@ -292,7 +292,7 @@ def export_gguf(
     if arch == "phi" and not any(n == "output.weight" for n, _ in tensors):
         tensors.append(("output.weight", state["model.embed_tokens.weight"]))
     for name, data in tensors:
-        encoded, qtype = _encode(data, outtype, name)
+        encoded, qtype = _encode(data, outtype)
         writer.add_tensor(name, encoded, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.gguf_bench import NEW_TOKENS, gguf_greedy, hf_greedy
 from tests.conftest import build_tiny_checkpoint
 from training.cli import main as cli_main
 from training.export_gguf import (
@@ -40,7 +41,6 @@ PROMPTS = [
     [{"role": "system", "content": "你是小Phi。"}, {"role": "user", "content": "北京是哪里？"}],
     [{"role": "user", "content": "学而时习之"}],
 ]
-NEW_TOKENS = 32
 
 
 def trained_checkpoint(path, arch: str, tied: bool):
@@ -76,28 +76,6 @@ def checkpoint(request, tmp_path_factory):
 
 def llama(path, **kwargs):
     return llama_cpp.Llama(str(path), n_ctx=128, n_threads=2, verbose=False, seed=0, **kwargs)
-
-
-def hf_greedy(model, ids: list[int]) -> list[int]:
-    out = model.generate(
-        torch.tensor([ids]),
-        max_new_tokens=NEW_TOKENS,
-        min_new_tokens=NEW_TOKENS,
-        do_sample=False,
-        repetition_penalty=1.0,
-        eos_token_id=None,
-    )
-    return out[0, len(ids) :].tolist()
-
-
-def gguf_greedy(llm, ids: list[int]) -> list[int]:
-    llm.reset()
-    out = []
-    for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-        out.append(token)
-        if len(out) == NEW_TOKENS:
-            break
-    return out
 
 
 def prompt_ids(tokenizer, messages) -> list[int]:
