@@ -3,12 +3,12 @@ not taken for another program's, and a stage then starts with the threads that a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
-import torch
 
 from training import cpu_share
 
@@ -17,18 +17,14 @@ pytestmark = pytest.mark.skipif(not cpu_share.managed(), reason="needs Linux /pr
 
 @pytest.fixture
 def busy_program():
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    time.sleep(0.3)
+    """A program keeping one core busy, from the moment it says so (a Python start can take
+    longer than any fixed wait on a loaded machine)."""
+    spin = "import sys; print('spinning', flush=True)\nwhile True: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "spinning"
     yield proc
     proc.kill()
     proc.wait()
-
-
-@pytest.fixture
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def test_another_programs_busy_core_is_seen(busy_program):
@@ -45,6 +41,13 @@ def test_this_processs_own_work_is_not_another_programs():
     assert share.others_busy() < 0.5
 
 
-def test_a_stage_starts_with_the_threads_the_free_cores_allow(busy_program, restore_threads):
+def test_a_stage_starts_with_the_threads_the_free_cores_allow(busy_program):
+    """In a fresh process, as a stage starts: threads that an earlier test left running in
+    this one would compete with the busy program and leave it less than its core."""
     cores = cpu_share.CpuShare().cores
-    assert cpu_share.set_threads_for_free_cores(sample_s=1.0) == max(1, cores - 1)
+    look = "from training import cpu_share; print(cpu_share.set_threads_for_free_cores(1.0))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", look], capture_output=True, text=True, env=env, check=True
+    )
+    assert int(out.stdout.split()[-1]) == max(1, cores - 1)
