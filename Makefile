@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xiaophi-installed
 RUN    ?= runs/tiny
 
-.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality bench-tools bench-gguf clean docker-smoke gpu-check gpu-wheels
+.PHONY: install system-packages test test-fast lint format demo vllm bench-train bench-tokenizer bench-serve bench-rag bench-quality bench-tools bench-gguf bench-lora clean docker-smoke gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -64,6 +64,11 @@ bench-quality: install
 # grounded and closed-book F1; the pretrained model as baseline), dev and test splits.
 bench-tools: install
 	$(PY) -m bench.tool_curve $(TOOLS_ARGS)
+
+# SFT with a LoRA adapter beside full SFT from the same pretrained checkpoint (LORA_BASE)
+LORA_BASE ?= runs/tiny/pretrain
+bench-lora: install
+	$(PY) -m bench.lora_bench --base $(LORA_BASE) $(LORA_ARGS)
 
 # A checkpoint as GGUF in llama.cpp (f32, f16, q8_0, q4_k_m) beside transformers: sizes,
 # held-out bits/char, greedy tokens/s, greedy agreement. GGUF_MODEL: a checkpoint or run folder.

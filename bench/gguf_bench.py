@@ -7,18 +7,29 @@ of the model's context, every token scored once) and its difference from transfo
 figure; greedy decoding speed (tokens/s, one stream, all cores, prompt included in the time);
 and on how many chat prompts the first 32 greedy tokens equal transformers'. Baseline row:
 transformers (f32, `model.generate`, KV cache), which is what xiaophi's own engine runs.
+
+Then served over HTTP, each server started for real on a free port: `xiaophi-serve` on the
+checkpoint beside `python -m llama_cpp.server` on each GGUF file, with the same torch / llama.cpp
+threads (those of xiaophi's engine process). The same chat prompts, streamed, greedy, exactly 32
+new tokens (`min_tokens`), no repetition penalty: output tokens/s and time to first token with
+one request at a time and with 4 at once, and on how many prompts the answer equals xiaophi's.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import math
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
@@ -34,6 +45,7 @@ PROMPTS = [
 ]
 NEW_TOKENS = 32
 FORMATS = ("f32", "f16", "q8_0", "q4_k_m")
+SERVED_CONCURRENCY = (1, 4)
 
 
 def windows(ids: list[int], size: int) -> list[list[int]]:
@@ -88,6 +100,124 @@ def timed(generate, prompts: list[list[int]]) -> tuple[list[list[int]], float]:
     return outputs, NEW_TOKENS * len(prompts) / (time.perf_counter() - started)
 
 
+def start_llama_cpp_server(
+    gguf_file: Path, port: int, n_ctx: int, threads: int, log: Path
+) -> subprocess.Popen:
+    """`python -m llama_cpp.server` on `gguf_file`, returned once it lists its model."""
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file),
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+        "--n_threads", str(threads), "--verbose", "false",
+        # queue requests as xiaophi does (its default cuts a stream short for a newer request)
+        "--interrupt_requests", "false",
+    ]  # fmt: skip
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"llama_cpp.server exited: {log.read_text(errors='replace')[-2000:]}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return process
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("llama_cpp.server did not start in 120 s")
+        time.sleep(0.3)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def served_figures(url: str, model: str, penalty: dict) -> dict:
+    """Streamed greedy chats of exactly NEW_TOKENS tokens at each SERVED_CONCURRENCY."""
+    from bench.serve_bench import run_load
+
+    extra = {"min_tokens": NEW_TOKENS, **penalty}
+    answers = []
+    for prompt in PROMPTS:  # warm-up, and every answer is NEW_TOKENS long (llama_cpp.server
+        # reports no usage in streams, so its token counts are taken from here)
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        body.update(max_tokens=NEW_TOKENS, **extra)
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300).json()
+        if answer.get("usage", {}).get("completion_tokens") != NEW_TOKENS:
+            raise RuntimeError(f"answered {str(answer)[-300:]} for min_tokens={NEW_TOKENS}")
+        answers.append(answer["choices"][0]["message"]["content"])
+    figures = {}
+    for c in SERVED_CONCURRENCY:
+        f = asyncio.run(run_load(url, model, PROMPTS * 2, NEW_TOKENS, c, extra))
+        if f["texts"] != answers * 2:  # each stream whole, so NEW_TOKENS tokens long
+            raise RuntimeError(f"{c} at once: streamed answers differ from the whole ones")
+        f["output_tokens"] = NEW_TOKENS * f["requests"]
+        f["output_tok_s"] = f["output_tokens"] / f["seconds"]
+        figures[c] = f
+    return figures
+
+
+def served_rows(folder: Path, files: dict[str, Path], context: int, scratch: Path) -> list[dict]:
+    """xiaophi-serve on the checkpoint, then llama_cpp.server on each file, one at a time."""
+    from bench.serve_bench import free_port, start_server
+    from serving.engine.loading import engine_process_threads
+
+    threads = engine_process_threads()
+    port = free_port()
+    server = start_server(folder, port, max_running=8, device="cpu", torch_threads=threads)
+    try:
+        figures = served_figures(f"http://127.0.0.1:{port}", "bench", {"repetition_penalty": 1.0})
+    finally:
+        stop(server)
+    rows = [{"server": "xiaophi-serve, checkpoint f32 (baseline)", "figures": figures}]
+    reference = figures[1]["texts"]
+    print(served_line(rows[-1], reference, threads), flush=True)
+    for kind, path in files.items():
+        port = free_port()
+        server = start_llama_cpp_server(path, port, context, threads, scratch / f"{kind}.log")
+        try:
+            model = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"]
+            penalty = {"repeat_penalty": 1.0}
+            row = {"server": f"llama_cpp.server, {kind}"}
+            row["figures"] = served_figures(f"http://127.0.0.1:{port}", model, penalty)
+        except (RuntimeError, httpx.HTTPError) as err:
+            # llama-cpp-python goes on past max_tokens while the text ends inside a UTF-8
+            # character (random weights emit lone bytes) until the context is full: a 500
+            row["failed"] = str(err)
+        finally:
+            stop(server)
+        rows.append(row)
+        print(served_line(rows[-1], reference, threads), flush=True)
+    return rows
+
+
+def served_line(row: dict, reference: list[str], threads: int) -> str:
+    cells = [row["server"], str(threads)]
+    if "failed" in row:
+        return "| " + " | ".join(cells) + f" | failed: {row['failed'][:200]} |"
+    for c in SERVED_CONCURRENCY:
+        f = row["figures"][c]
+        cells += [f"{f['output_tok_s']:.0f}", f"{f['ttft_p50_ms']:.0f}"]
+    same = sum(a == b for a, b in zip(row["figures"][1]["texts"], reference, strict=True))
+    cells.append(f"{same}/{len(reference)}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def served_table(rows: list[dict], threads: int) -> str:
+    head = ["server", "threads"]
+    for c in SERVED_CONCURRENCY:
+        head += [f"tokens/s, {c} at once", f"TTFT p50 ms, {c} at once"]
+    head.append("answer = xiaophi's")
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    reference = rows[0]["figures"][1]["texts"]
+    return "\n".join(lines + [served_line(r, reference, threads) for r in rows])
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="runs/tiny/dpo", help="A checkpoint or run folder.")
@@ -95,6 +225,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-chars", type=int, default=20_000)
     parser.add_argument(
         "--out", default=None, help="Where the GGUF files go (default: a temp dir)."
+    )
+    parser.add_argument(
+        "--no-serve", action="store_true", help="Skip xiaophi-serve beside llama_cpp.server."
     )
     args = parser.parse_args(argv)
 
@@ -157,8 +290,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 }
             )
             print(format_rows(rows[-1:], base_bpc).splitlines()[-1], flush=True)
+            del llm
+        served = [] if args.no_serve else served_rows(folder, files, context, out)
     print()
     print(format_rows(rows, base_bpc))
+    if served:
+        from serving.engine.loading import engine_process_threads
+
+        print()
+        print(f"served over HTTP, {NEW_TOKENS} tokens per answer, {len(PROMPTS) * 2} requests:")
+        print(served_table(served, engine_process_threads()))
     return rows
 
 

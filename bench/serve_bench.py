@@ -46,6 +46,7 @@ class RequestResult:
     e2e: float
     output_tokens: int
     itls: list[float] = field(default_factory=list)
+    text: str = ""
 
     @property
     def tpot(self) -> float | None:
@@ -135,6 +136,7 @@ async def stream_one(
     first = last = None
     itls: list[float] = []
     tokens = 0
+    text = []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -145,7 +147,9 @@ async def stream_one(
                 raise RuntimeError(chunk["error"]["message"])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            if any(c["delta"].get("content") for c in chunk["choices"]):
+            pieces = [c["delta"].get("content") or "" for c in chunk["choices"]]
+            text += pieces
+            if any(pieces):
                 now = time.perf_counter()
                 if first is None:
                     first = now
@@ -154,7 +158,9 @@ async def stream_one(
                 last = now
     end = time.perf_counter()
     first = first if first is not None else end
-    return RequestResult(ttft=first - start, e2e=end - start, output_tokens=tokens, itls=itls)
+    return RequestResult(
+        ttft=first - start, e2e=end - start, output_tokens=tokens, itls=itls, text="".join(text)
+    )
 
 
 async def run_load(
@@ -200,6 +206,7 @@ def summarize(results: list[RequestResult], elapsed: float, concurrency: int) ->
         "tpot_p99_ms": pct(tpots, 99),
         "itl_p50_ms": pct(itls, 50),
         "itl_p99_ms": pct(itls, 99),
+        "texts": [r.text for r in results],
     }
 
 

@@ -32,7 +32,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 # `training.embedder` trains: two different choices, two names.
 ModelArch = Literal["phi", "llama", "qwen2"]
 EmbedderArch = Literal["static", "bert"]
-EvalModel = Literal["untrained", "pretrain", "sft", "dpo"]
+EvalModel = Literal["untrained", "base", "pretrain", "sft", "dpo"]
 
 
 def _as_list(value: Any) -> Any:
@@ -177,6 +177,30 @@ class ModelConfig(Section):
         return self
 
 
+class LoraConfig(BaseModel):
+    """A LoRA adapter for one Trainer stage (peft): only the adapter (and `modules_to_save`)
+    trains; the stage saves the adapter and the model with it merged."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    r: AtLeastOne = Field(8, description="Rank of the adapter's matrices.")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator (the update is alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: StrList = Field(
+        [],
+        description="Module names the adapter wraps; empty = the architecture's attention and "
+        "feed-forward projections (training.lora.DEFAULT_TARGETS; all linear layers for others).",
+    )
+    modules_to_save: StrList = Field(
+        [],
+        description="Modules trained in full beside the adapter (e.g. embed_tokens and lm_head "
+        "after the vocabulary grew); empty = those resized embeddings, if any.",
+    )
+    qlora: bool = Field(
+        False, description="Load the frozen base in 4 bit (bitsandbytes NF4; CUDA only)."
+    )
+
+
 class TrainConfig(Section):
     """Fields shared by the Trainer-based stages."""
 
@@ -209,9 +233,18 @@ class TrainConfig(Section):
     seed: int = Field(42, description="Seed for weights and data order.")
     torch_compile: bool = Field(False, description="torch.compile the model (GPU recommended).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train a LoRA adapter instead of every weight, e.g. '{r: 16, alpha: 32}' "
+        "(null = all weights). The stage folder holds the merged model and `adapter/`.",
+    )
 
 
 class PretrainConfig(TrainConfig):
+    enabled: bool = Field(
+        True,
+        description="Run the pretraining stage; false only with `base` (SFT starts from the base).",
+    )
     eval_max_blocks: int = Field(64, description="Held-out blocks for perplexity.")
     max_time_s: float = Field(
         0,
@@ -382,8 +415,9 @@ class EvalConfig(Section):
     )
     models: Annotated[list[EvalModel], BeforeValidator(_as_list)] = Field(
         ["untrained", "pretrain", "dpo"],
-        description="What the stage evaluates: untrained (fresh weights, same config and seed) "
-        "and any finished stage folder (pretrain, sft, dpo).",
+        description="What the stage evaluates: untrained (fresh weights, same config and seed), "
+        "base (the recipe's base; always scored first when there is one) and any finished stage "
+        "folder (pretrain, sft, dpo; pretrain is left out when --pretrain.enabled is false).",
     )
     tasks: StrList = Field(
         ["xiaophi"], description="lm-eval tasks: xiaophi (all local tasks) or names."
@@ -443,6 +477,13 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
     name: str = Field("custom", description="The recipe's name (its YAML file's stem).")
+    base: str | None = Field(
+        None,
+        description="A Hugging Face causal-LM folder (with its tokenizer) to start from instead "
+        "of nothing: no tokenizer stage, pretraining continues from it (or is skipped with "
+        "--pretrain.enabled false) and SFT starts from it. The run records a digest of its "
+        "weight and tokenizer files; a changed base is refused like a changed recipe.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -466,6 +507,20 @@ class Recipe(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _a_base_for_what_needs_one(self) -> Recipe:
+        if self.base is None and not self.pretrain.enabled:
+            raise ValueError(
+                "--pretrain.enabled false leaves SFT nothing to start from; give --base DIR (a "
+                "model to start from) or set --pretrain.enabled true."
+            )
+        if self.base is None and self.pretrain.lora is not None:
+            raise ValueError(
+                "--pretrain.lora trains an adapter on frozen weights, which from nothing are "
+                "random; give --base DIR or set --pretrain.lora null."
+            )
+        return self
+
     def check(self) -> Recipe:
         """Validate again as a whole: sections assigned one field at a time skip the checks
         across sections."""
@@ -479,6 +534,10 @@ class Recipe(BaseModel):
         """The fields that decide what a run produces (runtime knobs such as num_proc left out)."""
         d = self.to_dict()
         d.pop("name", None)
+        if d["base"] is not None:
+            from training.base_model import base_digest
+
+            d["base"] = {"path": d["base"], "digest": base_digest(d["base"])}
         return without_runtime_knobs(d)
 
 
@@ -493,8 +552,12 @@ def without_runtime_knobs(fingerprint: dict) -> dict:
 
 
 SECTION_MODELS: dict[str, type[Section]] = {
-    name: info.annotation for name, info in Recipe.model_fields.items() if name != "name"
+    name: info.annotation
+    for name, info in Recipe.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, Section)
 }
+#: Recipe fields outside any section that a flag sets (`--base DIR`).
+TOP_LEVEL_FLAGS = ("base",)
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -532,7 +595,7 @@ def readable_errors(err: ValidationError, source: str) -> str:
         if not section:
             messages.insert(
                 0,
-                f"{source}: unknown section(s) {', '.join(map(repr, fields))}; known: name, "
+                f"{source}: unknown section(s) {', '.join(map(repr, fields))}; known: name, base, "
                 f"{', '.join(SECTION_MODELS)}.",
             )
         else:
@@ -574,6 +637,9 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> R
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for dotted, value in (overrides or {}).items():
         section, _, name = dotted.partition(".")
+        if not name:  # a top-level field
+            raw[section] = value
+            continue
         if raw.get(section) is None:
             raw[section] = {}
         raw[section][name] = value
@@ -582,7 +648,7 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> R
 
 def field_flags() -> list[tuple[str, FieldInfo]]:
     """Every (`section.field`, its pydantic field) a CLI can override, in recipe order."""
-    return [
+    return [(name, Recipe.model_fields[name]) for name in TOP_LEVEL_FLAGS] + [
         (f"{section}.{name}", info)
         for section, cls in SECTION_MODELS.items()
         for name, info in cls.model_fields.items()

@@ -8,8 +8,11 @@ from pathlib import Path
 
 from trl import DPOConfig, DPOTrainer
 
+from training import lora
+from training.base_model import start_folder
 from training.config import Recipe
 from training.decoding import tune_decoding
+from training.lora import check_qlora, quantized_loading
 from training.model_factory import load_model_and_tokenizer
 from training.throughput import attach_throughput
 from training.trainer_args import (
@@ -37,7 +40,9 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
 
     run_dir = Path(run_dir)
     cfg = recipe.dpo
-    model, tokenizer = load_model_and_tokenizer(run_dir / "sft", STAGE)
+    start = start_folder(recipe, run_dir, STAGE)
+    check_qlora(cfg.lora, STAGE)
+    model, tokenizer = load_model_and_tokenizer(start, STAGE, **quantized_loading(cfg.lora))
     train_files, eval_files = dpo_files(recipe, run_dir)
     train_data = load_dpo_dataset(train_files)
     eval_data = load_dpo_dataset(eval_files) if eval_files else None
@@ -48,6 +53,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         max_length=cfg.seq_len,
         dataset_num_proc=recipe.data.num_proc,
     )
+    # With LoRA the reference is the same model with its adapter off: no second copy in memory.
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
@@ -55,6 +61,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
+        peft_config=lora.peft_config(cfg.lora, model) if cfg.lora else None,
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
     run = train_resumably(trainer, run_dir, STAGE, evaluate=eval_data is not None)
@@ -79,6 +86,10 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         },
     )
     # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
-    report["decoding"] = tune_decoding(model, tokenizer, recipe.data.probe, recipe.decoding)
-    save_trained(trainer, tokenizer, work)
+    report["decoding"] = tune_decoding(trainer.model, tokenizer, recipe.data.probe, recipe.decoding)
+    if cfg.lora is not None:
+        report["reference_model"] = "the adapter switched off"
+        report.update(lora.save_merged(trainer, tokenizer, work, start, cfg.lora))
+    else:
+        save_trained(trainer, tokenizer, work)
     return report

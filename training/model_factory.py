@@ -71,14 +71,18 @@ def build_model(
     return model
 
 
-def chat_generation_config(tokenizer) -> GenerationConfig:
-    """Stop at the end of an assistant turn (<|im_end|>) or of a document (<|endoftext|>)."""
+def chat_generation_config(tokenizer, also_stop: list[int] | None = None) -> GenerationConfig:
+    """Stop at the end of an assistant turn (<|im_end|>) or of a document (<|endoftext|>) — those
+    of them the vocabulary has; a base's own template ends turns with its own tokens: its
+    tokenizer's end token and `also_stop` (the ends the base's generation config names)."""
+    vocab = tokenizer.get_vocab()
+    ends = [vocab[t] for t in (IM_END, EOS) if t in vocab]
+    for extra in [tokenizer.eos_token_id, *(also_stop or [])]:
+        if extra is not None and extra not in ends:
+            ends.append(extra)
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[
-            tokenizer.convert_tokens_to_ids(IM_END),
-            tokenizer.convert_tokens_to_ids(EOS),
-        ],
+        eos_token_id=ends,
         pad_token_id=tokenizer.pad_token_id,
         do_sample=False,
     )
@@ -101,8 +105,9 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
     return n
 
 
-def load_model_and_tokenizer(model_dir: Path, where: str):
-    """Load a checkpoint with the tokenizer saved beside it, checking they agree."""
+def load_model_and_tokenizer(model_dir: Path, where: str, **loading):
+    """Load a checkpoint with the tokenizer saved beside it, checking they agree (`loading`:
+    more `from_pretrained` keywords, e.g. a QLoRA base's 4-bit quantization)."""
     if not (Path(model_dir) / "config.json").exists():
         raise FileNotFoundError(
             f"{where}: no model in {model_dir} (config.json missing); run the previous stage first "
@@ -111,7 +116,7 @@ def load_model_and_tokenizer(model_dir: Path, where: str):
     from training.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **loading)
     check_vocab_fits(model, tokenizer, where=f"{where} ({model_dir})")
     model.generation_config = with_chat_ends(model.generation_config, tokenizer)
     return model, tokenizer
@@ -121,7 +126,9 @@ def with_chat_ends(saved: GenerationConfig, tokenizer) -> GenerationConfig:
     """The checkpoint's own decoding defaults (generation_config.json: the repetition penalty or
     sampling chosen on the dev probes) with the end, start and pad ids of the tokenizer saved
     beside it — what `xiaophi-serve` answers with, so the probe and `xiaophi-train chat` do too."""
-    config = chat_generation_config(tokenizer)
+    saved_ends = saved.eos_token_id
+    saved_ends = [saved_ends] if isinstance(saved_ends, int) else list(saved_ends or [])
+    config = chat_generation_config(tokenizer, also_stop=saved_ends)
     for key in ("repetition_penalty", "do_sample", "temperature", "top_p", "top_k"):
         value = getattr(saved, key, None)
         if value is not None:

@@ -17,9 +17,17 @@ import pyarrow.compute as pc
 import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
+from training import lora
+from training.base_model import start_folder
 from training.config import Recipe
 from training.distributed import is_main_process, wait_for
-from training.model_factory import build_model, check_vocab_fits, count_parameters
+from training.lora import check_qlora, quantized_loading
+from training.model_factory import (
+    build_model,
+    check_vocab_fits,
+    count_parameters,
+    load_model_and_tokenizer,
+)
 from training.throughput import attach_throughput
 from training.time_budget import attach_time_budget
 from training.tokenizer import load_tokenizer
@@ -45,9 +53,12 @@ def tokenize_documents(tokenizer, dataset, num_proc: int):
 
     backend = tokenizer.backend_tokenizer  # the Rust tokenizer: batched, no length warnings
 
+    start = [bos] if bos is not None else []  # a base's tokenizer may have no start token
+    end = [eos] if eos is not None else []
+
     def encode(batch):
         encodings = backend.encode_batch(batch["text"], add_special_tokens=False)
-        return {"input_ids": [[bos, *e.ids, eos] for e in encodings]}
+        return {"input_ids": [[*start, *e.ids, *end] for e in encodings]}
 
     return dataset.map(
         encode,
@@ -117,16 +128,22 @@ def perplexity(eval_loss: float | None) -> float | None:
 
 
 def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
-    """Pretrain from `run_dir/tokenizer`; save the model into `work` (published as
-    `run_dir/pretrain`)."""
+    """Pretrain from `run_dir/tokenizer` — or continue pretraining the recipe's base, with all
+    weights or a LoRA adapter; save the model into `work` (published as `run_dir/pretrain`)."""
     run_dir = Path(run_dir)
     cfg = recipe.pretrain
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    start = start_folder(recipe, run_dir, STAGE)
+    if start is None:
+        tokenizer = load_tokenizer(run_dir / "tokenizer")
+        model = build_model(recipe.model, tokenizer, seed=cfg.seed)
+        check_vocab_fits(model, tokenizer, where=STAGE)
+    else:
+        check_qlora(cfg.lora, STAGE)
+        model, tokenizer = load_model_and_tokenizer(start, STAGE, **quantized_loading(cfg.lora))
+    if cfg.lora is not None:
+        model = lora.wrap(model, cfg.lora)
     train_data = build_packed_dataset(recipe, tokenizer, run_dir, "train")
     eval_data = build_packed_dataset(recipe, tokenizer, run_dir, "eval")
-
-    model = build_model(recipe.model, tokenizer, seed=cfg.seed)
-    check_vocab_fits(model, tokenizer, where=STAGE)
     args = TrainingArguments(
         **trainer_kwargs(cfg, run_dir, STAGE, has_eval=True, padded=False),
         remove_unused_columns=False,
@@ -143,7 +160,11 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
 
     run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
-    save_trained(trainer, tokenizer, work)
+    if cfg.lora is not None:
+        adapter = lora.save_merged(trainer, tokenizer, work, start, cfg.lora)
+    else:
+        adapter = {}
+        save_trained(trainer, tokenizer, work)
     history = trainer.state.log_history
     return trainer_report(
         STAGE,
@@ -151,8 +172,10 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         run,
         throughput,
         trained_on={
-            "arch": recipe.model.arch,
+            "base": str(start) if start is not None else None,
+            "arch": model.config.model_type,
             "parameters": count_parameters(model),
+            **adapter,
             "vocab_size_padded": model.config.vocab_size,
             "train_blocks": len(train_data),
             "seq_len": cfg.seq_len,

@@ -11,8 +11,11 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from training import lora
+from training.base_model import assistant_mask_source, start_folder, with_chat_template
 from training.config import Recipe
 from training.decoding import tune_decoding
+from training.lora import check_qlora, quantized_loading
 from training.model_factory import load_model_and_tokenizer
 from training.throughput import attach_throughput
 from training.trainer_args import (
@@ -88,13 +91,17 @@ def build_sft_config(recipe: Recipe, run_dir: Path, stage: str = STAGE) -> SFTCo
 
 
 def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
-    """Fine-tune `run_dir/pretrain` on the SFT data; save into `work` (published as
-    `run_dir/sft`)."""
+    """Fine-tune `run_dir/pretrain` (or the recipe's base when pretraining is off) on the SFT
+    data, all weights or a LoRA adapter; save into `work` (published as `run_dir/sft`)."""
     from training.data.formats import check_files, load_sft_dataset
 
     run_dir = Path(run_dir)
     cfg = recipe.sft
-    model, tokenizer = load_model_and_tokenizer(run_dir / "pretrain", STAGE)
+    start = start_folder(recipe, run_dir, STAGE)
+    check_qlora(cfg.lora, STAGE)
+    model, tokenizer = load_model_and_tokenizer(start, STAGE, **quantized_loading(cfg.lora))
+    template = with_chat_template(model, tokenizer)
+    template["assistant_mask"] = assistant_mask_source(tokenizer, start)
     available = sum(check_files(recipe.data.sft, "sft").values())
     # only the seeded sample is converted and tokenised, not every conversation
     train_data = load_sft_dataset(
@@ -112,6 +119,9 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
+        peft_config=(
+            lora.peft_config(cfg.lora, model, template.get("resized")) if cfg.lora else None
+        ),
     )
     throughput = attach_throughput(trainer, model, cfg.seq_len)
     run = train_resumably(trainer, run_dir, STAGE, baseline=True)
@@ -125,6 +135,8 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
             "train_conversations": len(train_data),
             "train_conversations_available": available,
             "eval_conversations": len(eval_data),
+            "start": str(start),
+            **template,
         },
         metrics={
             "eval_loss_before": rounded(run.baseline_eval_loss),
@@ -132,6 +144,9 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         },
     )
     # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
-    report["decoding"] = tune_decoding(model, tokenizer, recipe.data.probe, recipe.decoding)
-    save_trained(trainer, tokenizer, work)
+    report["decoding"] = tune_decoding(trainer.model, tokenizer, recipe.data.probe, recipe.decoding)
+    if cfg.lora is not None:
+        report.update(lora.save_merged(trainer, tokenizer, work, start, cfg.lora))
+    else:
+        save_trained(trainer, tokenizer, work)
     return report

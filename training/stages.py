@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import Recipe
+from training.lora import check_qlora
 
 Inputs = list[tuple[list[str], str]]
 
@@ -72,7 +73,7 @@ def _heldout_loads(recipe: Recipe) -> None:
         load_heldout(recipe.eval.heldout)  # a missing file says how to build it
 
 
-_BASE = ("data.", "tokenizer.")
+_BASE = ("data.", "tokenizer.", "base", "base.")  # base: its path, and digest once recorded
 _MODEL = (*_BASE, "model.", "pretrain.")
 _SFT = (*_MODEL, "sft.", "decoding.")  # the decoding defaults live in the checkpoint
 
@@ -81,6 +82,7 @@ STAGES: list[Stage] = [
         "tokenizer",
         "training.tokenizer",
         _BASE,
+        wanted=lambda r: r.base is None,  # a base brings its own tokenizer
         reads=lambda r: (
             _pretrain_text(r)
             + ([(r.tokenizer.chat_files, "sft")] if r.tokenizer.chat_files else [])
@@ -93,6 +95,8 @@ STAGES: list[Stage] = [
         needs=("tokenizer",),
         reads=_pretrain_text,
         all_processes=True,
+        wanted=lambda r: r.pretrain.enabled,
+        check=lambda r: check_qlora(r.pretrain.lora, "pretrain"),
     ),
     Stage(
         "sft",
@@ -101,6 +105,7 @@ STAGES: list[Stage] = [
         needs=("pretrain",),
         reads=lambda r: [(r.data.sft, "sft"), ([r.data.sft_eval], "sft")],
         all_processes=True,
+        check=lambda r: check_qlora(r.sft.lora, "sft"),
     ),
     Stage(
         "dpo-data",
@@ -117,6 +122,7 @@ STAGES: list[Stage] = [
         needs=("sft", "dpo-data"),
         reads=lambda r: [(r.data.dpo, "dpo")] if r.data.dpo else [],
         all_processes=True,
+        check=lambda r: check_qlora(r.dpo.lora, "dpo"),
     ),
     Stage(
         "embedder",

@@ -7,11 +7,7 @@ engine states every value in its names)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -19,6 +15,7 @@ import torch
 from openai import OpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.gguf_bench import start_llama_cpp_server, stop
 from tests.serving.conftest import free_port, run_server, tiny_settings
 from tests.tool_model import GREETINGS, IDIOMS, LOOKUP, QUESTION, lookup_idiom
 from training.export_gguf import export_gguf
@@ -34,43 +31,12 @@ def llama_server(tool_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama_cpp")
     gguf_file = export_gguf(tool_model, folder / "tool-model-f32.gguf", "f32").path
     port = free_port()
-    log = folder / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(gguf_file),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "512",
-        "--n_threads",
-        "2",
-        "--verbose",
-        "false",
-    ]
-    with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    process = start_llama_cpp_server(gguf_file, port, 512, 2, folder / "server.log")
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-2000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "llama_cpp.server did not start"
-            time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def test_llama_cpp_server_completes_as_the_checkpoint(llama_server, tool_model, tool_terms):

@@ -20,6 +20,24 @@ STAGE = "eval"
 CHAT_STAGES = ("dpo", "sft")  # the run's chat model: the last of these that finished
 
 
+def models_to_score(recipe: Recipe) -> list[str]:
+    """`eval.models`, with the base first when the run has one (what training changed is read
+    against it) and without pretrain when that stage is off."""
+    models = [m for m in recipe.eval.models if m != "pretrain" or recipe.pretrain.enabled]
+    if recipe.base and "base" not in models:
+        models.insert(0, "base")
+    return models
+
+
+def fresh_like(folder: Path, seed: int):
+    """Fresh weights in the shape of the model in `folder` (seeded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder)))
+
+
 def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     """Evaluate `eval.models` of `run_dir`; write the scores into `work` (published as
     `run_dir/eval`)."""
@@ -32,11 +50,19 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     cfg = recipe.eval
     started = time.time()
     columns = {}
-    for done, name in enumerate(cfg.models):
-        progress.report(done=done, total=len(cfg.models), unit="models", detail=f"now: {name}")
-        if name == "untrained":
+    models = models_to_score(recipe)
+    for done, name in enumerate(models):
+        progress.report(done=done, total=len(models), unit="models", detail=f"now: {name}")
+        if name == "untrained" and recipe.base:
+            tok_dir = Path(recipe.base)
+            model = fresh_like(tok_dir, seed=recipe.pretrain.seed)
+        elif name == "untrained":
             tok_dir = run_dir / "tokenizer"
             model = build_model(recipe.model, load_tokenizer(tok_dir), seed=recipe.pretrain.seed)
+        elif name == "base":
+            if not recipe.base:
+                raise ValueError("eval.models names base, but the recipe has none; give --base.")
+            model = tok_dir = Path(recipe.base)
         else:
             model = tok_dir = stage_dir(run_dir, name)
             if not (tok_dir / "config.json").is_file():
@@ -56,7 +82,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
         )
-    progress.report(done=len(cfg.models), detail="asking the probe questions")
+    progress.report(done=len(models), detail="asking the probe questions")
     table = format_table(columns)
     chat = next(
         (

@@ -1,0 +1,239 @@
+"""Starting from a model the user has (`base:`) and LoRA stages: the base (a tiny pretrain of a
+test run, copied out as a plain folder) replaces the tokenizer and pretrain stages; a LoRA SFT
+trains only its adapter, and the merged checkpoint answers as the adapter model does; DPO with
+LoRA keeps one model (the adapter switched off is its reference); a changed base is refused;
+QLoRA off CUDA is refused before any work; a base without a chat template gets xiaophi's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.training.conftest import tiny_overrides
+from training.config import load_recipe
+from training.pipeline import run_pipeline, run_single_stage
+from training.stage_dirs import check_run_dir, read_stage_report
+from training.stages import wanted_stages
+
+pytestmark = pytest.mark.slow
+
+LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def base(tiny_data, tmp_path_factory) -> Path:
+    """The pretrain stage of a tiny run, copied out as a plain model folder."""
+    run = tmp_path_factory.mktemp("base_run")
+    recipe = load_recipe("tiny", tiny_overrides(tiny_data))
+    run_single_stage(recipe, run, "tokenizer")
+    run_single_stage(recipe, run, "pretrain")
+    folder = tmp_path_factory.mktemp("base") / "model"
+    shutil.copytree(run / "pretrain", folder, ignore=shutil.ignore_patterns("stage_report.json"))
+    return folder
+
+
+def base_recipe(tiny_data, base: Path, **extra):
+    overrides = tiny_overrides(tiny_data, **{"pretrain.enabled": False, **extra})
+    overrides["base"] = str(base)
+    return load_recipe("tiny", overrides)
+
+
+@pytest.fixture(scope="module")
+def lora_sft(tiny_data, base, tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("lora_run")
+    recipe = base_recipe(tiny_data, base, **{"sft.lora": LORA, "sft.max_steps": 16})
+    report = run_single_stage(recipe, run, "sft")
+    return run, report
+
+
+def test_a_base_replaces_the_tokenizer_and_pretrain_stages(tiny_data, base):
+    recipe = base_recipe(tiny_data, base)
+    assert [s.name for s in wanted_stages(recipe)][:3] == ["sft", "dpo-data", "dpo"]
+    continued = base_recipe(tiny_data, base, **{"pretrain.enabled": True})
+    assert [s.name for s in wanted_stages(continued)][:2] == ["pretrain", "sft"]
+    fingerprint = recipe.fingerprint()["base"]
+    assert fingerprint["path"] == str(base) and len(fingerprint["digest"]) == 64
+
+
+def test_what_needs_a_base_says_so(tiny_data):
+    with pytest.raises(ValueError, match="--base DIR"):
+        load_recipe("tiny", tiny_overrides(tiny_data, **{"pretrain.enabled": False}))
+    with pytest.raises(ValueError, match="--pretrain.lora"):
+        load_recipe("tiny", tiny_overrides(tiny_data, **{"pretrain.lora": LORA}))
+    missing = load_recipe("tiny", {"base": "/nonexistent/model", "pretrain.enabled": False})
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        missing.fingerprint()
+
+
+def test_lora_sft_trains_only_the_adapter_and_merges_exactly(lora_sft, base):
+    run, report = lora_sft
+    sft = run / "sft"
+    assert report["lora"] and report["start"] == str(base)
+    assert 0 < report["trainable_parameters"] < report["all_parameters"] / 5
+    assert report["adapter_bytes"] > 0
+    assert report["eval_loss"] < report["eval_loss_before"]  # loss fell on held-out chats
+
+    adapter = load_file(sft / "adapter" / "adapter_model.safetensors")
+    config = json.loads((sft / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+    )
+    # every adapter's B started at zero: each one moved
+    b_weights = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert b_weights and all(v.abs().sum() > 0 for v in b_weights.values())
+
+    before = load_file(base / "model.safetensors")
+    after = load_file(sft / "model.safetensors")
+    assert before.keys() == after.keys()
+    scale = LORA["alpha"] / LORA["r"]
+    for name, weight in before.items():
+        module = name.removesuffix(".weight")
+        a_key = next((k for k in adapter if k.endswith(f"{module}.lora_A.weight")), None)
+        if a_key is None:  # not wrapped: bit-identical to the base
+            assert torch.equal(after[name], weight), name
+        else:  # the base plus exactly the adapter's update
+            delta = scale * adapter[a_key.replace("lora_A", "lora_B")] @ adapter[a_key]
+            assert torch.allclose(after[name], weight + delta, atol=1e-6), name
+            assert not torch.equal(after[name], weight), name
+
+
+def test_the_merged_model_answers_as_the_adapter_model(lora_sft, base):
+    from peft import PeftModel
+
+    run, _ = lora_sft
+    tokenizer = AutoTokenizer.from_pretrained(run / "sft")
+    merged = AutoModelForCausalLM.from_pretrained(run / "sft").eval()
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), run / "sft" / "adapter"
+    ).eval()
+    for question in ["“画蛇添足”是什么意思？", "“掩耳盗铃”是什么意思？"]:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=False
+        )
+        kwargs = dict(max_new_tokens=16, do_sample=False, repetition_penalty=1.0)
+        a = merged.generate(torch.tensor([ids]), **kwargs)
+        b = adapted.generate(input_ids=torch.tensor([ids]), **kwargs)
+        assert a.tolist() == b.tolist()
+
+
+def test_a_changed_base_is_refused_on_resume(tiny_data, base, lora_sft, tmp_path):
+    run, _ = lora_sft
+    overrides = {"sft.lora": LORA, "sft.max_steps": 16}
+    assert check_run_dir(run, base_recipe(tiny_data, base, **overrides))  # the same base
+    moved = tmp_path / "base"
+    shutil.copytree(base, moved)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    stored = json.loads((copy / "recipe.json").read_text())
+    stored["fingerprint"]["base"]["path"] = str(moved)  # the run as if begun from the copy
+    (copy / "recipe.json").write_text(json.dumps(stored))
+    assert check_run_dir(copy, base_recipe(tiny_data, moved, **overrides))
+    weights = load_file(moved / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0
+    save_file(weights, moved / "model.safetensors")
+    with pytest.raises(ValueError, match=r"base\.digest"):
+        check_run_dir(copy, base_recipe(tiny_data, moved, **overrides))
+
+
+def test_qlora_off_cuda_is_refused_before_any_work(tiny_data, base, tmp_path):
+    recipe = base_recipe(tiny_data, base, **{"sft.lora": {**LORA, "qlora": True}})
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        run_single_stage(recipe, tmp_path / "run", "sft")
+    assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_dpo_with_lora_uses_the_adapter_switched_off_as_reference(
+    tiny_data, base, tmp_path, monkeypatch
+):
+    import training.dpo
+
+    seen = {}
+
+    class Watched(training.dpo.DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["ref_model"] = self.ref_model
+            seen["peft"] = type(self.model).__name__
+
+    monkeypatch.setattr(training.dpo, "DPOTrainer", Watched)
+    recipe = base_recipe(
+        tiny_data, base, **{"sft.lora": LORA, "dpo.lora": LORA, "eval.enabled": False}
+    )
+    run = tmp_path / "run"
+    run_pipeline(recipe, run, log=lambda *a: None)
+    report = read_stage_report(run, "dpo")
+    assert seen == {"ref_model": None, "peft": "PeftModelForCausalLM"}  # one model in memory
+    assert report["reference_model"] == "the adapter switched off"
+    assert (run / "dpo" / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(run / "dpo")  # a plain checkpoint
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_a_base_without_a_chat_template_gets_xiaophis(tiny_data, base, tmp_path):
+    """The base's tokenizer made template-less and without xiaophi's chat markers: SFT adds
+    them as special tokens, grows the embeddings (new rows the mean of the old) and trains."""
+    from tokenizers import Tokenizer
+
+    bare = tmp_path / "bare"
+    shutil.copytree(base, bare)
+    spec = json.loads((bare / "tokenizer.json").read_text())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if "im_" not in t["content"]]
+    for marker in ("<|im_start|>", "<|im_end|>"):
+        spec["model"]["vocab"].pop(marker, None)
+    Tokenizer.from_str(json.dumps(spec))  # still a valid tokenizer
+    (bare / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    config.pop("extra_special_tokens", None)
+    config.pop("additional_special_tokens", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    assert AutoTokenizer.from_pretrained(bare).chat_template is None
+
+    recipe = base_recipe(tiny_data, bare, **{"sft.lora": LORA})
+    report = run_single_stage(recipe, tmp_path / "run", "sft")
+    assert report["chat_template"] == "xiaophi's (the base had none)"
+    assert report["tokens_added"] >= 2
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "sft")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False)
+    assert text.startswith("<|im_start|>user")
+    ids = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert all(i >= len(AutoTokenizer.from_pretrained(bare)) for i in ids)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft")
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+
+def test_new_chat_tokens_start_as_the_mean_of_the_old_rows(base):
+    """What `with_chat_template` gives a base without a template, before any training."""
+    from training.base_model import with_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = None
+    model = AutoModelForCausalLM.from_pretrained(base)
+    old = model.get_input_embeddings().weight.detach().clone()
+    added = with_chat_template(model, tokenizer)
+    tokenizer.add_tokens(["<|xiaophi_test_a|>", "<|xiaophi_test_b|>"], special_tokens=True)
+    from training.base_model import grow_embeddings
+
+    grown = grow_embeddings(model, len(tokenizer) + 64)  # rows beyond the padded vocabulary
+    assert added["chat_template"] == "xiaophi's (the base had none)"
+    assert grown == ["embed_tokens", "lm_head"]
+    weight = model.get_input_embeddings().weight
+    assert torch.equal(weight[: len(old)], old)
+    assert torch.allclose(weight[len(old) :], old.mean(0).expand(weight.shape[0] - len(old), -1))
+
+
+def test_the_eval_stage_scores_the_base_first(tiny_data, base):
+    from training.eval.stage import models_to_score
+
+    recipe = base_recipe(tiny_data, base)
+    assert models_to_score(recipe) == ["base", "untrained", "dpo"]
+    scratch = load_recipe("tiny", tiny_overrides(tiny_data))
+    assert models_to_score(scratch) == scratch.eval.models
