@@ -77,6 +77,23 @@ def check_base(folder: str | Path) -> None:
         )
 
 
+def check_fits_base(recipe, stage: str) -> None:
+    """A stage's sequences within the positions of the base it starts from (the recipe's
+    `model` section describes a model built from nothing, not the base)."""
+    if recipe.base is None:
+        return
+    import json
+
+    config = json.loads((Path(recipe.base) / "config.json").read_text(encoding="utf-8"))
+    longest = config.get("max_position_embeddings")
+    seq_len = getattr(recipe, stage).seq_len
+    if longest is not None and seq_len > longest:
+        raise ValueError(
+            f"{stage}.seq_len={seq_len} exceeds the base's max_position_embeddings={longest} "
+            f"({recipe.base}); lower --{stage}.seq_len."
+        )
+
+
 def start_folder(recipe, run_dir: Path, stage: str) -> Path | None:
     """The checkpoint `stage` starts from: the stage before it in this run, else the base
     (None: pretraining from nothing)."""

@@ -497,6 +497,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _sequences_fit_the_model(self) -> Recipe:
+        if self.base is not None:  # the base's own positions: checked before its stages run
+            return self
         longest = self.model.max_position_embeddings
         for stage in ("pretrain", "sft", "dpo"):
             seq_len = getattr(self, stage).seq_len

@@ -73,6 +73,14 @@ def _heldout_loads(recipe: Recipe) -> None:
         load_heldout(recipe.eval.heldout)  # a missing file says how to build it
 
 
+def _starts_well(recipe: Recipe, stage: str) -> None:
+    """What a Trainer stage will load fits: QLoRA only on CUDA, sequences within the base."""
+    from training.base_model import check_fits_base
+
+    check_qlora(getattr(recipe, stage).lora, stage)
+    check_fits_base(recipe, stage)
+
+
 _BASE = ("data.", "tokenizer.", "base", "base.")  # base: its path, and digest once recorded
 _MODEL = (*_BASE, "model.", "pretrain.")
 _SFT = (*_MODEL, "sft.", "decoding.")  # the decoding defaults live in the checkpoint
@@ -96,7 +104,7 @@ STAGES: list[Stage] = [
         reads=_pretrain_text,
         all_processes=True,
         wanted=lambda r: r.pretrain.enabled,
-        check=lambda r: check_qlora(r.pretrain.lora, "pretrain"),
+        check=lambda r: _starts_well(r, "pretrain"),
     ),
     Stage(
         "sft",
@@ -105,7 +113,7 @@ STAGES: list[Stage] = [
         needs=("pretrain",),
         reads=lambda r: [(r.data.sft, "sft"), ([r.data.sft_eval], "sft")],
         all_processes=True,
-        check=lambda r: check_qlora(r.sft.lora, "sft"),
+        check=lambda r: _starts_well(r, "sft"),
     ),
     Stage(
         "dpo-data",
@@ -122,7 +130,7 @@ STAGES: list[Stage] = [
         needs=("sft", "dpo-data"),
         reads=lambda r: [(r.data.dpo, "dpo")] if r.data.dpo else [],
         all_processes=True,
-        check=lambda r: check_qlora(r.dpo.lora, "dpo"),
+        check=lambda r: _starts_well(r, "dpo"),
     ),
     Stage(
         "embedder",

@@ -237,3 +237,30 @@ def test_the_eval_stage_scores_the_base_first(tiny_data, base):
     assert models_to_score(recipe) == ["base", "untrained", "dpo"]
     scratch = load_recipe("tiny", tiny_overrides(tiny_data))
     assert models_to_score(scratch) == scratch.eval.models
+
+
+def test_sequences_are_checked_against_the_base_not_the_model_section(tiny_data, base, tmp_path):
+    """The recipe's `model` section describes a model built from nothing; with a base its own
+    positions (128 here) bound the stages' sequences, before any work starts."""
+    fits = base_recipe(tiny_data, base, **{"sft.seq_len": 128, "model.max_position_embeddings": 64})
+    assert fits.sft.seq_len == 128
+    too_long = base_recipe(tiny_data, base, **{"sft.seq_len": 256})
+    with pytest.raises(ValueError, match="exceeds the base's max_position_embeddings=128"):
+        run_single_stage(too_long, tmp_path / "run", "sft")
+    assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_a_template_sft_cannot_mask_is_refused_with_the_fix(tiny_data, base, tmp_path):
+    """A base template without {% generation %} marks that trl has no training version of:
+    SFT cannot tell the assistant's tokens, so it stops before training and says what to add."""
+    plain = tmp_path / "plain"
+    shutil.copytree(base, plain)
+    (plain / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert "{% generation" not in AutoTokenizer.from_pretrained(plain).chat_template
+    recipe = base_recipe(tiny_data, plain, **{"sft.lora": LORA})
+    with pytest.raises(ValueError, match=r"no \{% generation %\} marks"):
+        run_single_stage(recipe, tmp_path / "run", "sft")
+    assert not (tmp_path / "run" / "sft").exists()
