@@ -90,12 +90,12 @@ def build_sft_config(recipe: Recipe, run_dir: Path, stage: str = STAGE) -> SFTCo
     )
 
 
-def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
-    """Fine-tune `run_dir/pretrain` (or the recipe's base when pretraining is off) on the SFT
-    data, all weights or a LoRA adapter; save into `work` (published as `run_dir/sft`)."""
+def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[SFTTrainerCPU, dict]:
+    """The stage's trainer on its start checkpoint (`run_dir/pretrain`, or the recipe's base when
+    pretraining is off) and data, with a LoRA adapter if the recipe asks; and what the report
+    says of what it trains on and how the chat format was settled."""
     from training.data.formats import check_files, load_sft_dataset
 
-    run_dir = Path(run_dir)
     cfg = recipe.sft
     start = start_folder(recipe, run_dir, STAGE)
     check_qlora(cfg.lora, STAGE)
@@ -123,7 +123,24 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
             lora.peft_config(cfg.lora, model, template.get("resized")) if cfg.lora else None
         ),
     )
-    throughput = attach_throughput(trainer, model, cfg.seq_len)
+    trained_on = {
+        "train_conversations": len(train_data),
+        "train_conversations_available": available,
+        "eval_conversations": len(eval_data),
+        "start": str(start),
+        **template,
+    }
+    return trainer, trained_on
+
+
+def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
+    """Fine-tune the start checkpoint on the SFT data, all weights or a LoRA adapter; save into
+    `work` (published as `run_dir/sft`)."""
+    run_dir = Path(run_dir)
+    cfg = recipe.sft
+    trainer, trained_on = build_trainer(recipe, run_dir)
+    tokenizer = trainer.processing_class
+    throughput = attach_throughput(trainer, trainer.model, cfg.seq_len)
     run = train_resumably(trainer, run_dir, STAGE, baseline=True)
 
     report = trainer_report(
@@ -131,13 +148,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         trainer,
         run,
         throughput,
-        trained_on={
-            "train_conversations": len(train_data),
-            "train_conversations_available": available,
-            "eval_conversations": len(eval_data),
-            "start": str(start),
-            **template,
-        },
+        trained_on=trained_on,
         metrics={
             "eval_loss_before": rounded(run.baseline_eval_loss),
             "eval_loss": round(run.final_eval["eval_loss"], 4),
@@ -146,6 +157,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
     report["decoding"] = tune_decoding(trainer.model, tokenizer, recipe.data.probe, recipe.decoding)
     if cfg.lora is not None:
+        start = Path(trained_on["start"])
         report.update(lora.save_merged(trainer, tokenizer, work, start, cfg.lora))
     else:
         save_trained(trainer, tokenizer, work)

@@ -264,3 +264,63 @@ def test_a_template_sft_cannot_mask_is_refused_with_the_fix(tiny_data, base, tmp
     with pytest.raises(ValueError, match=r"no \{% generation %\} marks"):
         run_single_stage(recipe, tmp_path / "run", "sft")
     assert not (tmp_path / "run" / "sft").exists()
+
+
+def foreign_base(folder: Path, arch: str) -> tuple[Path, str]:
+    """A tiny `arch` model whose tokenizer carries another family's chat template (the very text
+    trl knows: Qwen2.5's for qwen2, Llama 3's for llama) and its markers; and the text the loss
+    mask must cover around an assistant's answer in it."""
+    from trl.chat_template_utils import llama3_chat_template, qwen2_5_chat_template
+
+    from tests.conftest import TINY_TEXTS
+    from training.config import ModelConfig
+    from training.model_factory import build_model
+    from training.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400, min_frequency=1, model_max_length=256)
+    if arch == "qwen2":
+        tokenizer.chat_template = qwen2_5_chat_template
+        span = "\n{answer}<|im_end|>\n"  # trl's training version marks from the role's newline on
+    else:
+        markers = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        tokenizer.add_tokens(markers, special_tokens=True)
+        tokenizer.chat_template = llama3_chat_template
+        span = "{answer}<|eot_id|>"
+    config = ModelConfig(
+        arch=arch,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    build_model(config, tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, span
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_a_base_with_its_own_template_masks_exactly_the_answers_and_trains(
+    tiny_data, tmp_path, arch
+):
+    from training.sft import build_trainer
+
+    folder, span = foreign_base(tmp_path / arch, arch)
+    overrides = {"sft.lora": LORA, "sft.seq_len": 256, "sft.max_steps": 16}
+    recipe = base_recipe(tiny_data, folder, **overrides)
+    trainer, trained_on = build_trainer(recipe, tmp_path / "probe_run")
+    assert trained_on["assistant_mask"] == "trl's training version of the base's template"
+    tokenizer = trainer.processing_class
+    for row in trainer.train_dataset.select(range(8)):
+        answer = next(m["content"] for m in row["messages"] if m["role"] == "assistant")
+        masked = [
+            t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100
+        ]
+        assert tokenizer.decode(masked) == span.format(answer=answer)
+    del trainer
+
+    report = run_single_stage(recipe, tmp_path / "run", "sft")
+    assert report["chat_template"] == "the base's own" and report["lora"]
+    assert report["eval_loss"] < report["eval_loss_before"]
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "sft")
+    assert saved.chat_template == tokenizer.chat_template  # served with the base's own template
