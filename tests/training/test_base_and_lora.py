@@ -46,10 +46,25 @@ def base_recipe(tiny_data, base: Path, **extra):
 
 @pytest.fixture(scope="module")
 def lora_sft(tiny_data, base, tmp_path_factory) -> tuple[Path, dict]:
+    """A LoRA SFT stage from the base; the report gets the adapter as it was when training
+    started (`initial_adapter`)."""
+    import training.sft
+
     run = tmp_path_factory.mktemp("lora_run")
     recipe = base_recipe(tiny_data, base, **{"sft.lora": LORA, "sft.max_steps": 16})
-    report = run_single_stage(recipe, run, "sft")
-    return run, report
+    initial = {}
+
+    def snapshot_then_train(trainer, *args, **kwargs):
+        for name, param in trainer.model.named_parameters():
+            if "lora_" in name:
+                initial[name] = param.detach().clone()
+        return train_resumably(trainer, *args, **kwargs)
+
+    train_resumably = training.sft.train_resumably
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.sft, "train_resumably", snapshot_then_train)
+        report = run_single_stage(recipe, run, "sft")
+    return run, {**report, "initial_adapter": initial}
 
 
 def test_a_base_replaces_the_tokenizer_and_pretrain_stages(tiny_data, base):
@@ -84,9 +99,13 @@ def test_lora_sft_trains_only_the_adapter_and_merges_exactly(lora_sft, base):
     assert sorted(config["target_modules"]) == sorted(
         ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
     )
-    # every adapter's B started at zero: each one moved
-    b_weights = {k: v for k, v in adapter.items() if "lora_B" in k}
-    assert b_weights and all(v.abs().sum() > 0 for v in b_weights.values())
+    # every adapter weight moved from where training started (B from zero, A from its draw)
+    initial = {k.replace(".default", ""): v for k, v in report["initial_adapter"].items()}
+    assert len(initial) == len(adapter) == 2 * 6 * 2  # A and B, 6 projections, 2 layers
+    for name, weight in adapter.items():
+        start = initial[name]
+        assert not torch.equal(weight, start), name
+        assert (weight != start).float().mean() > 0.9, name  # nearly every entry, not a few
 
     before = load_file(base / "model.safetensors")
     after = load_file(sft / "model.safetensors")
