@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.training.conftest import tiny_overrides
+from tests.training.conftest import IDIOMS, tiny_overrides
 from training.config import load_recipe
 from training.pipeline import run_pipeline, run_single_stage
 from training.stage_dirs import check_run_dir, read_stage_report
@@ -28,13 +28,14 @@ LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0}
 
 @pytest.fixture(scope="module")
 def base(tiny_data, tmp_path_factory) -> Path:
-    """The pretrain stage of a tiny run, copied out as a plain model folder."""
+    """The pretrain stage of a tiny run, copied out as a model folder (its stage report, which no
+    base needs, comes along for the continued-pretraining test)."""
     run = tmp_path_factory.mktemp("base_run")
     recipe = load_recipe("tiny", tiny_overrides(tiny_data))
     run_single_stage(recipe, run, "tokenizer")
     run_single_stage(recipe, run, "pretrain")
     folder = tmp_path_factory.mktemp("base") / "model"
-    shutil.copytree(run / "pretrain", folder, ignore=shutil.ignore_patterns("stage_report.json"))
+    shutil.copytree(run / "pretrain", folder)
     return folder
 
 
@@ -182,17 +183,33 @@ def test_dpo_with_lora_uses_the_adapter_switched_off_as_reference(
             seen["peft"] = type(self.model).__name__
 
     monkeypatch.setattr(training.dpo, "DPOTrainer", Watched)
-    recipe = base_recipe(
-        tiny_data, base, **{"sft.lora": LORA, "dpo.lora": LORA, "eval.enabled": False}
-    )
+    heldout = tmp_path / "heldout.jsonl"
+    rows = [
+        {"kind": "idiom", "subject": k, "answer": v, "split": "test"} for k, v in IDIOMS.items()
+    ]
+    heldout.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    evaluation = {
+        "eval.enabled": True,
+        "eval.heldout": str(heldout),
+        "eval.tasks": ["xiaophi_heldout_bpc"],
+        "eval.bpc_max_chars": 2000,
+    }
+    recipe = base_recipe(tiny_data, base, **{"sft.lora": LORA, "dpo.lora": LORA, **evaluation})
     run = tmp_path / "run"
-    run_pipeline(recipe, run, log=lambda *a: None)
+    summary = run_pipeline(recipe, run, log=lambda *a: None)
     report = read_stage_report(run, "dpo")
     assert seen == {"ref_model": None, "peft": "PeftModelForCausalLM"}  # one model in memory
     assert report["reference_model"] == "the adapter switched off"
     assert (run / "dpo" / "adapter" / "adapter_config.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(run / "dpo")  # a plain checkpoint
     assert not any("lora" in name for name, _ in model.named_parameters())
+    # the eval stage scores the base first, beside fresh weights of its shape and the result
+    bpc = {
+        name: column["xiaophi_heldout_bpc"]["bits_per_char"]
+        for name, column in summary["eval"]["results"].items()
+    }
+    assert list(bpc) == ["base", "untrained", "dpo"]
+    assert bpc["base"] < bpc["untrained"] and bpc["dpo"] < bpc["untrained"]
 
 
 def test_a_base_without_a_chat_template_gets_xiaophis(tiny_data, base, tmp_path):
@@ -343,3 +360,20 @@ def test_a_base_with_its_own_template_masks_exactly_the_answers_and_trains(
     assert report["eval_loss"] < report["eval_loss_before"]
     saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "sft")
     assert saved.chat_template == tokenizer.chat_template  # served with the base's own template
+
+
+def test_pretraining_continues_from_the_base_with_a_lora_adapter(tiny_data, base, tmp_path):
+    """Continued pretraining on the same corpus: the stage starts where the base ended (its
+    held-out loss before training is the base's own final one, far below fresh weights') and
+    trains only its adapter."""
+    recipe = base_recipe(
+        tiny_data, base, **{"pretrain.enabled": True, "pretrain.lora": {**LORA, "r": 8}}
+    )
+    assert [s.name for s in wanted_stages(recipe)][0] == "pretrain"
+    report = run_single_stage(recipe, tmp_path / "run", "pretrain")
+    base_report = json.loads((base / "stage_report.json").read_text())
+    assert report["base"] == str(base) and report["lora"]
+    assert report["eval_loss_untrained"] == pytest.approx(base_report["eval_loss"], abs=1e-3)
+    assert base_report["eval_loss_untrained"] - report["eval_loss_untrained"] > 1.0
+    assert report["eval_loss"] < report["eval_loss_untrained"]
+    assert (tmp_path / "run" / "pretrain" / "adapter" / "adapter_config.json").is_file()
