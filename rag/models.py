@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 MAX_QUERY_CHARS = 2000  # a search query; a chat's retrieval query keeps its last this many
+MAX_KBS_PER_SEARCH = 8  # knowledge bases one search (or one chat) may fuse
 
 
 class Upload(BaseModel):
@@ -110,6 +111,7 @@ class AddResult(BaseModel):
 
 
 class SearchHit(BaseModel):
+    knowledge_base: str
     chunk_id: str
     document_id: str
     filename: str

@@ -21,9 +21,16 @@ from rag.backends.base import KBBackend, NewDocument, SearchIndex
 from rag.config import KBSettings
 from rag.embeddings import Embedder, embedder_for
 from rag.errors import Conflict, InvalidInput, KBError, TooLarge
-from rag.hybrid_retriever import HybridRetriever, Mode, SearchOptions, hybrid_search
+from rag.hybrid_retriever import (
+    HybridRetriever,
+    Mode,
+    SearchOptions,
+    hybrid_search,
+    reciprocal_rank_fusion,
+)
 from rag.loaders import load_bytes
 from rag.models import (
+    MAX_KBS_PER_SEARCH,
     MAX_QUERY_CHARS,
     AddResult,
     DocumentInfo,
@@ -326,6 +333,7 @@ class KnowledgeBaseService:
         ranked = hybrid_search(index, self.embedder.embeddings, query, options)
         return [
             SearchHit(
+                knowledge_base=name,
                 chunk_id=r.chunk_id,
                 document_id=r.chunk.metadata["doc_id"],
                 filename=r.chunk.metadata["filename"],
@@ -340,3 +348,36 @@ class KnowledgeBaseService:
             )
             for r in ranked
         ]
+
+    def search_many(
+        self, names: Sequence[str], query: str, top_k: int | None = None, mode: Mode = "hybrid"
+    ) -> list[SearchHit]:
+        """Each knowledge base searched for `query`, the results fused by rank: score =
+        Σ 1 / (rrf_k + rank) over the KBs that found the passage. Scores of different KBs do
+        not compare (BM25's term weights come from each KB's own documents, and the hybrid
+        score is normalised per KB), ranks do; an equal rank in two KBs ties, and the tie goes
+        to the KB named first. One name: that KB's own results and scores."""
+        names = list(names)
+        if not names:
+            raise InvalidInput("no knowledge base named; give at least one.")
+        if len(names) > MAX_KBS_PER_SEARCH:
+            raise InvalidInput(
+                f"{len(names)} knowledge bases named; search at most {MAX_KBS_PER_SEARCH} at once."
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InvalidInput(f"knowledge base {repeated[0]!r} is named twice; name each once.")
+        if len(names) == 1:
+            return self.search(names[0], query, top_k, mode)
+        runs = [self.search(name, query, top_k, mode) for name in names]
+        hits = {(hit.knowledge_base, hit.chunk_id): hit for run in runs for hit in run}
+        fused = reciprocal_rank_fusion(
+            [([f"{h.knowledge_base}\0{h.chunk_id}" for h in run], 1.0) for run in runs],
+            self.settings.rrf_k,
+        )
+        limit = top_k or self.settings.top_k
+        out = []
+        for key, score in fused[:limit]:
+            kb, chunk_id = key.split("\0", 1)
+            out.append(hits[(kb, chunk_id)].model_copy(update={"score": score}))
+        return out

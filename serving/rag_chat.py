@@ -154,6 +154,7 @@ def without_oldest_turn(messages: Messages) -> Messages | None:
 
 def source_of(hit: SearchHit) -> Source:
     return Source(
+        knowledge_base=hit.knowledge_base,
         document_id=hit.document_id,
         filename=hit.filename,
         chunk_index=hit.chunk_index,

@@ -19,6 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
+from rag.models import MAX_KBS_PER_SEARCH
 from rag.names import MAX_KB_NAME
 
 # ------------------------------------------------------------------ requests
@@ -165,8 +166,39 @@ class ChatRequest(SamplingFields):
     parallel_tool_calls: bool = True
     # extra_body: answer from a knowledge base (RAG). `top_k` stays the sampling filter, so the
     # number of passages has its own name.
-    knowledge_base: str | None = Field(None, min_length=1, max_length=MAX_KB_NAME)
+    # one name, or several: each searched, the passages fused by rank (rag.service.search_many)
+    knowledge_base: str | list[str] | None = None
     retrieval_top_k: int | None = Field(None, ge=1, le=100)
+
+    @field_validator("knowledge_base")
+    @classmethod
+    def _names_each_once(cls, value):
+        names = [value] if isinstance(value, str) else value or []
+        if value is not None and not names:
+            raise ValueError("an empty list names no knowledge base; give at least one name")
+        for name in names:
+            if not 1 <= len(name) <= MAX_KB_NAME:
+                raise ValueError(
+                    f"knowledge base name {name!r} must be 1 to {MAX_KB_NAME} characters long"
+                )
+        if isinstance(value, list):
+            if len(value) > MAX_KBS_PER_SEARCH:
+                raise ValueError(
+                    f"{len(value)} knowledge bases named; a chat may search at most "
+                    f"{MAX_KBS_PER_SEARCH}"
+                )
+            if len(set(value)) < len(value):
+                raise ValueError("a knowledge base is named twice; name each once")
+        return value
+
+    @property
+    def knowledge_bases(self) -> list[str]:
+        """`knowledge_base` as a list (empty: none)."""
+        if self.knowledge_base is None:
+            return []
+        return (
+            [self.knowledge_base] if isinstance(self.knowledge_base, str) else self.knowledge_base
+        )
 
 
 class CompletionRequest(SamplingFields):
@@ -281,8 +313,10 @@ class ChatCompletion(BaseModel):
 
 
 class Source(BaseModel):
-    """One retrieved passage a RAG answer was given (`score`: higher is more relevant)."""
+    """One retrieved passage a RAG answer was given (`score`: higher is more relevant; with
+    several knowledge bases, the rank-fused score)."""
 
+    knowledge_base: str
     document_id: str
     filename: str
     chunk_index: int

@@ -159,14 +159,14 @@ class GenerationService:
     async def _rag_prompt(
         self, request: ChatRequest, messages: list[dict], max_tokens: int | None, render
     ) -> tuple[list[int], list[Source]]:
-        """Search the knowledge base for the last user message; passages go in a system message."""
+        """Search the knowledge base(s) for the last user message; passages go in the prompt."""
         if self.knowledge is None:
             raise InvalidRequestError("this server has no knowledge bases", param="knowledge_base")
         query = rag_chat.retrieval_query(messages)
         kbs = self.knowledge()
         # unknown KB (404), missing embedder (503) etc. surface here, before any stream starts
         hits = await anyio.to_thread.run_sync(
-            kbs.search, request.knowledge_base, query, request.retrieval_top_k
+            kbs.search_many, request.knowledge_bases, query, request.retrieval_top_k
         )
         budget = self.engine.context_length - rag_chat.answer_reserve(
             self.engine.context_length, max_tokens

@@ -281,3 +281,40 @@ def test_an_embedder_retrained_in_the_same_folder_needs_a_reindex(tmp_path, make
     retrained.reindex("demo")
     assert retrained.get_kb("demo").embedding_model not in (None, first_id)
     assert retrained.search("demo", "守株待兔", top_k=1)
+
+
+def test_several_kbs_are_searched_and_fused_by_rank(service):
+    """search_many: each KB's own ranking, fused by reciprocal rank (ties to the KB named
+    first); a passage in both KBs comes once from each, named by its KB."""
+    uploads = idiom_uploads()
+    service.create_kb("甲")
+    service.create_kb("乙")
+    service.add_documents("甲", uploads[:3])
+    service.add_documents("乙", uploads[2:])  # 亡羊补牢 in both
+    query = "比喻做了多余的事"
+    alone = {kb: service.search(kb, query, top_k=3) for kb in ("甲", "乙")}
+    fused: dict[tuple[str, str], float] = {}
+    for kb, hits in alone.items():
+        for rank, hit in enumerate(hits, start=1):
+            fused[(kb, hit.chunk_id)] = 1 / (service.settings.rrf_k + rank)
+    expected = sorted(fused.items(), key=lambda item: item[1], reverse=True)[:4]
+
+    got = service.search_many(["甲", "乙"], query, top_k=4)
+    assert [(h.knowledge_base, h.chunk_id) for h in got] == [key for key, _ in expected]
+    assert [h.score for h in got] == [score for _, score in expected]
+    shared = service.search_many(["甲", "乙"], "亡羊补牢", top_k=10)
+    assert sorted(h.knowledge_base for h in shared if h.filename == "亡羊补牢.txt") == ["乙", "甲"]
+    # one KB: its own ranking and scores
+    assert service.search_many(["乙"], query, top_k=3) == alone["乙"]
+
+
+def test_several_kbs_refusals(service):
+    service.create_kb("甲")
+    with pytest.raises(InvalidInput, match="named twice"):
+        service.search_many(["甲", "甲"], "问题")
+    with pytest.raises(InvalidInput, match="at most 8"):
+        service.search_many([f"kb{i}" for i in range(9)], "问题")
+    with pytest.raises(InvalidInput, match="at least one"):
+        service.search_many([], "问题")
+    with pytest.raises(NotFound):
+        service.search_many(["甲", "没有"], "问题")

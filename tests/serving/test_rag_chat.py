@@ -11,13 +11,21 @@ from openai import OpenAI
 
 from serving.rag_chat import without_oldest_turn
 from tests.rag.conftest import IDIOMS
-from tests.serving.kb_helpers import FILLER, new_kb, upload
+from tests.serving.kb_helpers import FILLER, new_kb, search, upload
 from tests.serving.test_errors import assert_error
 
 MODEL = "tiny"
 QUESTION = "守株待兔是什么意思？"
 PLANTED = IDIOMS["守株待兔"]
-SOURCE_FIELDS = {"document_id", "filename", "chunk_index", "page", "score", "snippet"}
+SOURCE_FIELDS = {
+    "knowledge_base",
+    "document_id",
+    "filename",
+    "chunk_index",
+    "page",
+    "score",
+    "snippet",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +53,8 @@ def prompts(kb_server, engine_requests):
     return Decoded()
 
 
-def ask(client, kb: str | None, messages=None, max_tokens: int = 8, **kwargs):
-    extra = {"knowledge_base": kb, "retrieval_top_k": 3} if kb else {}
+def ask(client, kb: str | list[str] | None, messages=None, max_tokens: int = 8, top_k=3, **kwargs):
+    extra = {"knowledge_base": kb, "retrieval_top_k": top_k} if kb else {}
     return client.chat.completions.create(
         model=MODEL,
         messages=messages or [{"role": "user", "content": QUESTION}],
@@ -65,6 +73,7 @@ def test_non_stream_answer_has_sources_and_the_passage_in_its_prompt(client, rag
     assert set(sources[0]) == SOURCE_FIELDS
     assert sources[0]["filename"] == "守株待兔.txt" and PLANTED.startswith(sources[0]["snippet"])
     assert sources[0]["chunk_index"] == 0 and sources[0]["page"] is None
+    assert {s["knowledge_base"] for s in sources} == {rag_kb}
     prompt = prompts[-1]
     assert f"[1] 守株待兔.txt\n{PLANTED}" in prompt
     assert prompt.index(PLANTED) < prompt.index(QUESTION)  # in the system turn, before the user's
@@ -164,3 +173,66 @@ def test_without_oldest_turn_keeps_system_messages_and_the_last_question():
     assert without_oldest_turn([messages[0], messages[5]]) is None
     leading_reply = conv("assistant", "user", "assistant", "user")
     assert without_oldest_turn(leading_reply) == leading_reply[3:]
+
+
+@pytest.fixture(scope="module")
+def short_kbs(kb_server) -> list[str]:
+    """Two knowledge bases of short passages (several fit the test model's 128 tokens)."""
+    kbs = [new_kb(kb_server), new_kb(kb_server)]
+    texts = [
+        [("守株待兔.txt", "守株待兔：等着不劳而获。"), ("天气.txt", "今天天气很好。")],
+        [("画蛇添足.txt", "画蛇添足：多此一举。"), ("公园.txt", "我们去公园散步兔。")],
+    ]
+    for kb, files in zip(kbs, texts, strict=True):
+        response = upload(kb_server, kb, *[(name, text.encode()) for name, text in files])
+        assert response.status_code == 200, response.text
+    return kbs
+
+
+def test_several_knowledge_bases_fuse_by_rank_and_each_source_names_its_own(
+    client, kb_server, short_kbs, prompts
+):
+    """Each KB searched alone (the search API) and the chat's sources for both: the chat's
+    passages are the reciprocal-rank fusion of the two rankings (a tie goes to the KB named
+    first), as many as fit the 128-token test model, with the fused scores.
+    tests/rag/test_service.py checks the whole fused order on both backends."""
+    first, second = short_kbs
+    alone = {kb: search(kb_server, kb, QUESTION, top_k=4).json()["data"] for kb in short_kbs}
+    fused: dict[tuple, float] = {}
+    for kb in short_kbs:
+        for rank, hit in enumerate(alone[kb], start=1):
+            fused[(kb, hit["filename"], hit["chunk_index"])] = 1 / (60 + rank)
+    expected = sorted(fused.items(), key=lambda item: item[1], reverse=True)  # stable: A first
+
+    answer = ask(client, short_kbs, top_k=4, max_tokens=2)
+    sources = answer.model_extra["sources"]
+    assert set(sources[0]) == SOURCE_FIELDS
+    got = [((s["knowledge_base"], s["filename"], s["chunk_index"]), s["score"]) for s in sources]
+    assert [k for k, _ in expected[:2]] == [(first, "守株待兔.txt", 0), (second, "公园.txt", 0)]
+    assert got and [k for k, _ in got] == [k for k, _ in expected[: len(got)]]
+    assert [v for _, v in got] == pytest.approx([v for _, v in expected[: len(got)]])
+    assert all(f"[{i + 1}] {k[1]}" in prompts[-1] for i, (k, _) in enumerate(got))
+
+    single = ask(client, [first], max_tokens=2).model_extra["sources"]
+    assert single == ask(client, first, max_tokens=2).model_extra["sources"]
+
+
+def test_several_knowledge_bases_refusals(client, kb_server, rag_kb, short_kbs):
+    url = f"{kb_server.base_url}/chat/completions"
+    question = [{"role": "user", "content": QUESTION}]
+
+    def post(kbs):
+        return httpx.post(url, json={"model": MODEL, "messages": question, "knowledge_base": kbs})
+
+    missing = f"nope-{uuid.uuid4().hex[:6]}"
+    unknown = post([rag_kb, missing])
+    assert_error(unknown, 404, "not_found_error")
+    assert missing in unknown.json()["error"]["message"]
+    twice = post([rag_kb, *short_kbs, rag_kb])
+    assert_error(twice, 400, "invalid_request_error", param="knowledge_base")
+    assert "named twice" in twice.json()["error"]["message"]
+    too_many = post([f"kb{i}" for i in range(9)])
+    assert_error(too_many, 400, "invalid_request_error", param="knowledge_base")
+    assert "at most 8" in too_many.json()["error"]["message"]
+    assert_error(post([]), 400, "invalid_request_error", param="knowledge_base")
+    assert_error(post([rag_kb, ""]), 400, "invalid_request_error", param="knowledge_base")
