@@ -34,11 +34,17 @@ def test_another_programs_busy_core_is_seen(busy_program):
 
 
 def test_this_processs_own_work_is_not_another_programs():
+    """A core's worth of this process's own work adds nothing to what other programs are seen
+    using — measured against the same look while it rests, so a machine that others keep busy
+    (CI, a developer's other jobs) does not read as this process's doing."""
     share = cpu_share.CpuShare()
+    time.sleep(1.0)
+    resting = share.others_busy()
     end = time.monotonic() + 1.0
     while time.monotonic() < end:  # one core busy, in this process
         pass
-    assert share.others_busy() < 0.5
+    working = share.others_busy()
+    assert working < resting + 0.5, (resting, working)
 
 
 def test_a_stage_starts_with_the_threads_the_free_cores_allow(busy_program):
