@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from rag.models import MAX_QUERY_CHARS, DocumentInfo, FileResult, KnowledgeBaseInfo, SearchHit
+from rag.models import (
+    MAX_KBS_PER_SEARCH,
+    MAX_QUERY_CHARS,
+    DocumentInfo,
+    FileResult,
+    KnowledgeBaseInfo,
+    SearchHit,
+)
 from rag.names import KB_NAME_PATTERN, MAX_KB_NAME
 from serving.schemas import ErrorResponse
 
@@ -34,6 +41,16 @@ class SearchRequest(BaseModel):
         json_schema_extra={"minimum": 1, "maximum": 100},
     )
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+
+
+class MultiSearchRequest(SearchRequest):
+    """A search of several knowledge bases at once, fused by rank (what a chat with several
+    `knowledge_base` names retrieves)."""
+
+    knowledge_bases: list[str] = Field(
+        description="Knowledge-base names, each once (1 to 8).",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_KBS_PER_SEARCH},
+    )
 
 
 class KnowledgeBaseList(BaseModel):

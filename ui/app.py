@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui.events import NO_KB, NO_KB_LABEL, PageEvents
+from ui.events import PageEvents
 
 DEFAULT_SYSTEM_PROMPT = "你是小Phi，一个乐于助人的中文助手。"
 
@@ -89,9 +89,11 @@ def kb_panel() -> KBPanel:
     with gr.Accordion("知识库", open=True):
         with gr.Row():
             picker = gr.Dropdown(
-                choices=[(NO_KB_LABEL, NO_KB)],
-                value=NO_KB,
-                label="回答时使用的知识库",
+                choices=[],
+                value=[],
+                multiselect=True,
+                label="回答时使用的知识库（可多选；不选则不使用）",
+                info="选了几个，回答就从几个知识库里检索；上传文件时只选一个",
                 scale=3,
                 elem_id="kb-picker",
             )

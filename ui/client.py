@@ -49,10 +49,12 @@ class Source:
     chunk_index: int | None = None
     page: int | None = None
     document_id: str | None = None
+    knowledge_base: str | None = None
 
     @classmethod
     def from_api(cls, item: dict[str, Any]) -> Source:
         return cls(
+            knowledge_base=item.get("knowledge_base"),
             filename=str(item.get("filename") or item.get("document_id") or "?"),
             snippet=str(item.get("snippet") or item.get("text") or ""),
             score=item.get("score"),
@@ -110,7 +112,7 @@ class ChatSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 256
-    knowledge_base: str | None = None
+    knowledge_base: str | list[str] | None = None  # several: searched together, fused by rank
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -278,9 +280,18 @@ class XiaophiClient:
                 handle.close()
         return [UploadResult.from_api(r) for r in body.get("results", [])]
 
-    def search(self, knowledge_base: str, query: str, top_k: int = 5) -> list[Source]:
-        path = f"/v1/knowledge_bases/{_quote(knowledge_base)}/search"
-        body = self._request("POST", path, json={"query": query, "top_k": top_k})
+    def search(self, knowledge_base: str | list[str], query: str, top_k: int = 5) -> list[Source]:
+        """One knowledge base's passages, or several's fused by rank."""
+        if isinstance(knowledge_base, str) or len(knowledge_base) == 1:
+            name = knowledge_base if isinstance(knowledge_base, str) else knowledge_base[0]
+            path = f"/v1/knowledge_bases/{_quote(name)}/search"
+            body = self._request("POST", path, json={"query": query, "top_k": top_k})
+        else:
+            body = self._request(
+                "POST",
+                "/v1/knowledge_bases/search",
+                json={"knowledge_bases": list(knowledge_base), "query": query, "top_k": top_k},
+            )
         return [Source.from_api(hit) for hit in body.get("data", [])]
 
     def list_tools(self) -> list[dict[str, Any]]:

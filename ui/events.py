@@ -26,9 +26,6 @@ from ui.tools import MAX_TOOL_ROUNDS, offered_tools, run_call
 
 logger = logging.getLogger(__name__)
 
-NO_KB = ""  # the picker's value for "no knowledge base"
-NO_KB_LABEL = "无（不使用知识库）"
-
 
 @dataclass
 class PageEvents:
@@ -48,28 +45,26 @@ class PageEvents:
             return XiaophiClient(self.api_url, self.request_key(request))
         return XiaophiClient(self.api_url, (page_key or "").strip() or self.api_key)
 
-    def kb_picker(self, page_key: str, selected: str, request: gr.Request | None):
-        """Picker update and a status line; the picker keeps "none" when the API fails."""
+    def kb_picker(self, page_key: str, selected: list[str] | None, request: gr.Request | None):
+        """Picker update and a status line; the picker empties when the API fails."""
         try:
             with self.client_for(page_key, request) as client:
                 names = [kb["name"] for kb in client.list_knowledge_bases()]
         except Exception as exc:
-            return gr.update(choices=[(NO_KB_LABEL, NO_KB)], value=NO_KB), readable(exc)
-        value = selected if selected in names else NO_KB
-        choices = [(NO_KB_LABEL, NO_KB)] + [(name, name) for name in names]
-        return gr.update(choices=choices, value=value), f"已刷新：{len(names)} 个知识库。"
+            return gr.update(choices=[], value=[]), readable(exc)
+        value = [name for name in picked(selected) if name in names]
+        return gr.update(choices=names, value=value), f"已刷新：{len(names)} 个知识库。"
 
     def on_load(self, page_key: str, request: gr.Request):
-        return self.kb_picker(page_key, self.default_kb or NO_KB, request)
+        return self.kb_picker(page_key, [self.default_kb] if self.default_kb else [], request)
 
-    def documents_of(self, page_key: str, kb: str, request: gr.Request) -> str:
-        if not kb:
-            return ""
+    def documents_of(self, page_key: str, kbs: list[str] | None, request: gr.Request) -> str:
         try:
             with self.client_for(page_key, request) as client:
-                return format_documents(kb, client.list_documents(kb))
+                listings = [format_documents(kb, client.list_documents(kb)) for kb in picked(kbs)]
         except Exception as exc:
             return readable(exc)
+        return "\n\n".join(listings)
 
     def on_create(self, page_key: str, name: str, request: gr.Request):
         try:
@@ -78,20 +73,24 @@ class PageEvents:
         except Exception as exc:
             return gr.update(), readable(exc), gr.update()
         created_name = created.get("name", name.strip())
-        picker, _ = self.kb_picker(page_key, created_name, request)
+        picker, _ = self.kb_picker(page_key, [created_name], request)
         return picker, f"已创建知识库 **{created_name}**。", ""
 
     def on_upload(
         self,
         page_key: str,
-        kb: str,
+        kbs: list[str] | None,
         files: list[str] | None,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008
     ):
         paths = [Path(f) for f in files or []]
-        if not kb:
-            return "请先在上方选择一个知识库（不能是「无」）。", gr.update(), gr.update()
+        if not picked(kbs):
+            return "请先在上方选择一个知识库。", gr.update(), gr.update()
+        if len(picked(kbs)) > 1:
+            chosen = "、".join(picked(kbs))
+            return f"上传时请只选一个知识库（现在选了 {chosen}）。", gr.update(), gr.update()
+        kb = picked(kbs)[0]
         if not paths:
             return "请先选择要上传的文件。", gr.update(), gr.update()
         results: list[UploadResult] = []
@@ -122,7 +121,7 @@ class PageEvents:
         temperature: float,
         top_p: float,
         max_tokens: float,
-        kb: str,
+        kbs: list[str] | None,
         use_tools: bool,
         page_key: str,
         request: gr.Request,
@@ -145,12 +144,12 @@ class PageEvents:
             temperature=float(temperature),
             top_p=float(top_p),
             max_tokens=int(max_tokens),
-            knowledge_base=kb or None,
+            knowledge_base=chat_knowledge_base(kbs),
         )
         try:
             with self.client_for(page_key, request) as client:
-                tools = offered_tools(client, kb or None) if use_tools else []
-                if tools and kb:  # the model searches the knowledge base through its tool
+                tools = offered_tools(client, picked(kbs)) if use_tools else []
+                if tools and picked(kbs):  # the model searches the knowledge bases by its tool
                     settings.knowledge_base = None
                 for rounds in range(MAX_TOOL_ROUNDS + 1):
                     calls: list[ToolCall] = []
@@ -175,7 +174,7 @@ class PageEvents:
                     )
                     answer["content"] = ""
                     for call in calls:
-                        result = run_call(client, kb or None, call)
+                        result = run_call(client, picked(kbs), call)
                         conversation.append(
                             {"role": "tool", "tool_call_id": call.id, "content": result}
                         )
@@ -189,6 +188,21 @@ class PageEvents:
                 history.remove(answer)
             history.append(error_note(readable(exc)))
         yield history, "", gr.update(interactive=True)
+
+
+def picked(kbs: list[str] | str | None) -> list[str]:
+    """The picker's value as a list of names (gradio gives a list; a single name is one)."""
+    if not kbs:
+        return []
+    return [kbs] if isinstance(kbs, str) else [kb for kb in kbs if kb]
+
+
+def chat_knowledge_base(kbs: list[str] | str | None) -> str | list[str] | None:
+    """A chat request's `knowledge_base`: one name as itself, several as a list, none as None."""
+    names = picked(kbs)
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
 
 
 def forget_upload(path: Path) -> None:

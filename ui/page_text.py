@@ -59,8 +59,10 @@ def api_messages(history: list[dict[str, Any]], system_prompt: str) -> list[dict
 
 def format_sources(sources: list[Source]) -> str:
     lines = []
+    several = len({source.knowledge_base for source in sources}) > 1
     for rank, source in enumerate(sources, 1):
-        where = [f"**{source.filename}**"]
+        name = f"{source.knowledge_base} / {source.filename}" if several else source.filename
+        where = [f"**{name}**"]
         if source.chunk_index is not None:
             where.append(f"片段 #{source.chunk_index}")
         if source.page is not None:

@@ -204,6 +204,15 @@ def test_several_knowledge_bases_fuse_by_rank_and_each_source_names_its_own(
             fused[(kb, hit["filename"], hit["chunk_index"])] = 1 / (60 + rank)
     expected = sorted(fused.items(), key=lambda item: item[1], reverse=True)  # stable: A first
 
+    # the search API over both: the whole fused list
+    both = httpx.post(
+        f"{kb_server.base_url}/knowledge_bases/search",
+        json={"knowledge_bases": short_kbs, "query": QUESTION, "top_k": 4},
+    ).json()["data"]
+    searched = [((h["knowledge_base"], h["filename"], h["chunk_index"]), h["score"]) for h in both]
+    assert [k for k, _ in searched] == [k for k, _ in expected]
+    assert [v for _, v in searched] == pytest.approx([v for _, v in expected])
+
     answer = ask(client, short_kbs, top_k=4, max_tokens=2)
     sources = answer.model_extra["sources"]
     assert set(sources[0]) == SOURCE_FIELDS
@@ -236,3 +245,14 @@ def test_several_knowledge_bases_refusals(client, kb_server, rag_kb, short_kbs):
     assert "at most 8" in too_many.json()["error"]["message"]
     assert_error(post([]), 400, "invalid_request_error", param="knowledge_base")
     assert_error(post([rag_kb, ""]), 400, "invalid_request_error", param="knowledge_base")
+    searched = httpx.post(
+        f"{kb_server.base_url}/knowledge_bases/search",
+        json={"knowledge_bases": [rag_kb, missing], "query": QUESTION},
+    )
+    assert_error(searched, 404, "not_found_error")
+    doubled = httpx.post(
+        f"{kb_server.base_url}/knowledge_bases/search",
+        json={"knowledge_bases": [rag_kb, rag_kb], "query": QUESTION},
+    )
+    assert_error(doubled, 400, "invalid_request_error")
+    assert "named twice" in doubled.json()["error"]["message"]

@@ -35,6 +35,23 @@ WATCH_ANSWER = """() => {
 }"""
 
 
+def picked_kbs(page) -> list[str]:
+    """The knowledge bases the picker has selected (its tokens)."""
+    return page.locator("#kb-picker .token > span").all_inner_texts()
+
+
+def pick_kb(page, name: str) -> None:
+    """Add `name` to the picker's selection, as a user does: open the list, click it."""
+    page.click("#kb-picker input")
+    page.get_by_role("option", name=name).click()
+    page.keyboard.press("Escape")
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('#kb-picker .token > span')]"
+        ".some(e => e.innerText === n)",
+        arg=name,
+    )
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
@@ -83,7 +100,7 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
     page.fill("#new-kb textarea", "成语库")
     page.click("#create-kb")
     page.locator("#status").get_by_text("已创建知识库").wait_for()
-    assert page.input_value("#kb-picker input") == "成语库"
+    assert picked_kbs(page) == ["成语库"]
 
     # 3. upload a GBK text file and see it listed
     started = time.time() - 1
@@ -112,6 +129,35 @@ def test_chat_kb_upload_and_rag_sources_in_the_browser(ui_server, page, gbk_file
     page.screenshot(path=str(shot), full_page=True)
     if target := os.environ.get("XIAOPHI_UI_SCREENSHOT"):
         shutil.copyfile(shot, target)
+
+    # 5. a second knowledge base, picked beside the first: the answer draws on both
+    page.fill("#new-kb textarea", "俗语库")
+    page.click("#create-kb")
+    page.locator("#status").get_by_text("已创建知识库 俗语库").wait_for()
+    assert picked_kbs(page) == ["俗语库"]  # the new one alone, ready for its upload
+    saying = tmp_path / "俗语.txt"
+    saying.write_text("守株待兔的农夫又等了一年，兔子再也没有来过。", encoding="utf-8")
+    page.set_input_files("#files input[type=file]", str(saying))
+    page.locator("#files").get_by_text(saying.stem).first.wait_for()
+    pick_kb(page, "成语库")
+    assert sorted(picked_kbs(page)) == ["俗语库", "成语库"]
+    page.click("#upload")  # with two picked, an upload does not guess where to go
+    page.locator("#upload-result").get_by_text("上传时请只选一个知识库").wait_for()
+    page.locator("#kb-picker .token").filter(has_text="成语库").locator(".token-remove").click()
+    page.click("#upload")
+    page.locator("#upload-result").get_by_text("已添加到 俗语库").wait_for()
+    pick_kb(page, "成语库")
+    page.locator("#documents").get_by_text("知识库 成语库").wait_for()  # both listed
+    listing = page.inner_text("#documents")
+    assert "知识库 俗语库" in listing and saying.name in listing and gbk_file.name in listing
+
+    page.click("#new-chat")
+    page.wait_for_function("""() => !document.querySelector('#chatbot [data-testid="bot"]')""")
+    screenshot.ask(page, "守株待兔是什么意思？")
+    screenshot.wait_for_sources(page)
+    chat_text = page.inner_text("#chatbot")
+    sources = chat_text[chat_text.index("参考来源") :]
+    assert f"成语库 / {gbk_file.name}" in sources and f"俗语库 / {saying.name}" in sources
 
 
 def test_use_tools_runs_the_models_calls_and_shows_them_folded(tools_ui_server, page, tool_terms):
@@ -189,7 +235,7 @@ def test_login_once_and_the_page_calls_the_api_with_that_key(keyed_ui_server, pa
     log_in(page, url, alpha)
     page.wait_for_selector("#chat-input textarea")
     page.locator("#status").get_by_text("已刷新：1 个知识库").wait_for()
-    assert page.input_value("#kb-picker input") == keyed_ui_server.default_kb
+    assert picked_kbs(page) == [keyed_ui_server.default_kb]
     page.locator("#documents").get_by_text("还没有文档").wait_for()
     assert not page.locator("#api-key").count()  # no key field: the login is the key
     screenshot.ask(page, "你好")
@@ -204,7 +250,7 @@ def test_login_once_and_the_page_calls_the_api_with_that_key(keyed_ui_server, pa
     with httpx.Client(base_url=url, timeout=60) as other:
         assert other.post("/ui/login", data={"key": beta}).status_code == 303
         start = len(recorder.calls)
-        event = other.post("/ui/gradio_api/call/on_refresh", json={"data": [""]})
+        event = other.post("/ui/gradio_api/call/on_refresh", json={"data": [[]]})
         result = other.get(f"/ui/gradio_api/call/on_refresh/{event.json()['event_id']}")
         assert "event: complete" in result.text and "demo" in result.text
         assert {auth for _, auth in recorder.calls[start:]} == {f"Bearer {beta}"}

@@ -214,24 +214,30 @@ def test_the_page_tools_run_through_the_server(tools_ui_server, gbk_file):
     from ui.tools import SEARCH_TOOL, offered_tools, run_call
 
     with XiaophiClient(tools_ui_server.url) as client:
-        assert offered_tools(client, None) == [LOOKUP]
-        name = kb_name()
+        assert offered_tools(client, []) == [LOOKUP]
+        name, other = kb_name(), kb_name()
         client.create_knowledge_base(name)
         client.upload_documents(name, [gbk_file])
-        assert offered_tools(client, name) == [LOOKUP, SEARCH_TOOL]
+        assert offered_tools(client, [name]) == [LOOKUP, SEARCH_TOOL]
 
         lookup = ToolCall("call-1", "lookup_idiom", '{"term": "守株待兔"}')
-        assert run_call(client, name, lookup) == lookup_idiom("守株待兔")
-        found = run_call(
-            client, name, ToolCall("call-2", "search_knowledge_base", '{"query": "守株待兔"}')
-        )
+        assert run_call(client, [name], lookup) == lookup_idiom("守株待兔")
+        search = ToolCall("call-2", "search_knowledge_base", '{"query": "守株待兔"}')
+        found = run_call(client, [name], search)
         assert found.startswith(f"【{gbk_file.name}】") and "兔子" in found
+        # two knowledge bases: one search through the server, each passage under its KB's name
+        client.create_knowledge_base(other)
+        rabbit = gbk_file.parent / "other.txt"
+        rabbit.write_text("兔子跑得很快，乌龟爬得很慢。", encoding="utf-8")
+        client.upload_documents(other, [rabbit])
+        both = run_call(client, [name, other], search)
+        assert both.startswith(f"【{name}/{gbk_file.name}】") and f"【{other}/other.txt】" in both
         assert "工具调用失败" in run_call(
-            client, None, ToolCall("c", "search_knowledge_base", '{"query": "兔"}')
+            client, [], ToolCall("c", "search_knowledge_base", '{"query": "兔"}')
         )
-        bad = run_call(client, name, ToolCall("c", "search_knowledge_base", '{"q": 1}'))
+        bad = run_call(client, [name], ToolCall("c", "search_knowledge_base", '{"q": 1}'))
         assert bad.startswith("工具调用失败") and '{"q": 1}' in bad
-        unknown = run_call(client, name, ToolCall("c", "lookup_word", '{"term": "天气"}'))
+        unknown = run_call(client, [name], ToolCall("c", "lookup_word", '{"term": "天气"}'))
         assert unknown.startswith("工具调用失败") and "lookup_idiom" in unknown  # what it runs
 
 

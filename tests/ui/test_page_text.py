@@ -46,6 +46,13 @@ def test_sources_read_as_name_snippet_and_score():
     assert "**成语.txt**" in text and "片段 #2" in text and "第 3 页" in text
     assert "score 0.0328" in text and "守株待兔 比喻" in text and text.endswith("…")
     assert "没有检索到" in format_sources([])
+    # from several knowledge bases, each source says which
+    several = format_sources(
+        [Source("a.txt", "甲", knowledge_base="手册"), Source("b.txt", "乙", knowledge_base="问答")]
+    )
+    assert "**手册 / a.txt**" in several and "**问答 / b.txt**" in several
+    one = format_sources([Source("a.txt", "甲", knowledge_base="手册")])
+    assert "**a.txt**" in one
 
 
 def test_upload_results_say_what_happened_to_each_file():

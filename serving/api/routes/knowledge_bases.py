@@ -23,6 +23,7 @@ from serving.kb_schemas import (
     DeletedKnowledgeBase,
     DocumentList,
     KnowledgeBaseList,
+    MultiSearchRequest,
     SearchHitList,
     SearchRequest,
     UploadRejected,
@@ -49,6 +50,16 @@ async def list_knowledge_bases(kbs: KBServiceDep) -> KnowledgeBaseList:
 @router.post("", status_code=201, responses=error_responses(400, 409))
 async def create_knowledge_base(body: CreateKnowledgeBase, kbs: KBServiceDep) -> KnowledgeBaseInfo:
     return await run_in_threadpool(kbs.create_kb, body.name)
+
+
+@router.post("/search", responses=error_responses(400, 404, 503))
+async def search_several(body: MultiSearchRequest, kbs: KBServiceDep) -> SearchHitList:
+    """Several knowledge bases searched at once, the results fused by rank; each hit names its
+    knowledge base."""
+    hits = await run_in_threadpool(
+        kbs.search_many, body.knowledge_bases, body.query, body.top_k, body.mode
+    )
+    return SearchHitList(data=hits)
 
 
 @router.get("/{kb}", responses=error_responses(400, 404))
