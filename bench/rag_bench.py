@@ -24,6 +24,9 @@ idioms outside the benchmark's tenth, the news dev half): settings are chosen th
 test queries are asked once per kept change. Two baselines are computed on the same chunks and
 queries beside every method: character 1-2-gram TF-IDF with cosine (scikit-learn) and BM25 over
 the same character 1-2-grams with k1 1.5, b 0.75.
+Then the corpora split into two KBs (the prose: 三国 + People's Daily; the idioms), each query
+kind asked of each KB alone and of both (`search_many`: candidates pooled by raw score, and
+each KB's ranking fused by rank), beside the one KB above.
 recall@k here = share of queries with at least one relevant chunk in the top k; MRR uses the
 first relevant chunk's rank (0 beyond the top 10). `hybrid` is the configured fusion (defaults
 chosen on a disjoint dev split by `bench.fusion_dev`, never on these queries).
@@ -356,8 +359,8 @@ def latency(service, kb: str, queries: list[str], mode: str) -> dict:
     }
 
 
-def query_kinds(args) -> tuple[list[tuple[str, bytes]], dict]:
-    """(files of the KB, kind → (queries of `args.split`, relevant(hit, target)))."""
+def query_kinds(args) -> tuple[dict[str, list[tuple[str, bytes]]], dict]:
+    """(kind → its corpus's files, kind → (queries of `args.split`, relevant(hit, target)))."""
     sanguo_files, titles = sanguo_set(args.cache)
     idiom_files, idiom_queries = idiom_set(args.cache, args.idiom_queries)
     news_files, news_queries = news_set(args.cache)
@@ -372,7 +375,7 @@ def query_kinds(args) -> tuple[list[tuple[str, bytes]], dict]:
         "idioms": (idiom_queries, lambda hit, header: header in hit.text),
         "news": (news_dev if args.split == "dev" else news_test, overlaps),
     }
-    return sanguo_files + idiom_files + news_files, kinds
+    return {"sanguo": sanguo_files, "idioms": idiom_files, "news": news_files}, kinds
 
 
 def same_file(hit, name: str) -> bool:
@@ -383,6 +386,48 @@ def overlaps(hit, target: tuple[str, int, int]) -> bool:
     """The hit is in the target's file and shares characters with its span."""
     name, start, end = target
     return hit.filename == name and hit.start < end and hit.end > start
+
+
+#: The corpora split into two knowledge bases: the prose (novel chapters, newspaper) and the
+#: dictionary entries — documents of different kinds, as a user's handbook and FAQ would be.
+TWO_KBS = {"bench-prose": ("sanguo", "news"), "bench-idioms": ("idioms",)}
+
+
+def fused_quality(service, names: list[str], queries, relevant) -> dict:
+    """Hybrid recall and MRR of `names` searched together (`search_many`: one name = that KB
+    alone; several = each searched, fused by rank)."""
+    ranks, offsets = [], []
+    for query, target in queries:
+        hits = service.search_many(names, query, top_k=FETCH)
+        rank, chars = first_relevant([(h.text, h) for h in hits], relevant, target)
+        ranks.append(rank)
+        offsets.append(chars)
+    return rank_metrics(ranks, offsets)
+
+
+def several_kbs(service, corpora: dict, kinds: dict, batch_files: int) -> dict:
+    """Every query kind against: the one KB holding all corpora (the baseline, as above), each
+    of the two KBs alone, and both fused by rank."""
+    for name, members in TWO_KBS.items():
+        service.create_kb(name)
+        add_in_batches(service, name, [f for m in members for f in corpora[m]], batch_files)
+    setups = {
+        "one KB with everything (baseline)": (["bench"], None),
+        **{f"{name} alone": ([name], None) for name in TWO_KBS},
+        "both, pooled scores": (list(TWO_KBS), "pooled"),
+        "both, fused by rank": (list(TWO_KBS), "rank"),
+    }
+    configured = service.settings.multi_kb_fusion
+    out = {}
+    for kind, (queries, relevant) in kinds.items():
+        home = next(name for name, members in TWO_KBS.items() if kind in members)
+        rows = {}
+        for label, (names, fusion) in setups.items():
+            service.settings.multi_kb_fusion = fusion or configured
+            rows[label] = fused_quality(service, names, queries, relevant)
+        out[kind] = {"queries": len(queries), "home": home, "setups": rows}
+    service.settings.multi_kb_fusion = configured
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -434,6 +479,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="A CrossEncoder folder: adds `hybrid + rerank` rows and latency (rag/rerank.py) "
         "beside the plain hybrid (default: XIAOPHI_KB_RERANKER when set, else none).",
     )
+    parser.add_argument(
+        "--no-several-kbs",
+        dest="several_kbs",
+        action="store_false",
+        help="Skip the two-knowledge-base rows (the corpora split into two KBs, searched alone "
+        "and fused by rank, beside the one KB holding everything).",
+    )
     args = parser.parse_args(argv)
 
     import shutil
@@ -465,7 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
 
-    files, kinds = query_kinds(args)
+    corpora, kinds = query_kinds(args)
+    files = [f for corpus in corpora.values() for f in corpus]
     report["split"] = args.split
     service.create_kb("bench")
     chunks, seconds = add_in_batches(service, "bench", files, args.batch_files)
@@ -502,6 +555,9 @@ def main(argv: list[str] | None = None) -> dict:
             methods["hybrid + rerank"] = quality(reranked, "bench", queries, relevant)["hybrid"]
         report["quality"][kind] = {"queries": len(queries), "methods": methods}
         print(json.dumps({kind: methods}, ensure_ascii=False), flush=True)
+    if args.several_kbs:
+        report["several_kbs"] = several_kbs(service, corpora, kinds, args.batch_files)
+        print(json.dumps(report["several_kbs"], ensure_ascii=False), flush=True)
     latency_queries = [q for queries, _ in kinds.values() for q, _ in queries]
     latency_queries = random.Random(0).sample(
         latency_queries, min(args.latency_queries, len(latency_queries))
@@ -549,6 +605,21 @@ def markdown(report: dict) -> str:
     ]
     for mode, row in report["latency"].items():
         lines.append(f"| {mode} | {row['p50_ms']} | {row['p95_ms']} |")
+    if "several_kbs" in report:
+        lines += [
+            "",
+            "Two knowledge bases (hybrid): "
+            + "; ".join(f"{n} = {' + '.join(m)}" for n, m in TWO_KBS.items()),
+            "",
+            "| query set | searched | recall@1 | recall@5 | recall@10 | MRR@10 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for kind, block in report["several_kbs"].items():
+            for label, row in block["setups"].items():
+                lines.append(
+                    f"| {kind} ({block['queries']} q; in {block['home']}) | {label} | "
+                    f"{row['recall@1']} | {row['recall@5']} | {row['recall@10']} | {row['mrr']} |"
+                )
     return "\n".join(lines)
 
 

@@ -104,6 +104,15 @@ class KBSettings(BaseSettings):
     rrf_k: int = Field(
         60, ge=1, description="Reciprocal-rank-fusion constant: score = Σ w/(rrf_k + rank)."
     )
+    multi_kb_fusion: Literal["pooled", "rank"] = Field(
+        "pooled",
+        description=(
+            "How a search of several KBs (a chat with several `knowledge_base` names) ranks "
+            "them together: `pooled` = every KB's candidates in one BM25 and one dense run by "
+            "their raw scores, fused as one KB's are; `rank` = reciprocal-rank fusion of each "
+            "KB's own ranking. Chosen on the dev queries of `make bench-rag`."
+        ),
+    )
     bm25_weight: float = Field(1.0, ge=0, description="Weight of BM25 in the fusion.")
     dense_weight: float = Field(
         DEFAULT_DENSE_WEIGHT,

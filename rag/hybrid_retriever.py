@@ -136,42 +136,70 @@ def hybrid_search(
     the fused ranking's first `rerank_top_n` chunks are rescored (rag/rerank.py) and `score`
     is the reranked score.
     """
+    return [ranked for _, ranked in pooled_search({"": index}, embeddings, query, options)]
+
+
+def pooled_search(
+    indexes: dict[str, SearchIndex], embeddings: Embeddings, query: str, options: SearchOptions
+) -> list[tuple[str, Ranked]]:
+    """(name, chunk) of the `options.k` best chunks of several indexes ranked as one, best
+    first: each index's BM25 and dense candidates, with their raw scores (BM25 scores from each
+    index's own term statistics; cosine similarities of one embedder, which compare across
+    indexes), pooled into one BM25 run and one dense run, then fused as `hybrid_search` fuses
+    one index's. One index: exactly `hybrid_search`. Ranks are within each index."""
     o = options
     fetch = max(o.fetch_k, o.k)
-    bm25 = []
-    if o.mode == "bm25" or (o.mode == "hybrid" and o.bm25_weight > 0):
-        bm25 = index.bm25_search(query, fetch)
-    dense, query_vector = [], None
-    if o.mode == "dense" or (o.mode == "hybrid" and o.dense_weight > 0):
-        query_vector = embeddings.embed_query(query)
-        dense = index.dense_search(query_vector, fetch)
+    use_bm25 = o.mode == "bm25" or (o.mode == "hybrid" and o.bm25_weight > 0)
+    use_dense = o.mode == "dense" or (o.mode == "hybrid" and o.dense_weight > 0)
+    query_vector = embeddings.embed_query(query) if use_dense else None
+    bm25_all: list = []
+    dense_all: list = []
+    bm25_rank: dict[tuple[str, str], int] = {}
+    dense_rank: dict[tuple[str, str], int] = {}
+    for name, index in indexes.items():
+        bm25 = index.bm25_search(query, fetch) if use_bm25 else []
+        dense = index.dense_search(query_vector, fetch) if use_dense else []
+        bm25_rank.update({(name, c): r for r, (c, _) in enumerate(bm25, start=1)})
+        dense_rank.update({(name, c): r for r, (c, _) in enumerate(dense, start=1)})
+        if o.mode == "hybrid" and o.fusion == "convex" and bm25 and dense:
+            bm25, dense = score_union(index, query, query_vector, bm25, dense)
+        bm25_all += [((name, c), score) for c, score in bm25]
+        dense_all += [((name, c), score) for c, score in dense]
+    if len(indexes) > 1:  # one index's runs are in order already (a stable sort keeps ties)
+        bm25_all.sort(key=lambda hit: hit[1], reverse=True)
+        dense_all.sort(key=lambda hit: hit[1], reverse=True)
     if o.mode == "bm25":
-        ranked = bm25
+        ranked = bm25_all
     elif o.mode == "dense":
-        ranked = dense
+        ranked = dense_all
     else:
-        bm25_run, dense_run = bm25, dense
-        if o.fusion == "convex" and bm25 and dense:
-            bm25_run, dense_run = score_union(index, query, query_vector, bm25, dense)
-        ranked = fuse(bm25_run, dense_run, o.fusion, o.bm25_weight, o.dense_weight, o.rrf_k)
+        ranked = fuse(bm25_all, dense_all, o.fusion, o.bm25_weight, o.dense_weight, o.rrf_k)
         if o.reranker is not None:
             ranked = rerank(
                 query,
                 ranked,
-                lambda ids: {i: d.page_content for i, d in index.chunks(ids).items()},
+                lambda keys: {k: d.page_content for k, d in _chunks(indexes, keys).items()},
                 o.reranker,
                 max(o.rerank_top_n, o.k),
                 o.rerank_weight,
             )
-    bm25_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(bm25, start=1)}
-    dense_rank = {chunk_id: r for r, (chunk_id, _) in enumerate(dense, start=1)}
     top = ranked[: o.k]
-    found = index.chunks([chunk_id for chunk_id, _ in top])
+    found = _chunks(indexes, [key for key, _ in top])
     return [
-        Ranked(chunk_id, found[chunk_id], score, bm25_rank.get(chunk_id), dense_rank.get(chunk_id))
-        for chunk_id, score in top
-        if chunk_id in found  # else removed by a writer since it was ranked
+        (key[0], Ranked(key[1], found[key], score, bm25_rank.get(key), dense_rank.get(key)))
+        for key, score in top
+        if key in found  # else removed by a writer since it was ranked
     ]
+
+
+def _chunks(indexes: dict[str, SearchIndex], keys) -> dict[tuple[str, str], Document]:
+    """The stored chunks of (index name, chunk id) keys, from each index."""
+    out = {}
+    for name, index in indexes.items():
+        ids = [chunk_id for owner, chunk_id in keys if owner == name]
+        if ids:
+            out.update({(name, i): doc for i, doc in index.chunks(ids).items()})
+    return out
 
 
 class HybridRetriever(BaseRetriever, SearchOptions):

@@ -26,6 +26,7 @@ from rag.hybrid_retriever import (
     Mode,
     SearchOptions,
     hybrid_search,
+    pooled_search,
     reciprocal_rank_fusion,
 )
 from rag.loaders import load_bytes
@@ -315,9 +316,7 @@ class KnowledgeBaseService:
             **dict(self._search_options(top_k, mode)),
         )
 
-    def search(
-        self, name: str, query: str, top_k: int | None = None, mode: Mode = "hybrid"
-    ) -> list[SearchHit]:
+    def _check_query(self, query: str, top_k: int | None, mode: Mode) -> None:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("the query is empty; ask something, e.g. `画蛇添足是什么意思`.")
         if len(query) > MAX_QUERY_CHARS:
@@ -328,35 +327,25 @@ class KnowledgeBaseService:
             raise InvalidInput(f"top_k={top_k} is out of range; use 1 to 100.")
         if mode not in ("hybrid", "bm25", "dense"):
             raise InvalidInput(f"search mode {mode!r} is unknown; use hybrid, bm25 or dense.")
+
+    def search(
+        self, name: str, query: str, top_k: int | None = None, mode: Mode = "hybrid"
+    ) -> list[SearchHit]:
+        self._check_query(query, top_k, mode)
         index = self._search_index(name)
         options = self._search_options(top_k, mode)
         ranked = hybrid_search(index, self.embedder.embeddings, query, options)
-        return [
-            SearchHit(
-                knowledge_base=name,
-                chunk_id=r.chunk_id,
-                document_id=r.chunk.metadata["doc_id"],
-                filename=r.chunk.metadata["filename"],
-                chunk_index=r.chunk.metadata["chunk_index"],
-                page=r.chunk.metadata.get("page"),
-                start=r.chunk.metadata["start"],
-                end=r.chunk.metadata["end"],
-                text=r.chunk.page_content,
-                score=r.score,
-                bm25_rank=r.bm25_rank,
-                dense_rank=r.dense_rank,
-            )
-            for r in ranked
-        ]
+        return [_hit(name, r) for r in ranked]
 
     def search_many(
         self, names: Sequence[str], query: str, top_k: int | None = None, mode: Mode = "hybrid"
     ) -> list[SearchHit]:
-        """Each knowledge base searched for `query`, the results fused by rank: score =
-        Σ 1 / (rrf_k + rank) over the KBs that found the passage. Scores of different KBs do
-        not compare (BM25's term weights come from each KB's own documents, and the hybrid
-        score is normalised per KB), ranks do; an equal rank in two KBs ties, and the tie goes
-        to the KB named first. One name: that KB's own results and scores."""
+        """Several knowledge bases searched as one, by `multi_kb_fusion`: `pooled` ranks every
+        KB's candidates together by their raw scores (BM25 from each KB's own term statistics;
+        cosine similarities of the one embedder, which compare across KBs), fused as one KB's
+        search fuses them; `rank` fuses each KB's own ranking by reciprocal rank (scores never
+        compared; an equal rank in two KBs ties, the tie going to the KB named first). One
+        name: that KB's own search."""
         names = list(names)
         if not names:
             raise InvalidInput("no knowledge base named; give at least one.")
@@ -369,15 +358,38 @@ class KnowledgeBaseService:
             raise InvalidInput(f"knowledge base {repeated[0]!r} is named twice; name each once.")
         if len(names) == 1:
             return self.search(names[0], query, top_k, mode)
+        if self.settings.multi_kb_fusion == "pooled":
+            self._check_query(query, top_k, mode)
+            indexes = {name: self._search_index(name) for name in names}
+            options = self._search_options(top_k, mode)
+            pooled = pooled_search(indexes, self.embedder.embeddings, query, options)
+            return [_hit(name, r) for name, r in pooled]
         runs = [self.search(name, query, top_k, mode) for name in names]
         hits = {(hit.knowledge_base, hit.chunk_id): hit for run in runs for hit in run}
         fused = reciprocal_rank_fusion(
             [([f"{h.knowledge_base}\0{h.chunk_id}" for h in run], 1.0) for run in runs],
             self.settings.rrf_k,
         )
-        limit = top_k or self.settings.top_k
         out = []
-        for key, score in fused[:limit]:
+        for key, score in fused[: top_k or self.settings.top_k]:
             kb, chunk_id = key.split("\0", 1)
             out.append(hits[(kb, chunk_id)].model_copy(update={"score": score}))
         return out
+
+
+def _hit(name: str, r) -> SearchHit:
+    """A ranked chunk of knowledge base `name` as the API returns it."""
+    return SearchHit(
+        knowledge_base=name,
+        chunk_id=r.chunk_id,
+        document_id=r.chunk.metadata["doc_id"],
+        filename=r.chunk.metadata["filename"],
+        chunk_index=r.chunk.metadata["chunk_index"],
+        page=r.chunk.metadata.get("page"),
+        start=r.chunk.metadata["start"],
+        end=r.chunk.metadata["end"],
+        text=r.chunk.page_content,
+        score=r.score,
+        bm25_rank=r.bm25_rank,
+        dense_rank=r.dense_rank,
+    )

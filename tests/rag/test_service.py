@@ -283,9 +283,34 @@ def test_an_embedder_retrained_in_the_same_folder_needs_a_reindex(tmp_path, make
     assert retrained.search("demo", "守株待兔", top_k=1)
 
 
-def test_several_kbs_are_searched_and_fused_by_rank(service):
-    """search_many: each KB's own ranking, fused by reciprocal rank (ties to the KB named
-    first); a passage in both KBs comes once from each, named by its KB."""
+def test_several_kbs_pooled_rank_as_one_kb_would(service):
+    """The default (`pooled`): every KB's candidates ranked together by their raw scores. Dense
+    similarities compare across KBs, so two KBs' pooled dense ranking is the ranking of one KB
+    holding both's documents; in hybrid mode, a KB with nothing on the question does not push
+    its best guess above the other's answer (what rank fusion does on a tie)."""
+    uploads = idiom_uploads()
+    for name, files in (("甲", uploads[:2]), ("乙", uploads[2:]), ("全", uploads)):
+        service.create_kb(name)
+        service.add_documents(name, files)
+    query = "自己欺骗自己"  # 掩耳盗铃, in 乙 only
+    pooled = service.search_many(["甲", "乙"], query, top_k=4, mode="dense")
+    whole = service.search("全", query, top_k=4, mode="dense")
+    assert [(h.filename, h.chunk_index) for h in pooled] == [
+        (h.filename, h.chunk_index) for h in whole
+    ]
+    assert [h.score for h in pooled] == pytest.approx([h.score for h in whole])
+    assert {h.knowledge_base for h in pooled} == {"甲", "乙"}
+    hybrid = service.search_many(["甲", "乙"], query, top_k=3)
+    assert (hybrid[0].knowledge_base, hybrid[0].filename) == ("乙", "掩耳盗铃.txt")
+    service.settings.multi_kb_fusion = "rank"
+    ranked = service.search_many(["甲", "乙"], query, top_k=3)
+    assert ranked[0].knowledge_base == "甲"  # rank 1 of each tie: the KB named first wins
+
+
+def test_several_kbs_fused_by_rank(service):
+    """`multi_kb_fusion: rank`: each KB's own ranking, fused by reciprocal rank (ties to the KB
+    named first); a passage in both KBs comes once from each, named by its KB."""
+    service.settings.multi_kb_fusion = "rank"
     uploads = idiom_uploads()
     service.create_kb("甲")
     service.create_kb("乙")
@@ -308,7 +333,9 @@ def test_several_kbs_are_searched_and_fused_by_rank(service):
     assert service.search_many(["乙"], query, top_k=3) == alone["乙"]
 
 
-def test_several_kbs_refusals(service):
+@pytest.mark.parametrize("fusion", ["pooled", "rank"])
+def test_several_kbs_refusals(service, fusion):
+    service.settings.multi_kb_fusion = fusion
     service.create_kb("甲")
     with pytest.raises(InvalidInput, match="named twice"):
         service.search_many(["甲", "甲"], "问题")
