@@ -176,29 +176,21 @@ class ChatRequest(SamplingFields):
         names = [value] if isinstance(value, str) else value or []
         if value is not None and not names:
             raise ValueError("an empty list names no knowledge base; give at least one name")
-        for name in names:
-            if not 1 <= len(name) <= MAX_KB_NAME:
-                raise ValueError(
-                    f"knowledge base name {name!r} must be 1 to {MAX_KB_NAME} characters long"
-                )
-        if isinstance(value, list):
-            if len(value) > MAX_KBS_PER_SEARCH:
-                raise ValueError(
-                    f"{len(value)} knowledge bases named; a chat may search at most "
-                    f"{MAX_KBS_PER_SEARCH}"
-                )
-            if len(set(value)) < len(value):
-                raise ValueError("a knowledge base is named twice; name each once")
+        if len(names) > MAX_KBS_PER_SEARCH:
+            raise ValueError(
+                f"{len(names)} knowledge bases named; use at most {MAX_KBS_PER_SEARCH}"
+            )
+        if len(set(names)) < len(names):
+            raise ValueError("a knowledge base is named twice; name each once")
+        if any(not 1 <= len(name) <= MAX_KB_NAME for name in names):
+            raise ValueError(f"a knowledge base name has 1 to {MAX_KB_NAME} characters")
         return value
 
     @property
     def knowledge_bases(self) -> list[str]:
         """`knowledge_base` as a list (empty: none)."""
-        if self.knowledge_base is None:
-            return []
-        return (
-            [self.knowledge_base] if isinstance(self.knowledge_base, str) else self.knowledge_base
-        )
+        kb = self.knowledge_base
+        return [kb] if isinstance(kb, str) else kb or []
 
 
 class CompletionRequest(SamplingFields):

@@ -79,6 +79,7 @@ def test_without_a_generation_config_the_openai_defaults_apply(tiny_checkpoint, 
 def hits() -> list[SearchHit]:
     return [
         SearchHit(
+            knowledge_base="kb",
             chunk_id=f"c{i}",
             document_id=f"d{i}",
             filename=f"{name}.txt",
