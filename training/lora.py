@@ -99,8 +99,10 @@ def save_merged(trainer, tokenizer, work: Path, start: Path, cfg: LoraConfig) ->
         model.save_pretrained(str(work / ADAPTER_DIR))
         tokenizer.save_pretrained(str(work / ADAPTER_DIR))
         if cfg.qlora:
+            from training.base_model import grow_embeddings
+
             base = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.bfloat16)
-            base.resize_token_embeddings(len(tokenizer))
+            grow_embeddings(base, len(tokenizer))  # rows the stage added (never shrinks)
             model = PeftModel.from_pretrained(base, str(work / ADAPTER_DIR))
         merged = model.merge_and_unload()
         merged.save_pretrained(str(work))
