@@ -174,16 +174,22 @@ def served_rows(folder: Path, files: dict[str, Path], context: int, scratch: Pat
         figures = served_figures(f"http://127.0.0.1:{port}", "bench", {"repetition_penalty": 1.0})
     finally:
         stop(server)
-    rows = [{"server": "xiaophi-serve, checkpoint f32 (baseline)", "figures": figures}]
+    rows = [
+        {
+            "server": "xiaophi-serve, checkpoint f32 (baseline)",
+            "threads": threads,
+            "figures": figures,
+        }
+    ]
     reference = figures[1]["texts"]
-    print(served_line(rows[-1], reference, threads), flush=True)
+    print(served_line(rows[-1], reference), flush=True)
     for kind, path in files.items():
         port = free_port()
         server = start_llama_cpp_server(path, port, context, threads, scratch / f"{kind}.log")
         try:
             model = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"]
             penalty = {"repeat_penalty": 1.0}
-            row = {"server": f"llama_cpp.server, {kind}"}
+            row = {"server": f"llama_cpp.server, {kind}", "threads": threads}
             row["figures"] = served_figures(f"http://127.0.0.1:{port}", model, penalty)
         except (RuntimeError, httpx.HTTPError) as err:
             # llama-cpp-python goes on past max_tokens while the text ends inside a UTF-8
@@ -192,12 +198,12 @@ def served_rows(folder: Path, files: dict[str, Path], context: int, scratch: Pat
         finally:
             stop(server)
         rows.append(row)
-        print(served_line(rows[-1], reference, threads), flush=True)
+        print(served_line(rows[-1], reference), flush=True)
     return rows
 
 
-def served_line(row: dict, reference: list[str], threads: int) -> str:
-    cells = [row["server"], str(threads)]
+def served_line(row: dict, reference: list[str]) -> str:
+    cells = [row["server"], str(row["threads"])]
     if "failed" in row:
         return "| " + " | ".join(cells) + f" | failed: {row['failed'][:200]} |"
     for c in SERVED_CONCURRENCY:
@@ -208,14 +214,14 @@ def served_line(row: dict, reference: list[str], threads: int) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def served_table(rows: list[dict], threads: int) -> str:
+def served_table(rows: list[dict]) -> str:
     head = ["server", "threads"]
     for c in SERVED_CONCURRENCY:
         head += [f"tokens/s, {c} at once", f"TTFT p50 ms, {c} at once"]
     head.append("answer = xiaophi's")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     reference = rows[0]["figures"][1]["texts"]
-    return "\n".join(lines + [served_line(r, reference, threads) for r in rows])
+    return "\n".join(lines + [served_line(r, reference) for r in rows])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -295,11 +301,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print()
     print(format_rows(rows, base_bpc))
     if served:
-        from serving.engine.loading import engine_process_threads
-
         print()
         print(f"served over HTTP, {NEW_TOKENS} tokens per answer, {len(PROMPTS) * 2} requests:")
-        print(served_table(served, engine_process_threads()))
+        print(served_table(served))
     return rows
 
 

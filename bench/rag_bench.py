@@ -35,6 +35,7 @@ chosen on a disjoint dev split by `bench.fusion_dev`, never on these queries).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import platform
@@ -255,6 +256,17 @@ def first_relevant(texts_and_hits, relevant, target) -> tuple[int | None, int | 
     return None, None
 
 
+def measured(search, queries: list[tuple[str, str]], relevant) -> dict:
+    """recall@1/5/10, MRR@10 and recall within returned characters of `search(query)`."""
+    ranks, offsets = [], []
+    for query, target in queries:
+        hits = search(query)
+        rank, chars = first_relevant([(h.text, h) for h in hits], relevant, target)
+        ranks.append(rank)
+        offsets.append(chars)
+    return rank_metrics(ranks, offsets)
+
+
 def quality(service, kb: str, queries: list[tuple[str, str]], relevant, dense_weights=()) -> dict:
     """recall@1/5/10 and MRR@10 per method; `relevant(hit, target)` says whether a hit counts.
     `hybrid` uses the service's settings (the defaults unless overridden); each extra dense
@@ -265,13 +277,8 @@ def quality(service, kb: str, queries: list[tuple[str, str]], relevant, dense_we
     out = {}
     for label, mode, weight in runs:
         service.settings.dense_weight = default_weight if weight is None else weight
-        ranks, offsets = [], []
-        for query, target in queries:
-            hits = service.search(kb, query, top_k=FETCH, mode=mode)
-            rank, chars = first_relevant([(h.text, h) for h in hits], relevant, target)
-            ranks.append(rank)
-            offsets.append(chars)
-        out[label] = rank_metrics(ranks, offsets)
+        search = functools.partial(service.search, kb, top_k=FETCH, mode=mode)
+        out[label] = measured(search, queries, relevant)
     service.settings.dense_weight = default_weight
     return out
 
@@ -393,21 +400,9 @@ def overlaps(hit, target: tuple[str, int, int]) -> bool:
 TWO_KBS = {"bench-prose": ("sanguo", "news"), "bench-idioms": ("idioms",)}
 
 
-def fused_quality(service, names: list[str], queries, relevant) -> dict:
-    """Hybrid recall and MRR of `names` searched together (`search_many`: one name = that KB
-    alone; several = each searched, fused by rank)."""
-    ranks, offsets = [], []
-    for query, target in queries:
-        hits = service.search_many(names, query, top_k=FETCH)
-        rank, chars = first_relevant([(h.text, h) for h in hits], relevant, target)
-        ranks.append(rank)
-        offsets.append(chars)
-    return rank_metrics(ranks, offsets)
-
-
 def several_kbs(service, corpora: dict, kinds: dict, batch_files: int) -> dict:
     """Every query kind against: the one KB holding all corpora (the baseline, as above), each
-    of the two KBs alone, and both fused by rank."""
+    of the two KBs alone, and both searched as one (`search_many`, each `multi_kb_fusion`)."""
     for name, members in TWO_KBS.items():
         service.create_kb(name)
         add_in_batches(service, name, [f for m in members for f in corpora[m]], batch_files)
@@ -424,7 +419,8 @@ def several_kbs(service, corpora: dict, kinds: dict, batch_files: int) -> dict:
         rows = {}
         for label, (names, fusion) in setups.items():
             service.settings.multi_kb_fusion = fusion or configured
-            rows[label] = fused_quality(service, names, queries, relevant)
+            search = functools.partial(service.search_many, names, top_k=FETCH)
+            rows[label] = measured(search, queries, relevant)
         out[kind] = {"queries": len(queries), "home": home, "setups": rows}
     service.settings.multi_kb_fusion = configured
     return out
@@ -484,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         dest="several_kbs",
         action="store_false",
         help="Skip the two-knowledge-base rows (the corpora split into two KBs, searched alone "
-        "and fused by rank, beside the one KB holding everything).",
+        "and together, beside the one KB holding everything).",
     )
     args = parser.parse_args(argv)
 

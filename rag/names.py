@@ -31,6 +31,22 @@ def validate_kb_name(name: str) -> str:
     return name
 
 
+def check_kb_list(names: list[str]) -> list[str]:
+    """Knowledge bases searched together: at least one, at most MAX_KBS_PER_SEARCH, each once."""
+    from rag.models import MAX_KBS_PER_SEARCH
+
+    if not names:
+        raise InvalidInput("no knowledge base named; give at least one.")
+    if len(names) > MAX_KBS_PER_SEARCH:
+        raise InvalidInput(
+            f"{len(names)} knowledge bases named; search at most {MAX_KBS_PER_SEARCH} at once."
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidInput(f"knowledge base {repeated[0]!r} is named twice; name each once.")
+    return names
+
+
 def validate_filename(name: str) -> str:
     """Return `name` if it is a plain file name (no folders, no absolute path, no NUL)."""
     if not isinstance(name, str) or not name.strip():

@@ -31,7 +31,6 @@ from rag.hybrid_retriever import (
 )
 from rag.loaders import load_bytes
 from rag.models import (
-    MAX_KBS_PER_SEARCH,
     MAX_QUERY_CHARS,
     AddResult,
     DocumentInfo,
@@ -44,7 +43,7 @@ from rag.models import (
     Upload,
     chunk_id,
 )
-from rag.names import validate_filename, validate_kb_name
+from rag.names import check_kb_list, validate_filename, validate_kb_name
 from rag.rerank import CrossEncoderReranker, Reranker
 from rag.splitter import split_pages
 
@@ -346,16 +345,7 @@ class KnowledgeBaseService:
         search fuses them; `rank` fuses each KB's own ranking by reciprocal rank (scores never
         compared; an equal rank in two KBs ties, the tie going to the KB named first). One
         name: that KB's own search."""
-        names = list(names)
-        if not names:
-            raise InvalidInput("no knowledge base named; give at least one.")
-        if len(names) > MAX_KBS_PER_SEARCH:
-            raise InvalidInput(
-                f"{len(names)} knowledge bases named; search at most {MAX_KBS_PER_SEARCH} at once."
-            )
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise InvalidInput(f"knowledge base {repeated[0]!r} is named twice; name each once.")
+        names = check_kb_list(list(names))
         if len(names) == 1:
             return self.search(names[0], query, top_k, mode)
         if self.settings.multi_kb_fusion == "pooled":

@@ -44,7 +44,7 @@ class SearchRequest(BaseModel):
 
 
 class MultiSearchRequest(SearchRequest):
-    """A search of several knowledge bases at once, fused by rank (what a chat with several
+    """A search of several knowledge bases at once, ranked together (what a chat with several
     `knowledge_base` names retrieves)."""
 
     knowledge_bases: list[str] = Field(

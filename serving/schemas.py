@@ -19,8 +19,8 @@ from pydantic import (
     model_serializer,
 )
 
-from rag.models import MAX_KBS_PER_SEARCH
-from rag.names import MAX_KB_NAME
+from rag.errors import InvalidInput
+from rag.names import MAX_KB_NAME, check_kb_list
 
 # ------------------------------------------------------------------ requests
 
@@ -166,22 +166,20 @@ class ChatRequest(SamplingFields):
     parallel_tool_calls: bool = True
     # extra_body: answer from a knowledge base (RAG). `top_k` stays the sampling filter, so the
     # number of passages has its own name.
-    # one name, or several: each searched, the passages fused by rank (rag.service.search_many)
+    # one name, or several searched as one (rag.service.KnowledgeBaseService.search_many)
     knowledge_base: str | list[str] | None = None
     retrieval_top_k: int | None = Field(None, ge=1, le=100)
 
     @field_validator("knowledge_base")
     @classmethod
     def _names_each_once(cls, value):
-        names = [value] if isinstance(value, str) else value or []
-        if value is not None and not names:
-            raise ValueError("an empty list names no knowledge base; give at least one name")
-        if len(names) > MAX_KBS_PER_SEARCH:
-            raise ValueError(
-                f"{len(names)} knowledge bases named; use at most {MAX_KBS_PER_SEARCH}"
-            )
-        if len(set(names)) < len(names):
-            raise ValueError("a knowledge base is named twice; name each once")
+        if value is None:
+            return value
+        names = [value] if isinstance(value, str) else value
+        try:
+            check_kb_list(names)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
         if any(not 1 <= len(name) <= MAX_KB_NAME for name in names):
             raise ValueError(f"a knowledge base name has 1 to {MAX_KB_NAME} characters")
         return value
@@ -306,7 +304,7 @@ class ChatCompletion(BaseModel):
 
 class Source(BaseModel):
     """One retrieved passage a RAG answer was given (`score`: higher is more relevant; with
-    several knowledge bases, the rank-fused score)."""
+    several knowledge bases, the score they were ranked together by)."""
 
     knowledge_base: str
     document_id: str

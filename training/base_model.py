@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -82,8 +83,6 @@ def check_fits_base(recipe, stage: str) -> None:
     `model` section describes a model built from nothing, not the base)."""
     if recipe.base is None:
         return
-    import json
-
     config = json.loads((Path(recipe.base) / "config.json").read_text(encoding="utf-8"))
     longest = config.get("max_position_embeddings")
     seq_len = getattr(recipe, stage).seq_len

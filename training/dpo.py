@@ -12,7 +12,7 @@ from training import lora
 from training.base_model import start_folder
 from training.config import Recipe
 from training.decoding import tune_decoding
-from training.lora import check_qlora, quantized_loading
+from training.lora import quantized_loading
 from training.model_factory import load_model_and_tokenizer
 from training.throughput import attach_throughput
 from training.trainer_args import (
@@ -41,7 +41,6 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     run_dir = Path(run_dir)
     cfg = recipe.dpo
     start = start_folder(recipe, run_dir, STAGE)
-    check_qlora(cfg.lora, STAGE)
     model, tokenizer = load_model_and_tokenizer(start, STAGE, **quantized_loading(cfg.lora))
     train_files, eval_files = dpo_files(recipe, run_dir)
     train_data = load_dpo_dataset(train_files)

@@ -75,13 +75,13 @@ def peft_config(cfg: LoraConfig, model, resized: list[str] | None = None):
     )
 
 
-def wrap(model, cfg: LoraConfig, resized: list[str] | None = None):
+def wrap(model, cfg: LoraConfig):
     """`model` with a fresh adapter (for stages whose Trainer does not take a peft config)."""
     import peft
 
     if cfg.qlora:
         model = peft.prepare_model_for_kbit_training(model)
-    return peft.get_peft_model(model, peft_config(cfg, model, resized))
+    return peft.get_peft_model(model, peft_config(cfg, model))
 
 
 def save_merged(trainer, tokenizer, work: Path, start: Path, cfg: LoraConfig) -> dict:

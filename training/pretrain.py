@@ -21,7 +21,7 @@ from training import lora
 from training.base_model import start_folder
 from training.config import Recipe
 from training.distributed import is_main_process, wait_for
-from training.lora import check_qlora, quantized_loading
+from training.lora import quantized_loading
 from training.model_factory import (
     build_model,
     check_vocab_fits,
@@ -138,7 +138,6 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
         model = build_model(recipe.model, tokenizer, seed=cfg.seed)
         check_vocab_fits(model, tokenizer, where=STAGE)
     else:
-        check_qlora(cfg.lora, STAGE)
         model, tokenizer = load_model_and_tokenizer(start, STAGE, **quantized_loading(cfg.lora))
     if cfg.lora is not None:
         model = lora.wrap(model, cfg.lora)

@@ -15,7 +15,7 @@ from training import lora
 from training.base_model import assistant_mask_source, start_folder, with_chat_template
 from training.config import Recipe
 from training.decoding import tune_decoding
-from training.lora import check_qlora, quantized_loading
+from training.lora import quantized_loading
 from training.model_factory import load_model_and_tokenizer
 from training.throughput import attach_throughput
 from training.trainer_args import (
@@ -98,7 +98,6 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[SFTTrainerCPU, dict]:
 
     cfg = recipe.sft
     start = start_folder(recipe, run_dir, STAGE)
-    check_qlora(cfg.lora, STAGE)
     model, tokenizer = load_model_and_tokenizer(start, STAGE, **quantized_loading(cfg.lora))
     template = with_chat_template(model, tokenizer)
     template["assistant_mask"] = assistant_mask_source(tokenizer, start)
@@ -157,7 +156,7 @@ def main(recipe: Recipe, run_dir: Path, work: Path) -> dict:
     # decoding defaults chosen on the dev probes go into the checkpoint's generation_config.json
     report["decoding"] = tune_decoding(trainer.model, tokenizer, recipe.data.probe, recipe.decoding)
     if cfg.lora is not None:
-        start = Path(trained_on["start"])
+        start = start_folder(recipe, run_dir, STAGE)
         report.update(lora.save_merged(trainer, tokenizer, work, start, cfg.lora))
     else:
         save_trained(trainer, tokenizer, work)

@@ -112,7 +112,7 @@ class ChatSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 256
-    knowledge_base: str | list[str] | None = None  # several: searched together, fused by rank
+    knowledge_base: str | list[str] | None = None  # several: searched as one
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -281,7 +281,7 @@ class XiaophiClient:
         return [UploadResult.from_api(r) for r in body.get("results", [])]
 
     def search(self, knowledge_base: str | list[str], query: str, top_k: int = 5) -> list[Source]:
-        """One knowledge base's passages, or several's fused by rank."""
+        """One knowledge base's passages, or several's ranked together."""
         if isinstance(knowledge_base, str) or len(knowledge_base) == 1:
             name = knowledge_base if isinstance(knowledge_base, str) else knowledge_base[0]
             path = f"/v1/knowledge_bases/{_quote(name)}/search"

@@ -85,12 +85,13 @@ class PageEvents:
         progress=gr.Progress(),  # noqa: B008
     ):
         paths = [Path(f) for f in files or []]
-        if not picked(kbs):
+        names = picked(kbs)
+        if not names:
             return "请先在上方选择一个知识库。", gr.update(), gr.update()
-        if len(picked(kbs)) > 1:
-            chosen = "、".join(picked(kbs))
+        if len(names) > 1:
+            chosen = "、".join(names)
             return f"上传时请只选一个知识库（现在选了 {chosen}）。", gr.update(), gr.update()
-        kb = picked(kbs)[0]
+        kb = names[0]
         if not paths:
             return "请先选择要上传的文件。", gr.update(), gr.update()
         results: list[UploadResult] = []

@@ -50,8 +50,8 @@ def run_call(client: XiaophiClient, knowledge_bases: list[str], call: ToolCall) 
 
 
 def search(client: XiaophiClient, knowledge_bases: list[str], arguments: str) -> str:
-    """The picked knowledge bases' best passages for the model's query (several: fused by
-    rank, each under its knowledge base's name)."""
+    """The picked knowledge bases' best passages for the model's query (several: ranked
+    together, each under its knowledge base's name)."""
     if not knowledge_bases:
         raise UIError("没有选择知识库")
     try:

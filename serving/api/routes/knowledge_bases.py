@@ -54,7 +54,7 @@ async def create_knowledge_base(body: CreateKnowledgeBase, kbs: KBServiceDep) ->
 
 @router.post("/search", responses=error_responses(400, 404, 503))
 async def search_several(body: MultiSearchRequest, kbs: KBServiceDep) -> SearchHitList:
-    """Several knowledge bases searched at once, the results fused by rank; each hit names its
+    """Several knowledge bases searched as one (XIAOPHI_KB_MULTI_KB_FUSION); each hit names its
     knowledge base."""
     hits = await run_in_threadpool(
         kbs.search_many, body.knowledge_bases, body.query, body.top_k, body.mode
